@@ -1,0 +1,408 @@
+"""Reader and checker for the on-disk data-set layout (the embedded set's, and any user's).
+
+Layout::
+
+    DIR/classes.json                      {"classes": [...], "palette": [[r, g, b], ...]}
+    DIR/images/{train,val}/NAME.png|jpg   RGB images
+    DIR/annotations/{train,val}/NAME.png  uint8 class index per pixel, 255 = ignore
+    DIR/anomaly/images/NAME.png|jpg       optional anomaly split
+    DIR/anomaly/masks/NAME.png            0 inlier, 1 anomaly, 255 void
+    DIR/meta.json                         optional, written by the generator
+
+An image and its mask pair up by file stem (``a.jpg`` with ``a.png``). Masks must be PNG:
+JPEG's lossy compression would corrupt class indices.
+
+Defined behaviour for unusual files:
+
+- Images in grey-scale (``L``, ``LA``, ``I;16``...), palette (``P``) or ``RGBA`` mode are not
+  errors: :func:`load_image` converts them to RGB (grey replicated to three channels, palette
+  expanded, alpha dropped without compositing, 16-bit scaled to 8-bit). :func:`check_dataset`
+  counts them in :attr:`DatasetReport.image_modes` and adds a note.
+- Masks must be single-channel: ``L`` or ``P`` (a palette PNG's *indices* are the labels, as in
+  Pascal VOC; its colours are ignored), or 16/32-bit integer with values <= 255. An RGB(A) mask
+  is an error: a colour-coded mask needs converting to indices first.
+
+Nothing here imports torch or mmseg.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSION",
+    "DatasetError",
+    "DatasetReport",
+    "check_dataset",
+    "list_anomaly_pairs",
+    "list_pairs",
+    "load_image",
+    "load_mask",
+    "read_classes",
+    "validate_dataset",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+MASK_EXTENSION = ".png"
+IGNORE_INDEX = 255
+ANOMALY_VALUES = (0, 1, 255)
+
+
+class DatasetError(ValueError):
+    """A data set breaks the layout. ``problems`` lists every problem, each naming its file."""
+
+    def __init__(self, problems: str | list[str], root: str | Path | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        head = f"invalid data set at {root}" if root is not None else "invalid data set"
+        if len(self.problems) == 1 and root is None:
+            message = self.problems[0]
+        else:
+            message = f"{head}: {len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------------------------
+# classes.json
+# --------------------------------------------------------------------------------------------
+
+
+def _classes_problems(path: Path) -> tuple[list[str], tuple[str, ...] | None, list[list[int]] | None]:
+    """Validate ``classes.json``; returns (problems, classes, palette)."""
+    if not path.is_file():
+        return [f"{path}: missing (it must list the class names and palette)"], None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"{path}: malformed JSON ({exc})"], None, None
+    if not isinstance(data, dict):
+        return [f"{path}: top level must be an object with keys 'classes' and 'palette'"], None, None
+    problems = [f"{path}: missing key {key!r}" for key in ("classes", "palette") if key not in data]
+    if problems:
+        return problems, None, None
+    classes, palette = data["classes"], data["palette"]
+    if not isinstance(classes, list) or not classes:
+        problems.append(f"{path}: 'classes' must be a non-empty list of names")
+    elif not all(isinstance(c, str) and c.strip() for c in classes):
+        problems.append(f"{path}: every class name must be a non-empty string")
+    elif len(set(classes)) != len(classes):
+        problems.append(f"{path}: class names must be unique")
+    elif len(classes) > IGNORE_INDEX:
+        problems.append(f"{path}: at most {IGNORE_INDEX} classes fit in uint8 masks with 255 = ignore")
+    if not isinstance(palette, list):
+        problems.append(f"{path}: 'palette' must be a list of [r, g, b] colours")
+    else:
+        if isinstance(classes, list) and len(palette) != len(classes):
+            problems.append(f"{path}: palette has {len(palette)} colours for {len(classes)} classes")
+        for i, colour in enumerate(palette):
+            if not (
+                isinstance(colour, list)
+                and len(colour) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)
+            ):
+                problems.append(f"{path}: palette[{i}] = {colour!r} is not [r, g, b] with integers 0..255")
+    if problems:
+        return problems, None, None
+    return [], tuple(classes), [list(c) for c in palette]
+
+
+def read_classes(root: str | Path) -> tuple[tuple[str, ...], list[list[int]]]:
+    """Read and validate ``root/classes.json`` (or ``root`` itself when it is a JSON file).
+
+    Returns:
+        ``(classes, palette)``: class names, and one ``[r, g, b]`` (ints 0..255) per class.
+
+    Raises:
+        DatasetError: missing file, malformed JSON, missing keys, palette length mismatch or bad
+            colour values; the message names the file.
+    """
+    path = Path(root)
+    if not (path.suffix.lower() == ".json" and path.is_file()):
+        path = path / "classes.json"
+    problems, classes, palette = _classes_problems(path)
+    if problems:
+        raise DatasetError(problems)
+    return classes, palette
+
+
+# --------------------------------------------------------------------------------------------
+# Listing and loading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scan:
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _scan(image_dir: Path, mask_dir: Path, what: str) -> _Scan:
+    """Pair images with masks by stem; collect every structural problem."""
+    scan = _Scan()
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            scan.problems.append(f"{folder}: missing folder ({what})")
+    if scan.problems:
+        return scan
+    images: dict[str, Path] = {}
+    for path in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            scan.problems.append(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        elif path.stem in images:
+            scan.problems.append(f"{path}: two images share the name {path.stem!r} (also {images[path.stem].name})")
+        else:
+            images[path.stem] = path
+    masks: dict[str, Path] = {}
+    for path in sorted(p for p in mask_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.suffix.lower() != MASK_EXTENSION:
+            scan.problems.append(f"{path}: masks must be PNG (lossy formats corrupt label values)")
+        else:
+            masks[path.stem] = path
+    for stem, path in images.items():
+        if stem not in masks:
+            scan.problems.append(f"{path}: image without its mask (expected {mask_dir / (stem + MASK_EXTENSION)})")
+        else:
+            scan.pairs.append((path, masks[stem]))
+    for stem, path in masks.items():
+        if stem not in images:
+            scan.problems.append(f"{path}: mask without its image (expected {image_dir / stem}.png or .jpg)")
+    if not images and not masks:
+        scan.problems.append(f"{image_dir}: empty split ({what} has no images)")
+    return scan
+
+
+def list_pairs(root: str | Path, split: str, strict: bool = True) -> list[tuple[Path, Path]]:
+    """``(image_path, mask_path)`` pairs of ``split``, sorted by name.
+
+    With ``strict`` (default), raise :class:`DatasetError` on a missing folder, an unpaired file or
+    an empty split; otherwise return whatever pairs exist.
+    """
+    root = Path(root)
+    scan = _scan(root / "images" / split, root / "annotations" / split, f"split {split!r}")
+    if strict and scan.problems:
+        raise DatasetError(scan.problems, root)
+    return scan.pairs
+
+
+def list_anomaly_pairs(root: str | Path, strict: bool = True) -> list[tuple[Path, Path]]:
+    """``(image_path, anomaly_mask_path)`` pairs of ``root/anomaly``, sorted by name; ``[]`` when
+    the optional anomaly split is absent. ``strict`` as in :func:`list_pairs`."""
+    root = Path(root)
+    if not (root / "anomaly").exists():
+        return []
+    scan = _scan(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
+    if strict and scan.problems:
+        raise DatasetError(scan.problems, root)
+    return scan.pairs
+
+
+def _image_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        grey = (np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise ValueError(f"32-bit image mode {img.mode!r} has no defined 8-bit RGB conversion")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Load an image as ``[H, W, 3]`` uint8 RGB (grey, palette and RGBA converted; alpha dropped)."""
+    with Image.open(path) as img:
+        img.load()
+        return _image_to_rgb(img).copy()
+
+
+def _mask_to_array(img: Image.Image, path) -> np.ndarray:
+    if img.mode in ("L", "P"):
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "1"):
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise ValueError(f"{path}: mask values {values.min()}..{values.max()} do not fit in uint8")
+        return values.astype(np.uint8)
+    raise ValueError(f"{path}: mask must be single-channel (mode L or P), got mode {img.mode!r}")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Load a mask as ``[H, W]`` uint8 (class indices, or anomaly values 0/1/255).
+
+    Raises:
+        ValueError: the mask is not single-channel or has values outside 0..255.
+    """
+    with Image.open(path) as img:
+        img.load()
+        return _mask_to_array(img, path).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found.
+
+    Attributes:
+        root: the data set directory.
+        classes: class names from classes.json (empty when it is broken).
+        palette: ``[r, g, b]`` per class (empty when classes.json is broken).
+        counts: number of image/mask pairs per split (``"anomaly"`` included when checked).
+        class_pixels: per split, pixel count per class, ``[num_classes]`` ints.
+        ignore_pixels: per split, pixels labelled 255.
+        anomaly_pixels: ``{"inlier": n, "anomaly": n, "void": n}``, or None without an anomaly split.
+        image_modes: PIL mode -> number of images in it (everything is loaded as RGB).
+        notes: non-fatal remarks (conversions performed on load).
+        problems: every problem found, each naming its file; empty when the set is valid.
+    """
+
+    root: Path
+    classes: tuple[str, ...] = ()
+    palette: list[list[int]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    class_pixels: dict[str, list[int]] = field(default_factory=dict)
+    ignore_pixels: dict[str, int] = field(default_factory=dict)
+    anomaly_pixels: dict[str, int] | None = None
+    image_modes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [f"data set {self.root}: {len(self.classes)} classes"]
+        lines += [f"  {split}: {n} pairs" for split, n in self.counts.items()]
+        if self.anomaly_pixels is not None:
+            lines.append(f"  anomaly pixels: {self.anomaly_pixels}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"  {len(self.problems)} problem(s)" if self.problems else "  valid")
+        lines += [f"    - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _open_decoded(path: Path, problems: list[str]) -> Image.Image | None:
+    """Open and fully decode, turning any failure into a problem naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # a truncated file only fails here; a loaded image outlives its file
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        problems.append(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problems: list[str]) -> np.ndarray | None:
+    """Check one image/mask pair; returns the mask's values or None when it cannot be used."""
+    image = _open_decoded(image_path, problems)
+    mask_img = _open_decoded(mask_path, problems)
+    if image is not None:
+        report.image_modes[image.mode] = report.image_modes.get(image.mode, 0) + 1
+        if image.mode in ("I", "F"):
+            problems.append(f"{image_path}: 32-bit image mode {image.mode!r} is not supported; save as 8-bit RGB")
+    if mask_img is None:
+        return None
+    try:
+        mask = _mask_to_array(mask_img, mask_path)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+    if image is not None and image.size != mask_img.size:
+        w, h = image.size
+        mw, mh = mask_img.size
+        problems.append(f"{mask_path}: mask size {mw}x{mh} differs from its image's {w}x{h} ({image_path.name})")
+        return None
+    return mask
+
+
+def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool = True) -> DatasetReport:
+    """Check a data set in the layout without raising; see :class:`DatasetReport`.
+
+    Detects: missing or malformed classes.json, missing folders, empty splits, images without masks
+    and masks without images, non-image files, unreadable/corrupt images or masks, a mask whose
+    size differs from its image's, non-single-channel masks, label values >= the number of
+    classes (other than 255), and anomaly mask values other than 0/1/255. Every image and mask is
+    decoded once: a few hundred 128 px pairs take well under a second.
+
+    Args:
+        root: the data set directory.
+        splits: which ``images/<split>`` / ``annotations/<split>`` pairs to check.
+        check_anomaly: also check ``root/anomaly`` when present (it is optional).
+    """
+    root = Path(root)
+    report = DatasetReport(root=root)
+    if not root.is_dir():
+        report.problems.append(f"{root}: missing folder (the data set directory)")
+        return report
+    problems, classes, palette = _classes_problems(root / "classes.json")
+    report.problems += problems
+    if classes is not None:
+        report.classes, report.palette = classes, palette
+    num_classes = len(classes) if classes is not None else None
+
+    for split in splits:
+        scan = _scan(root / "images" / split, root / "annotations" / split, f"split {split!r}")
+        report.problems += scan.problems
+        report.counts[split] = len(scan.pairs)
+        histogram = np.zeros(256, np.int64)
+        for image_path, mask_path in scan.pairs:
+            mask = _check_pair(image_path, mask_path, report, report.problems)
+            if mask is None:
+                continue
+            counts = np.bincount(mask.ravel(), minlength=256)
+            histogram += counts
+            if num_classes is not None:
+                bad = [v for v in np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes]
+                if bad:
+                    shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+                    report.problems.append(
+                        f"{mask_path}: label values {shown} out of range for {num_classes} classes "
+                        f"(valid: 0..{num_classes - 1} and {IGNORE_INDEX} = ignore)"
+                    )
+        if num_classes is not None:
+            report.class_pixels[split] = [int(n) for n in histogram[:num_classes]]
+        report.ignore_pixels[split] = int(histogram[IGNORE_INDEX])
+
+    if check_anomaly and (root / "anomaly").exists():
+        scan = _scan(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
+        report.problems += scan.problems
+        report.counts["anomaly"] = len(scan.pairs)
+        histogram = np.zeros(256, np.int64)
+        for image_path, mask_path in scan.pairs:
+            mask = _check_pair(image_path, mask_path, report, report.problems)
+            if mask is None:
+                continue
+            counts = np.bincount(mask.ravel(), minlength=256)
+            histogram += counts
+            bad = [int(v) for v in np.flatnonzero(counts) if v not in ANOMALY_VALUES]
+            if bad:
+                shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+                report.problems.append(
+                    f"{mask_path}: anomaly mask values {shown} (allowed: 0 inlier, 1 anomaly, 255 void)"
+                )
+        report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
+
+    converted = {m: n for m, n in sorted(report.image_modes.items()) if m != "RGB"}
+    if converted:
+        listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
+        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped)")
+    return report
+
+
+def validate_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool = True) -> DatasetReport:
+    """:func:`check_dataset`, raising :class:`DatasetError` that lists every problem found.
+
+    Returns:
+        the :class:`DatasetReport` of a valid data set.
+    """
+    report = check_dataset(root, splits=splits, check_anomaly=check_anomaly)
+    if report.problems:
+        raise DatasetError(report.problems, root)
+    return report

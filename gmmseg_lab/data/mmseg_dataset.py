@@ -1,0 +1,122 @@
+"""The on-disk layout (:mod:`gmmseg_lab.data.layout`) as an mmsegmentation data set.
+
+Importing this module registers :class:`GMMLabDataset` in ``mmseg.registry.DATASETS``::
+
+    import gmmseg_lab.data.mmseg_dataset  # noqa: F401  (registers 'GMMLabDataset')
+
+    dict(type="GMMLabDataset", data_root=DIR,
+         data_prefix=dict(img_path="images/train", seg_map_path="annotations/train"),
+         pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
+                   dict(type="PackSegInputs")])
+
+Class names and palette come from ``DIR/classes.json`` when the data set is built, so one
+registered type serves the embedded set and any user's set in the same layout. Like every mmseg
+data set, images are loaded BGR by ``LoadImageFromFile``; the model's data preprocessor
+(``bgr_to_rgb=True``) turns them back.
+"""
+
+from __future__ import annotations
+
+import os.path as osp
+from collections.abc import Mapping
+from typing import Sequence
+
+from mmengine import fileio
+from mmengine.registry import DefaultScope
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+from .layout import IMAGE_EXTENSIONS, read_classes
+
+__all__ = ["GMMLabDataset"]
+
+
+@DATASETS.register_module()
+class GMMLabDataset(BaseSegDataset):
+    """A ``BaseSegDataset`` over the gmmseg-lab layout, with classes read from ``classes.json``.
+
+    Args:
+        data_root: the data set directory holding ``classes.json``.
+        img_suffix: image extension(s); by default any of ``.png``, ``.jpg``, ``.jpeg``, which the
+            layout allows side by side.
+        seg_map_suffix: mask extension, ``.png``.
+        metainfo: optional overrides; ``classes`` may name a subset of the file's classes (mmseg
+            then maps the others to 255), in which case the palette is subset to match.
+        classes_file: ``classes.json`` elsewhere than ``data_root``.
+        **kwargs: everything else ``BaseSegDataset`` accepts (pipeline, data_prefix, test_mode...).
+
+    ``reduce_zero_label`` is False and ``ignore_index`` 255: label 0 is a real class here.
+    """
+
+    METAINFO: dict = dict()
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        img_suffix: str | Sequence[str] = IMAGE_EXTENSIONS,
+        seg_map_suffix: str = ".png",
+        metainfo: Mapping | None = None,
+        classes_file: str | None = None,
+        reduce_zero_label: bool = False,
+        ignore_index: int = 255,
+        **kwargs,
+    ) -> None:
+        if classes_file is None:
+            if data_root is None:
+                raise ValueError("GMMLabDataset needs data_root (the folder with classes.json) or classes_file")
+            classes_file = osp.join(data_root, "classes.json")
+        classes, palette = read_classes(classes_file)  # validates; a DatasetError names the file
+        self._file_classes = tuple(classes)
+        merged = {"classes": tuple(classes), "palette": [list(c) for c in palette]}
+        if metainfo is not None:
+            merged.update(dict(metainfo))
+            if "classes" in metainfo and "palette" not in metainfo:
+                merged["palette"] = [list(c) for c in palette]  # BaseSegDataset subsets it
+        # Outside a runner no default scope is set, and the pipeline's mmseg transforms
+        # (LoadAnnotations, PackSegInputs) would not be found: use mmseg's scope meanwhile.
+        scope = "mmseg" if DefaultScope.get_current_instance() is None else None
+        with DefaultScope.overwrite_default_scope(scope):
+            super().__init__(
+                data_root=data_root,
+                img_suffix=tuple(img_suffix) if not isinstance(img_suffix, str) else img_suffix,
+                seg_map_suffix=seg_map_suffix,
+                metainfo=merged,
+                reduce_zero_label=reduce_zero_label,
+                ignore_index=ignore_index,
+                **kwargs,
+            )
+
+    def get_label_map(self, new_classes: Sequence | None = None) -> dict | None:
+        """Label map from the *file's* classes to ``new_classes`` (None when they are equal).
+
+        ``BaseSegDataset`` compares with the class attribute ``METAINFO``; here the reference
+        classes are per instance, read from classes.json.
+        """
+        old_classes = self._file_classes
+        if new_classes is None or list(new_classes) == list(old_classes):
+            return None
+        unknown = [c for c in new_classes if c not in old_classes]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in classes.json ({list(old_classes)})")
+        return {i: (list(new_classes).index(c) if c in new_classes else 255) for i, c in enumerate(old_classes)}
+
+    def load_data_list(self) -> list[dict]:
+        """As ``BaseSegDataset``, but with several image suffixes of any length (``.jpeg``)."""
+        if self.ann_file or isinstance(self.img_suffix, str):
+            return super().load_data_list()
+        img_dir = self.data_prefix.get("img_path", None)
+        ann_dir = self.data_prefix.get("seg_map_path", None)
+        suffixes = tuple(self.img_suffix)
+        data_list = []
+        for img in fileio.list_dir_or_file(
+            dir_path=img_dir, list_dir=False, suffix=suffixes, recursive=True, backend_args=self.backend_args
+        ):
+            info = dict(img_path=osp.join(img_dir, img))
+            if ann_dir is not None:
+                info["seg_map_path"] = osp.join(ann_dir, osp.splitext(img)[0] + self.seg_map_suffix)
+            info["label_map"] = self.label_map
+            info["reduce_zero_label"] = self.reduce_zero_label
+            info["seg_fields"] = []
+            data_list.append(info)
+        return sorted(data_list, key=lambda x: x["img_path"])
+
