@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m gmmseg_lab.toy
+	$(PY) -m gmmseg_lab demo
 
 test: $(STAMP)
 	$(PY) -m pytest

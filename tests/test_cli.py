@@ -1,0 +1,150 @@
+"""The command line: every bad input stops before any work with the file named; a quick run end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gmmseg_lab.cli import build_parser, main
+
+
+def _copy(quick_dataset, tmp_path):
+    target = tmp_path / "data"
+    shutil.copytree(quick_dataset, target)
+    return target
+
+
+def _first(path, pattern="*.png"):
+    return sorted(path.glob(pattern))[0]
+
+
+def _no_mask(d):
+    victim = _first(d / "annotations/train")
+    victim.unlink()
+    return victim.stem
+
+
+def _wrong_size(d):
+    victim = _first(d / "annotations/val")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(victim)
+    return victim.name
+
+
+def _label_out_of_range(d):
+    victim = _first(d / "annotations/train")
+    mask = np.array(Image.open(victim))
+    mask[0, 0] = 42
+    Image.fromarray(mask).save(victim)
+    return victim.name
+
+
+def _unreadable_image(d):
+    victim = _first(d / "images/train")
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return victim.name
+
+
+def _malformed_classes(d):
+    (d / "classes.json").write_text('{"classes": ["road", ')
+    return "classes.json"
+
+
+def _missing_split(d):
+    shutil.rmtree(d / "images" / "val")
+    return "val"
+
+
+BREAKAGES = {
+    "image without its mask": _no_mask,
+    "mask size differs from image": _wrong_size,
+    "label >= number of classes": _label_out_of_range,
+    "unreadable image": _unreadable_image,
+    "malformed classes.json": _malformed_classes,
+    "missing folder": _missing_split,
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_train_refuses_bad_data_before_writing_anything(breakage, quick_dataset, tmp_path, capsys):
+    data = _copy(quick_dataset, tmp_path)
+    named = BREAKAGES[breakage](data)
+    work_dir = tmp_path / "work"
+    rc = main(["train", "--data", str(data), "--arch", "segformer", "--head", "gmm", "--preset", "quick",
+               "--work-dir", str(work_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert named in err, err
+    assert not work_dir.exists()
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc = main(["train", "--data", str(tmp_path / "nowhere"), "--work-dir", str(tmp_path / "w")])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_refuses_missing_checkpoint_and_bad_data(quick_dataset, tmp_path, capsys):
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(quick_dataset),
+               "--out", str(tmp_path / "m.json")])
+    assert rc == 2 and "none.pth" in capsys.readouterr().err
+    data = _copy(quick_dataset, tmp_path)
+    named = _wrong_size(data)
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data),
+               "--out", str(tmp_path / "m.json")])
+    assert rc == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_data_make_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "make", "--preset", "quick", "--out", str(out), "--no-progress"]) == 0
+    assert main(["data", "make", "--preset", "quick", "--out", str(out), "--no-progress"]) == 2
+    assert str(out) in capsys.readouterr().err
+    assert main(["data", "check", str(out)]) == 0
+
+
+def test_gmm_options_are_parsed_as_data():
+    args = build_parser().parse_args(["train", "--data", "d", "--gmm", "mean_momentum=0.99", "--gmm", "memory=stats"])
+    assert dict(args.gmm) == {"mean_momentum": 0.99, "memory": "stats"}
+
+
+@pytest.mark.parametrize("command", [[], ["data", "make"], ["data", "check"], ["train"], ["evaluate"], ["demo"]])
+def test_help_documents_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(command + ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: gmmseg-lab" in out
+    if command == ["train"]:
+        for option in ("--data", "--arch", "--head", "--preset", "--seed", "--work-dir", "--resume", "--gmm"):
+            assert option in out
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["data", "make", "--preset", "quick", "--seed", "1", "--out", str(data), "--no-progress"]) == 0
+    results = {}
+    for head in ("gmm", "softmax"):
+        work = tmp_path / head
+        assert main(["train", "--data", str(data), "--arch", "segformer", "--head", head, "--preset", "quick",
+                     "--seed", "0", "--work-dir", str(work), "--max-iters", "6", "--no-progress"]) == 0
+        assert (work / "last_checkpoint").is_file() and (work / "config.py").is_file()
+        out = tmp_path / f"{head}.json"
+        assert main(["evaluate", "--checkpoint", str(work), "--data", str(data), "--out", str(out),
+                     "--no-progress"]) == 0
+        results[head] = json.loads(out.read_text())
+    for head, metrics in results.items():
+        assert metrics["head"] == head
+        for key in ("miou", "ece"):
+            assert 0.0 <= metrics[key] <= 1.0
+        for key in ("auroc", "ap", "fpr95"):
+            assert 0.0 <= metrics["anomaly"][key] <= 1.0
+    assert results["gmm"]["anomaly"]["score"] == "neg_max_log_likelihood"
+    assert results["softmax"]["anomaly"]["score"] == "max_softmax"
+    assert set(results["gmm"]["anomaly_by_score"]) == {"neg_max_log_likelihood", "max_softmax", "entropy"}
+    # A bare checkpoint file works too (its config is found beside it).
+    ckpt = (tmp_path / "gmm" / "last_checkpoint").read_text().strip()
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--no-progress"]) == 0
