@@ -145,6 +145,8 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     assert results["gmm"]["anomaly"]["score"] == "neg_max_log_likelihood"
     assert results["softmax"]["anomaly"]["score"] == "max_softmax"
     assert set(results["gmm"]["anomaly_by_score"]) == {"neg_max_log_likelihood", "max_softmax", "entropy"}
+    assert 0.0 <= results["gmm"]["bayes_posterior_calibration"]["ece"] <= 1.0
+    assert "bayes_posterior_calibration" not in results["softmax"]
     # A bare checkpoint file works too (its config is found beside it).
     ckpt = (tmp_path / "gmm" / "last_checkpoint").read_text().strip()
     assert main(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--no-progress"]) == 0

@@ -4,7 +4,8 @@ Every metric is a streaming state (:mod:`gmmseg_lab.eval.metrics`), so memory st
 many pixels are scored. The same code scores a GMMSeg model and its softmax twin:
 
 - closed set (``images/<split>``): mIoU and per-class IoU, pixel accuracy, ECE and MCE (15 bins) of
-  the softmax over the class logits, with the reliability-diagram bins;
+  the softmax over the class logits, with the reliability-diagram bins; for a GMM head also the
+  ECE / MCE of Bayes' posterior ``softmax_c log p(x|c)`` (``bayes_posterior_calibration``);
 - open world (``anomaly/``, when present): AUROC, AP and FPR at 95% TPR of every anomaly score the
   model offers: ``-max_c log p(x|c)`` (GMMSeg's), ``1 - max softmax`` and the softmax entropy. The
   headline ``anomaly`` entry is GMMSeg's density score for a GMM head and ``1 - max softmax`` for a
@@ -118,6 +119,8 @@ def evaluate(
 
     iou = SegmentationIoU(len(classes))
     calibration = CalibrationError(n_bins=n_bins)
+    # For a GMM head, also the calibration of Bayes' posterior softmax_c(log p(x|c)) itself.
+    bayes_calibration = CalibrationError(n_bins=n_bins) if head_kind == "gmm" else None
     loader = _loader_for(cfg, data_dir, f"images/{split}", f"annotations/{split}", batch_size)
     for batch in tqdm(loader, desc=f"evaluate {split}", disable=not progress):
         for r in predict_batch(segmentor, batch):
@@ -125,6 +128,9 @@ def evaluate(
             iou.update(r["pred"], gt)
             probs = torch.softmax(r["seg_logits"].float(), dim=0).flatten(1).t()
             calibration.update_from_probs(probs, gt.flatten())
+            if bayes_calibration is not None:
+                posterior = torch.softmax(r["class_log_likelihood"].float(), dim=0).flatten(1).t()
+                bayes_calibration.update_from_probs(posterior, gt.flatten())
     seg = iou.compute()
     cal = calibration.compute()
     result: dict[str, Any] = {
@@ -141,6 +147,9 @@ def evaluate(
         "split": split,
         "seed": (cfg.get("randomness") or {}).get("seed"),
     }
+    if bayes_calibration is not None:
+        bayes = bayes_calibration.compute()
+        result["bayes_posterior_calibration"] = {"ece": bayes["ece"], "mce": bayes["mce"], "bins": bayes["bins"]}
 
     if has_anomaly:
         scores = {"max_softmax": AnomalyScores(), "entropy": AnomalyScores()}

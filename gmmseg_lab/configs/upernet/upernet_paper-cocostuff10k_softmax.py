@@ -1,0 +1,19 @@
+# UPerNet, ResNetV1c-101 (stem 64, base 64 channels), head channels 512 on COCO-Stuff-10K 512x512: the softmax twin.
+# The GMM twin (upernet_paper-cocostuff10k_gmm.py) differs only in the decode head's classifier.
+_base_ = [
+    '../_base_/models/upernet_r.py',
+    '../_base_/datasets/coco-stuff10k_512x512.py',
+    '../_base_/default_runtime.py',
+    '../_base_/schedules/sgd_80k.py',
+]
+crop_size = (512, 512)
+data_preprocessor = dict(size=crop_size)
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(depth=101, stem_channels=64, base_channels=64, norm_cfg=norm_cfg),
+    decode_head=dict(
+        in_channels=[256, 512, 1024, 2048], channels=512, num_classes=171, norm_cfg=norm_cfg),
+    auxiliary_head=dict(
+        in_channels=1024, channels=256, num_classes=171, norm_cfg=norm_cfg),
+    test_cfg=dict(mode='slide', crop_size=(768, 768), stride=(512, 512)))

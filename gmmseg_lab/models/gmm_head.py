@@ -1,0 +1,281 @@
+"""GMMSeg decode heads: any mmseg decode head with its softmax classifier replaced by a GMM.
+
+mmseg decode heads compute a fused feature and end in ``self.cls_seg(feat)`` (dropout, then the 1x1
+``conv_seg``). :class:`GMMHeadMixin` overrides only that classifier and the loss; everything else (the
+head's own layers, its input transform, the cascade ``prev_output`` of OCRNet) is the base head's.
+:func:`gmm_head_class` builds (once, cached) the thin subclass ``GMM<Base>`` of a registered head, and
+the registry entry ``GMMSegHead`` builds one from a config::
+
+    decode_head=dict(type='GMMSegHead', base_type='SegformerHead',        # flat form, or
+                     in_channels=[...], channels=256, num_classes=19, ...,  # the base head's kwargs
+                     num_components=5, embed_dim=64, loss_component_weight=0.01,
+                     gmm_cfg=dict(memory_size=32000, mean_momentum=0.999, ...))
+    decode_head=dict(type='GMMSegHead', head=dict(type='OCRHead', ...), num_components=5, ...)  # wrapped
+
+The classifier (per pixel of the fused feature):
+
+    feature -> dropout -> 1x1 conv to D -> LayerNorm(D) -> L2-normalise = embedding x
+    log N(x; mu_cm, diag sigma_cm^2) for all C*M components  (GMMClassifier.component_log_prob)
+    class score = max_m of the class's components -> LayerNorm over the C scores = class logits
+
+Training (``loss_by_feat``): the base head's decode loss (CE) on the class logits, plus the component
+loss ``loss_component`` = weight * CE over the C*M component log-densities with target
+``label*M + assigned component`` (Sinkhorn E-step), at the embeddings' resolution with labels resized
+by nearest; then ``gmm.update(x, labels, correct=argmax == label)``: only correctly classified pixels
+feed the memory; the M-step runs every ``update_interval`` updates. ``gmm_pixels``, ``gmm_classes``,
+``gmm_m_step`` and ``gmm_num_m_steps`` are logged beside the losses.
+
+Inference: ``predict`` is mmseg's (class logits). :meth:`GMMHeadMixin.predict_gmm` also returns
+``log p(x|c)`` (the class mixtures' log-likelihood, for the anomaly score ``-max_c log p(x|c)``) and the
+embeddings; see :mod:`gmmseg_lab.models.inference` for the segmentor-level (whole / slide) version.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import mmseg.models  # noqa: F401  (registers every mmseg decode head in MODELS)
+from mmseg.models.decode_heads.cascade_decode_head import BaseCascadeDecodeHead
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
+
+from ..gmm import GMMClassifier
+
+__all__ = ["GMMHeadMixin", "GMMSegHead", "gmm_head_class", "is_gmm_head", "GMM_HEAD_KEYS"]
+
+#: Config keys of ``GMMSegHead`` that a softmax head does not have (the twin-diff allows only these).
+GMM_HEAD_KEYS = ("base_type", "head", "num_components", "embed_dim", "gmm_cfg",
+                 "loss_component_weight", "update_correct_only")
+
+
+def _full_precision(t: Tensor):
+    """Autocast off: the Gaussian log-densities are cancellation-sensitive quadratics (fp32 at least)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+class GMMHeadMixin:
+    """Replace a decode head's softmax classifier (``cls_seg``) by GMMSeg's generative classifier.
+
+    Put it first in the bases of a :class:`BaseDecodeHead` subclass (see :func:`gmm_head_class`).
+
+    Args:
+        num_components: M, Gaussians per class (5).
+        embed_dim: D, embedding dimension (64).
+        gmm_cfg: further keyword arguments of :class:`~gmmseg_lab.gmm.GMMClassifier` (``e_step``,
+            ``memory``, ``memory_size``, ``mean_momentum``, ``update_interval``, ...).
+        loss_component_weight: weight of the component cross-entropy (0.01).
+        update_correct_only: feed the memory only with correctly classified pixels (the paper's).
+        **kwargs: the base head's own arguments.
+    """
+
+    def __init__(self, *args, num_components: int = 5, embed_dim: int = 64,
+                 gmm_cfg: dict | None = None, loss_component_weight: float = 0.01,
+                 update_correct_only: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.out_channels != self.num_classes or self.num_classes < 2:
+            raise ValueError("GMMSeg heads need out_channels == num_classes >= 2 "
+                             f"(got num_classes={self.num_classes}, out_channels={self.out_channels})")
+        gmm_cfg = dict(gmm_cfg or {})
+        for key in ("num_classes", "num_components", "embed_dim"):
+            if key in gmm_cfg:
+                raise ValueError(f"set {key} on the head, not in gmm_cfg")
+        gmm_cfg.setdefault("ignore_index", self.ignore_index)
+        self.num_components = num_components
+        self.embed_dim = embed_dim
+        self.loss_component_weight = float(loss_component_weight)
+        self.update_correct_only = update_correct_only
+
+        in_channels = self.conv_seg.in_channels
+        del self.conv_seg  # the softmax classifier is gone; the GMM takes its place
+        self.gmm_project = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        self.gmm_embed_norm = nn.LayerNorm(embed_dim)
+        self.gmm = GMMClassifier(self.num_classes, num_components, embed_dim, **gmm_cfg)
+        self.gmm_score_norm = nn.LayerNorm(self.num_classes)
+        self._retarget_init_cfg()
+        self._gmm_cache: dict | None = None
+
+    def _retarget_init_cfg(self) -> None:
+        """The base's ``init_cfg`` may override ``conv_seg``: give that init to ``gmm_project``."""
+        def fix(cfg: Any) -> Any:
+            if isinstance(cfg, dict):
+                cfg = {k: fix(v) for k, v in cfg.items()}
+                if cfg.get("name") == "conv_seg":
+                    cfg["name"] = "gmm_project"
+                return cfg
+            if isinstance(cfg, (list, tuple)):
+                return type(cfg)(fix(c) for c in cfg)
+            return cfg
+
+        if getattr(self, "init_cfg", None) is not None:
+            self.init_cfg = fix(copy.deepcopy(self.init_cfg))
+
+    # ------------------------------------------------------------------ the classifier
+    def embed(self, feat: Tensor) -> Tensor:
+        """Fused feature ``[B, Ch, h, w]`` -> L2-normalised embedding ``[B, D, h, w]`` (float32)."""
+        if self.dropout is not None:
+            feat = self.dropout(feat)
+        emb = self.gmm_project(feat)
+        with _full_precision(emb):
+            emb = self.gmm_embed_norm(emb.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return F.normalize(emb, dim=1)
+
+    def cls_seg(self, feat: Tensor) -> Tensor:
+        """GMM classifier in place of dropout + ``conv_seg``: class logits ``[B, C, h, w]``.
+
+        The flat embeddings ``[N, D]`` and component log-densities ``[N, C, M]`` are kept for the
+        loss of the same forward pass (``loss_by_feat``) and for :meth:`predict_gmm`.
+        """
+        emb = self.embed(feat)
+        b, d, h, w = emb.shape
+        x = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        with _full_precision(x):
+            comp = self.gmm.component_log_prob(x)  # [N, C, M]
+            scores = self.gmm_score_norm(comp.amax(dim=-1))  # [N, C]
+        logits = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
+        self._gmm_cache = dict(x=x, component_log_prob=comp, shape=(b, h, w))
+        return logits
+
+    def _pop_cache(self, logits: Tensor) -> dict:
+        cache, self._gmm_cache = self._gmm_cache, None
+        if cache is None or tuple(cache["shape"]) != (logits.shape[0], *logits.shape[2:]):
+            raise RuntimeError(
+                f"{type(self).__name__}: no GMM classifier output for these logits; GMMSeg heads need "
+                "a base head whose forward ends in self.cls_seg(feat)")
+        return cache
+
+    # ------------------------------------------------------------------ training
+    def loss_by_feat(self, seg_logits: Tensor, batch_data_samples) -> dict:
+        """mmseg's decode loss on the class logits + the component loss; then the online EM step."""
+        cache = self._pop_cache(seg_logits)
+        losses = super().loss_by_feat(seg_logits, batch_data_samples)
+
+        b, h, w = cache["shape"]
+        labels = self._stack_batch_gt(batch_data_samples).to(seg_logits.device)  # [B, 1, H, W]
+        labels = F.interpolate(labels.float(), size=(h, w), mode="nearest").long().view(-1)
+        x, comp = cache["x"], cache["component_log_prob"]
+        m = self.num_components
+
+        assigned = self.gmm.assign_components(x.detach(), labels)  # -1 where ignored
+        valid = assigned >= 0
+        target = torch.where(valid, labels * m + assigned, torch.full_like(labels, -1))
+        if bool(valid.any()):
+            loss_comp = F.cross_entropy(comp.flatten(1), target, ignore_index=-1)
+        else:
+            loss_comp = comp.sum() * 0.0
+        losses["loss_component"] = self.loss_component_weight * loss_comp
+
+        if self.training:
+            pred = seg_logits.detach().argmax(dim=1).view(-1)
+            correct = (pred == labels) if self.update_correct_only else None
+            info = self.gmm.update(x.detach(), labels, correct=correct)
+            dev = seg_logits.device
+            losses["gmm_pixels"] = torch.tensor(float(info["pixels"]), device=dev)
+            losses["gmm_classes"] = torch.tensor(float(info["classes"]), device=dev)
+            losses["gmm_m_step"] = torch.tensor(float(info["m_step"]), device=dev)
+            losses["gmm_num_m_steps"] = self.gmm.num_m_steps.detach().float().to(dev)
+        return losses
+
+    # ------------------------------------------------------------------ inference
+    def predict_by_feat(self, seg_logits: Tensor, batch_img_metas: list[dict]) -> Tensor:
+        self._gmm_cache = None
+        return super().predict_by_feat(seg_logits, batch_img_metas)
+
+    def predict_gmm(self, inputs, batch_img_metas: list[dict], test_cfg=None,
+                    prev_output: Tensor | None = None, rescale: bool = True) -> dict[str, Tensor]:
+        """Class logits, ``log p(x|c)`` and embeddings of a batch of backbone features.
+
+        Args:
+            inputs: the backbone (+neck) features, as for :meth:`predict`.
+            batch_img_metas: image metas (``img_shape`` / ``pad_shape`` give the output size).
+            test_cfg: unused (kept for mmseg's ``predict`` signature).
+            prev_output: the previous stage's output for cascade heads (OCRNet).
+            rescale: resize ``seg_logits`` and ``class_log_likelihood`` (bilinear) to the input image
+                size as mmseg's ``predict`` does; the embeddings stay at feature resolution.
+
+        Returns:
+            ``seg_logits`` ``[B, C, H, W]`` (LayerNorm-ed class scores: the logits of the CE loss),
+            ``class_log_likelihood`` ``[B, C, H, W]`` (``log p(x|c)`` of each class mixture; the anomaly
+            score is ``-max_c``) and ``embeddings`` ``[B, D, h, w]``.
+        """
+        if isinstance(self, BaseCascadeDecodeHead):
+            if prev_output is None:
+                raise ValueError(f"{type(self).__name__} is a cascade head: pass prev_output")
+            logits = self.forward(inputs, prev_output)
+        else:
+            logits = self.forward(inputs)
+        cache = self._pop_cache(logits)
+        b, h, w = cache["shape"]
+        with _full_precision(cache["x"]):
+            cll = self.gmm.class_log_likelihood(cache["x"])
+        cll = cll.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
+        emb = cache["x"].view(b, h, w, self.embed_dim).permute(0, 3, 1, 2).contiguous()
+        if rescale:
+            logits = BaseDecodeHead.predict_by_feat(self, logits, batch_img_metas)
+            cll = BaseDecodeHead.predict_by_feat(self, cll, batch_img_metas)
+        return dict(seg_logits=logits, class_log_likelihood=cll, embeddings=emb)
+
+
+# ---------------------------------------------------------------------- building
+_CLASSES: dict[type, type] = {}
+
+
+def gmm_head_class(base: str | type) -> type:
+    """The GMMSeg version ``GMM<Base>`` of a decode head class (or its registry name), cached.
+
+    The class is a module attribute of this module (so models pickle) and is registered in mmseg's
+    ``MODELS`` under its name, e.g. ``GMMSegformerHead``.
+    """
+    base_cls = MODELS.get(base) if isinstance(base, str) else base
+    if base_cls is None:
+        raise KeyError(f"{base!r} is not a registered mmseg model")
+    if not (isinstance(base_cls, type) and issubclass(base_cls, BaseDecodeHead)):
+        raise TypeError(f"{base!r} is not an mmseg decode head (BaseDecodeHead subclass)")
+    if issubclass(base_cls, GMMHeadMixin):
+        return base_cls
+    if base_cls not in _CLASSES:
+        name = f"GMM{base_cls.__name__}"
+        cls = types.new_class(name, (GMMHeadMixin, base_cls))
+        cls.__module__ = __name__
+        cls.__qualname__ = name
+        cls.__doc__ = (f"{base_cls.__name__} with GMMSeg's generative classifier in place of softmax "
+                       f"(see :class:`GMMHeadMixin`).")
+        globals()[name] = cls
+        if name not in MODELS.module_dict:
+            MODELS.register_module(name=name, module=cls)
+        _CLASSES[base_cls] = cls
+    return _CLASSES[base_cls]
+
+
+def GMMSegHead(base_type: str | type | None = None, head: dict | None = None, **kwargs):  # noqa: N802
+    """Registry entry: build the GMMSeg version of a decode head from a config.
+
+    Either ``base_type='SegformerHead'`` with the base head's kwargs beside the GMM keys, or
+    ``head=dict(type='SegformerHead', ...)`` (a complete softmax head config, wrapped).
+    """
+    if head is not None:
+        head = dict(head)
+        if base_type is not None and base_type != head.get("type"):
+            raise ValueError(f"base_type={base_type!r} contradicts head type {head.get('type')!r}")
+        base_type = head.pop("type")
+        kwargs = {**head, **kwargs}
+    if base_type is None:
+        raise ValueError("GMMSegHead needs base_type='<decode head>' or head=dict(type=...)")
+    return gmm_head_class(base_type)(**kwargs)
+
+
+MODELS.register_module(name="GMMSegHead", module=GMMSegHead, force=True)
+
+# The four architectures of the paper, registered up front (GMMSegformerHead, ...).
+for _name in ("SegformerHead", "DepthwiseSeparableASPPHead", "UPerHead", "OCRHead", "FCNHead"):
+    gmm_head_class(_name)
+
+
+def is_gmm_head(module: nn.Module) -> bool:
+    """True for a decode head built with the GMM classifier."""
+    return isinstance(module, GMMHeadMixin)

@@ -1,0 +1,205 @@
+"""From a built segmentor (or a checkpoint) to per-pixel class logits, ``log p(x|c)`` and embeddings.
+
+The evaluator's path::
+
+    from gmmseg_lab.models import load_segmentor, predict_batch, build_dataloader
+    model, cfg = load_segmentor(work_dir)               # config.py + last checkpoint of a train() run
+    loader = build_dataloader(cfg, "val")                # or cfg with any dataloader config
+    for data_batch in loader:
+        for r in predict_batch(model, data_batch):       # one dict per image, at its original size
+            r["seg_logits"], r["pred"], r["class_log_likelihood"], r["anomaly_score"], r["gt"]
+
+At the tensor level: ``segmentor_outputs(model, inputs, batch_img_metas)`` runs
+``model.extract_feat(inputs)``, the earlier cascade stages (OCRNet's soft object regions) and then the
+GMM head's :meth:`~gmmseg_lab.models.gmm_head.GMMHeadMixin.predict_gmm`, in whole or slide mode as
+``model.test_cfg.mode`` says. Softmax heads give ``seg_logits`` only, so the same code evaluates both
+twins.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mmseg.models.utils import resize
+
+from .gmm_head import is_gmm_head
+
+__all__ = ["decode_head_of", "segmentor_outputs", "predict_batch", "load_segmentor",
+           "build_dataloader", "quiet_mmengine"]
+
+
+@contextmanager
+def quiet_mmengine(level: int = logging.WARNING):
+    """Temporarily raise the level of mmengine's current logger (e.g. around ``init_weights``,
+    which otherwise prints one line per parameter when no log file is open)."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield logger
+    finally:
+        logger.setLevel(old)
+
+
+def decode_head_of(segmentor: nn.Module) -> nn.Module:
+    """The head that makes the final prediction (the last stage of a cascade)."""
+    head = segmentor.decode_head
+    return head[-1] if isinstance(head, nn.ModuleList) else head
+
+
+def _whole(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str, Tensor]:
+    head = decode_head_of(segmentor)
+    if not is_gmm_head(head):
+        return dict(seg_logits=segmentor.encode_decode(inputs, metas))
+    feats = segmentor.extract_feat(inputs)
+    prev = None
+    if isinstance(segmentor.decode_head, nn.ModuleList):
+        stages = segmentor.decode_head
+        prev = stages[0].forward(feats)
+        for stage in stages[1:-1]:
+            prev = stage.forward(feats, prev)
+    return head.predict_gmm(feats, metas, segmentor.test_cfg, prev_output=prev)
+
+
+def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str, Tensor]:
+    h_stride, w_stride = segmentor.test_cfg.stride
+    h_crop, w_crop = segmentor.test_cfg.crop_size
+    b, _, h_img, w_img = inputs.shape
+    rows = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    cols = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    sums: dict[str, Tensor] = {}
+    count = inputs.new_zeros((b, 1, h_img, w_img))
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * h_stride + h_crop, h_img), min(c * w_stride + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            crop = inputs[:, :, y1:y2, x1:x2]
+            crop_metas = [dict(m, img_shape=crop.shape[2:]) for m in metas]
+            out = _whole(segmentor, crop, crop_metas)
+            for key in ("seg_logits", "class_log_likelihood"):
+                if key in out:
+                    if key not in sums:
+                        sums[key] = inputs.new_zeros((b, out[key].shape[1], h_img, w_img))
+                    sums[key][:, :, y1:y2, x1:x2] += out[key]
+            count[:, :, y1:y2, x1:x2] += 1
+    return {k: v / count for k, v in sums.items()}
+
+
+@torch.no_grad()
+def segmentor_outputs(segmentor: nn.Module, inputs: Tensor, batch_img_metas: list[dict]) -> dict[str, Tensor]:
+    """Per-pixel outputs of a batch at the (padded) input size, mmseg's whole or slide inference.
+
+    Returns ``seg_logits`` ``[B, C, H, W]``; for GMM heads also ``class_log_likelihood``
+    ``[B, C, H, W]`` (``log p(x|c)``) and, in whole mode, ``embeddings`` ``[B, D, h, w]`` (feature
+    resolution).
+    """
+    mode = segmentor.test_cfg.get("mode", "whole") if segmentor.test_cfg else "whole"
+    if mode == "slide":
+        return _slide(segmentor, inputs, batch_img_metas)
+    if mode != "whole":
+        raise ValueError(f"test_cfg.mode must be 'whole' or 'slide', got {mode!r}")
+    return _whole(segmentor, inputs, batch_img_metas)
+
+
+def _undo_geometry(x: Tensor, meta: dict, align_corners: bool) -> Tensor:
+    """``[C, H, W]`` at the padded input size -> ``[C, h0, w0]`` at the image's original size."""
+    height, width = x.shape[-2:]
+    left, right, top, bottom = meta.get("img_padding_size", meta.get("padding_size", [0, 0, 0, 0]))
+    x = x[None, :, top:height - bottom, left:width - right]
+    if meta.get("flip", False):
+        x = x.flip(dims=(3,) if meta.get("flip_direction") == "horizontal" else (2,))
+    return resize(x, size=meta["ori_shape"], mode="bilinear", align_corners=align_corners,
+                  warning=False)[0]
+
+
+@torch.no_grad()
+def predict_batch(segmentor: nn.Module, data_batch: dict) -> list[dict]:
+    """Run a data-loader batch through the model; one dict per image at its original size.
+
+    Keys: ``seg_logits`` ``[C, H, W]``, ``pred`` ``[H, W]`` (argmax), ``gt`` ``[H, W]`` (when the batch
+    has labels), ``img_path``; for GMM heads also ``class_log_likelihood`` ``[C, H, W]``
+    (``log p(x|c)``), ``anomaly_score`` ``[H, W]`` (``-max_c log p(x|c)``) and, in whole mode,
+    ``embeddings`` ``[D, h, w]`` at feature resolution of the (padded) input.
+    """
+    was_training = segmentor.training
+    segmentor.eval()
+    try:
+        data = segmentor.data_preprocessor(data_batch, False)
+        inputs, samples = data["inputs"], data["data_samples"]
+        metas = [s.metainfo for s in samples]
+        out = segmentor_outputs(segmentor, inputs, metas)
+    finally:
+        segmentor.train(was_training)
+    align = decode_head_of(segmentor).align_corners
+    results = []
+    for i, (sample, meta) in enumerate(zip(samples, metas)):
+        r: dict = {"img_path": meta.get("img_path")}
+        r["seg_logits"] = _undo_geometry(out["seg_logits"][i], meta, align)
+        r["pred"] = r["seg_logits"].argmax(dim=0)
+        if "class_log_likelihood" in out:
+            cll = _undo_geometry(out["class_log_likelihood"][i], meta, align)
+            r["class_log_likelihood"] = cll
+            r["anomaly_score"] = -cll.amax(dim=0)
+        if "embeddings" in out:
+            r["embeddings"] = out["embeddings"][i]
+        if "gt_sem_seg" in sample:
+            r["gt"] = sample.gt_sem_seg.data[0]
+        results.append(r)
+    return results
+
+
+def load_segmentor(config, checkpoint: str | Path | None = "last", device: str | torch.device | None = None):
+    """Build a segmentor from a config and load a checkpoint; returns ``(model, cfg)`` in eval mode.
+
+    Args:
+        config: an ``mmengine.Config``, a config file, or a ``train()`` work dir (which holds
+            ``config.py`` and ``last_checkpoint``).
+        checkpoint: a ``.pth`` path, ``"last"`` (the work dir's ``last_checkpoint``; nothing is loaded
+            when there is none) or ``None`` (random initialisation).
+        device: default CUDA when available, else CPU.
+    """
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    from mmseg.registry import MODELS
+
+    work_dir = None
+    if isinstance(config, (str, Path)) and Path(config).is_dir():
+        work_dir = Path(config)
+        config = work_dir / "config.py"
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    if checkpoint == "last":
+        work_dir = work_dir or (Path(cfg.work_dir) if cfg.get("work_dir") else None)
+        pointer = work_dir / "last_checkpoint" if work_dir else None
+        checkpoint = pointer.read_text().strip() if pointer and pointer.exists() else None
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    if checkpoint is not None:
+        load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
+    else:
+        with quiet_mmengine():
+            model.init_weights()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        model = revert_sync_batchnorm(model)  # SyncBN (paper configs) -> BN outside a process group
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, cfg
+
+
+def build_dataloader(cfg, split: str = "val"):
+    """The ``{split}_dataloader`` of a config, built by mmengine's Runner helper."""
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    return Runner.build_dataloader(copy.deepcopy(cfg[f"{split}_dataloader"]))
