@@ -131,4 +131,7 @@ def run_demo(out: str | Path = "runs/demo", arch: str = "segformer", preset: str
     print()
     print(format_table(summary))
     print(f"\nmetrics of every run: {out / 'runs' / 'summary.json'}")
+    if preset == "quick":
+        print("The quick preset is a smoke run (tens of iterations from random weights): its numbers show the\n"
+              "pipeline works, not how the heads compare. The README's table comes from the cpu preset, 3 seeds.")
     return summary
