@@ -37,13 +37,8 @@ from mmseg.structures import SegDataSample  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch: these models are tiny, and on a shared 2-core machine OpenMP threads
-    competing with another process made the GMM's many small ops ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread_torch):
+    """Every test here runs with single-threaded torch (see conftest.single_thread_torch)."""
 
 
 #: The method's settings (gmmseg-method.md), the same in every GMM config.

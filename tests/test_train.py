@@ -14,13 +14,8 @@ from gmmseg_lab.train import TqdmProgressHook, last_checkpoint, train
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded torch: these models are tiny, and on a shared 2-core machine OpenMP threads
-    competing with another process made the GMM's many small ops ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(single_thread_torch):
+    """Every test here runs with single-threaded torch (see conftest.single_thread_torch)."""
 
 
 GMM_BUFFERS = ("gmm.means", "gmm.stds", "gmm.log_weights", "gmm.num_updates", "gmm.num_m_steps", "gmm.seen",
