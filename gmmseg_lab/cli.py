@@ -44,9 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
-    check = data_sub.add_parser("check", help="report what a data set holds and any problem, without training")
+    from .data.real import FORMATS as DATA_FORMATS
+
+    check = data_sub.add_parser("check", help="report what a data set holds and any problem, without training",
+                                description="Detect the layout of DIR (the lab's, Cityscapes, ADE20K, COCO-Stuff-10K, "
+                                            "Fishyscapes, Road Anomaly, SegmentMeIfYouCan; see docs/datasets.md) and "
+                                            "report counts, classes, label values and every problem; exit 1 on problems.")
     check.add_argument("dir", type=Path, help="data set directory")
-    check.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to check")
+    check.add_argument("--format", choices=("auto",) + DATA_FORMATS, default="auto", metavar="FORMAT",
+                       help=f"the layout DIR holds: {', '.join(DATA_FORMATS)} (default: auto, detect it)")
+    check.add_argument("--splits", nargs="+",
+                       help="splits to check (default: the format's, e.g. train val; ADE20K: training validation)")
+    check.add_argument("--limit", type=int, metavar="N",
+                       help="decode at most N pairs per split (every file is still paired)")
+    check.add_argument("--make-train-ids", action="store_true",
+                       help="Cityscapes: first write *_gtFine_labelTrainIds.png from *_gtFine_labelIds.png "
+                            "(official 34 -> 19 mapping, atomic writes, existing files kept)")
 
     train = sub.add_parser("train", help="train a GMMSeg model or its softmax twin",
                            description="Train from a shipped preset (--data/--arch/--head/--preset) or a config file.")
@@ -60,14 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-iters", type=int, help="override the preset's number of iterations")
     train.add_argument("--gmm", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="GMM classifier option, e.g. --gmm memory=stats --gmm mean_momentum=0.99 (repeatable)")
-    train.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the work dir's last checkpoint (weights, GMM, optimizer, RNG: "
+                            "the run ends as an uninterrupted one would)")
+    train.add_argument("--resume-from", type=Path, metavar="CKPT",
+                       help="continue from this checkpoint instead (e.g. an older one when the last is corrupt)")
     train.add_argument("--launcher", choices=("none", "pytorch", "slurm", "mpi"), default="none",
                        help="distributed launcher (use 'pytorch' under torchrun)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("evaluate", help="score a trained model: mIoU, ECE/MCE, anomaly AUROC/AP/FPR95")
     ev.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint .pth or a train work dir")
-    ev.add_argument("--data", required=True, type=Path, help="data set directory in the lab's layout")
+    ev.add_argument("--data", type=Path, help="data set directory in the lab's layout (closed set, and its "
+                    "anomaly/ split when present)")
+    ev.add_argument("--anomaly-data", type=Path, help="an anomaly benchmark folder (Fishyscapes, Road Anomaly, "
+                    "SegmentMeIfYouCan, or the lab layout) scored instead of DATA/anomaly; alone, only it is scored")
+    ev.add_argument("--anomaly-format", default="auto", help="layout of --anomaly-data (default: detected); "
+                    "see `gmmseg-lab data check --help`")
     ev.add_argument("--out", type=Path, help="write the metrics here as JSON")
     ev.add_argument("--config", type=Path, help="config file (default: the one saved with the model)")
     ev.add_argument("--split", default="val", help="closed-set split to score")
@@ -83,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
 
     sub.add_parser("toy", help="fit a GMM classifier on 2-D multimodal toy data and print what it learned")
+
+    rep = sub.add_parser("report", help="execute the lab's notebooks with papermill into an HTML report",
+                         description="Execute notebooks/ in dependency order (training once, reused by later "
+                                     "notebooks), one executed notebook per grid combination; writes "
+                                     "OUT/index.html and OUT/summary.json. Rerunning reuses every notebook "
+                                     "whose parameters and code are unchanged.")
+    rep.add_argument("--preset", default="quick", help="report definition reports/presets/<PRESET>.yaml "
+                     "(quick: minutes; cpu: the README's numbers)")
+    rep.add_argument("--grid", type=Path, help="a grid file (e.g. reports/ablation.yaml): one executed "
+                     "notebook per combination of its values")
+    rep.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (threads are split)")
+    rep.add_argument("--out", required=True, type=Path, help="output folder")
+    rep.add_argument("--notebooks", type=Path, help="notebooks folder (default: the repository's notebooks/)")
+    rep.add_argument("--definitions", type=Path, help="report definitions folder (default: reports/)")
+    rep.add_argument("--timeout", type=int, help="seconds a single cell may run (default: no limit)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -94,9 +132,16 @@ def _cmd_data(args) -> int:
                             progress=not args.no_progress)
         print(f"wrote {path}")
         return 0
-    from .data.layout import check_dataset
+    from .data.real import check_real_dataset, convert_cityscapes_label_ids, detect_format
 
-    report = check_dataset(args.dir, splits=tuple(args.splits))
+    splits = tuple(args.splits) if args.splits else None
+    if args.make_train_ids:
+        fmt = detect_format(args.dir) if args.format == "auto" else args.format
+        if fmt != "cityscapes":
+            raise ValueError(f"{args.dir}: --make-train-ids applies to Cityscapes, but this is {fmt}")
+        written = convert_cityscapes_label_ids(args.dir, splits=splits or ("train", "val"))
+        print(f"wrote {len(written)} *_gtFine_labelTrainIds.png file(s)")
+    report = check_real_dataset(args.dir, fmt=args.format, splits=splits, limit=args.limit)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -130,7 +175,7 @@ def _cmd_train(args) -> int:
                            seed=args.seed, max_iters=args.max_iters, gmm_cfg=gmm_cfg)
     if args.launcher != "none":
         cfg.launcher = args.launcher
-    work_dir = train(cfg, resume=args.resume, progress=not args.no_progress)
+    work_dir = train(cfg, resume=args.resume_from or args.resume, progress=not args.no_progress)
     print(f"trained: {work_dir}")
     return 0
 
@@ -138,17 +183,49 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     import json
 
-    from .eval.evaluate import evaluate
+    from .eval.evaluate import evaluate, evaluate_anomaly
 
+    slide = tuple(args.slide) if args.slide else None
+    if args.data is None and args.anomaly_data is None:
+        raise ValueError("give --data (a data set in the lab's layout), --anomaly-data (a benchmark), or both")
+    if args.data is None:
+        result = evaluate_anomaly(args.checkpoint, args.anomaly_data, args.out, fmt=args.anomaly_format,
+                                  config=args.config, batch_size=args.batch_size, slide=slide,
+                                  progress=not args.no_progress)
+        print(json.dumps(result.get("anomaly", result), indent=2, default=str))
+        if args.out:
+            print(f"wrote {args.out}")
+        return 0
     result = evaluate(args.checkpoint, args.data, args.out, config=args.config, split=args.split,
-                      batch_size=args.batch_size, slide=tuple(args.slide) if args.slide else None,
-                      progress=not args.no_progress)
+                      batch_size=args.batch_size, slide=slide, progress=not args.no_progress,
+                      anomaly_data=args.anomaly_data, anomaly_format=args.anomaly_format)
     summary = {k: result[k] for k in ("miou", "acc", "ece", "mce")}
     if "anomaly" in result:
         summary["anomaly"] = result["anomaly"]
     print(json.dumps(summary, indent=2))
     if args.out:
         print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report.runner import ReportRunner
+    from .report.spec import ReportSpecError
+
+    try:
+        runner = ReportRunner(args.out, preset=args.preset, grid=args.grid, jobs=args.jobs,
+                              notebooks_dir=args.notebooks, definitions_dir=args.definitions,
+                              progress=not args.no_progress, timeout=args.timeout)
+    except ReportSpecError as err:
+        print(f"gmmseg-lab report: {err}", file=sys.stderr)
+        return 2
+    runner.run()
+    index = runner.out / "index.html"
+    print(f"report: {index}")
+    if runner.failed:
+        print(f"{len(runner.failed)} notebook(s) did not succeed: {', '.join(runner.failed)} "
+              f"(see {index})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -173,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_evaluate(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "report":
+            return _cmd_report(args)
         from .toy import main as toy_main
 
         toy_main()

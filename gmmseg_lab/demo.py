@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,16 +50,43 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
 
 
 def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
-            gmm_cfg: dict | None = None, progress: bool = True) -> dict:
-    """Train (or resume) one model and evaluate it; ``run_dir/metrics.json`` marks it done."""
+            gmm_cfg: dict | None = None, progress: bool = True, gmm_head: dict | None = None) -> dict:
+    """Train (or resume) one model and evaluate it; ``run_dir/metrics.json`` marks it done.
+
+    ``gmm_cfg`` / ``gmm_head`` override the GMM classifier's / the GMM head's settings (see
+    :func:`gmmseg_lab.models.build_config`).
+    """
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text())
+    with _run_lock(run_dir):
+        if metrics_file.is_file():  # another process finished it while we waited
+            return json.loads(metrics_file.read_text())
+        return _train_and_evaluate(data_dir, run_dir, arch, head, preset, seed, gmm_cfg, gmm_head, progress)
+
+
+@contextmanager
+def _run_lock(run_dir: Path):
+    """An exclusive lock per run folder, so two notebooks (or processes) never train the same run at once."""
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f".{run_dir.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_and_evaluate(data_dir, run_dir, arch, head, preset, seed, gmm_cfg, gmm_head, progress) -> dict:
     from .eval.evaluate import evaluate
     from .models import build_config
     from .train import train
 
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
-    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg)
+    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
+                       gmm_head=gmm_head)
     train(cfg, resume=True, progress=progress, log_level="WARNING")
     metrics = evaluate(run_dir, data_dir, metrics_file, progress=progress)
     return metrics
@@ -81,21 +109,28 @@ def run_comparison(data_dir: Path, out_dir: Path, archs: Iterable[str] = ("segfo
                 name = f"{arch}_{head}_{preset}_s{seed}"
                 print(f"== {name}", flush=True)
                 runs[name] = run_one(data_dir, out_dir / name, arch, head, preset, seed, progress=progress)
+    aggregate = aggregate_over_seeds({arch: {head: [runs[f"{arch}_{head}_{preset}_s{s}"] for s in seeds]
+                                             for head in heads} for arch in archs})
+    summary = {"preset": preset, "seeds": seeds, "data": str(data_dir), "runs": runs, "aggregate": aggregate}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def aggregate_over_seeds(metrics: dict[str, dict[str, list[dict]]]) -> dict:
+    """``{arch: {head: [metrics.json per seed]}}`` -> ``{arch: {head: {column: {"mean", "std", "n",
+    "values"}}}}`` for the :data:`COLUMNS` (sample std; a column no seed reports is left out)."""
     aggregate: dict = {}
-    for arch in archs:
-        for head in heads:
+    for arch, by_head in metrics.items():
+        for head, per_seed in by_head.items():
             cols = {}
             for label, path, _ in COLUMNS:
-                values = [_get(runs[f"{arch}_{head}_{preset}_s{s}"], path) for s in seeds]
-                values = [v for v in values if v is not None]
+                values = [v for v in (_get(m, path) for m in per_seed) if v is not None]
                 if values:
                     mean = sum(values) / len(values)
                     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
                     cols[label] = {"mean": mean, "std": std, "n": len(values), "values": values}
             aggregate.setdefault(arch, {})[head] = cols
-    summary = {"preset": preset, "seeds": seeds, "data": str(data_dir), "runs": runs, "aggregate": aggregate}
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return aggregate
 
 
 def format_table(summary: dict) -> str:

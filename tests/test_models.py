@@ -104,7 +104,12 @@ def test_any_decode_head_gets_the_gmm_classifier_and_pickles():
     labels[:, :2] = 255
     head.train()
     losses = head.loss(feats, samples(labels), None)
-    assert {"loss_ce", "loss_component", "acc_seg", "gmm_pixels", "gmm_m_step"} <= set(losses)
+    assert {"loss_ce", "loss_component", "acc_seg", "gmm_pixels", "gmm_m_step",
+            "gmm_loglik", "gmm_balance", "gmm_mean_step"} <= set(losses)
+    # the convergence statistics are what they claim: recompute them from the head's own mixture
+    assert 0.0 <= float(losses["gmm_balance"]) <= 1.0
+    assert float(losses["gmm_mean_step"]) > 0  # the first M-step moves the means off their init
+    assert torch.isfinite(losses["gmm_loglik"])
     total = losses["loss_ce"] + losses["loss_component"]
     total.backward()
     assert head.gmm_project.weight.grad.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""The embedded procedural data set and the on-disk layout (numpy + PIL; no torch, no mmseg).
+"""The embedded procedural data set, the on-disk layout and real data sets (numpy + PIL; no torch, no mmseg).
 
 Public API:
 
@@ -8,6 +8,12 @@ Public API:
 - :mod:`~gmmseg_lab.data.layout`: :func:`read_classes`, :func:`check_dataset`,
   :func:`validate_dataset`, :class:`DatasetReport`, :class:`DatasetError`, :func:`list_pairs`,
   :func:`list_anomaly_pairs`, :func:`load_image`, :func:`load_mask`.
+- :mod:`~gmmseg_lab.data.real`: real data sets in their releases' layouts (Cityscapes, ADE20K,
+  COCO-Stuff-10K; Fishyscapes, Road Anomaly, SegmentMeIfYouCan): :data:`FORMATS`,
+  :func:`detect_format`, :func:`check_real_dataset`, :func:`validate_real_dataset`,
+  :class:`RealDatasetReport`, :func:`read_anomaly_benchmark` ``(root, fmt="auto") ->``
+  :class:`AnomalyBenchmark` (masks remapped to 0 inlier / 1 anomaly / 255 void),
+  :func:`remap_anomaly_mask`, :func:`convert_cityscapes_label_ids`, :func:`cityscapes_train_ids`.
 - :mod:`~gmmseg_lab.data.mmseg_dataset` (imports mmseg; import it explicitly): registers
   ``GMMLabDataset`` in mmseg's ``DATASETS``.
 """
@@ -22,6 +28,22 @@ from .layout import (
     load_mask,
     read_classes,
     validate_dataset,
+)
+from .real import (
+    ANOMALY_FORMATS,
+    CLOSED_SET_FORMATS,
+    CLOSED_SETS,
+    FORMATS,
+    AnomalyBenchmark,
+    AnomalyFrame,
+    RealDatasetReport,
+    check_real_dataset,
+    cityscapes_train_ids,
+    convert_cityscapes_label_ids,
+    detect_format,
+    read_anomaly_benchmark,
+    remap_anomaly_mask,
+    validate_real_dataset,
 )
 from .scenes import (
     ANOMALY_COLOURS,
@@ -38,22 +60,36 @@ from .scenes import (
 
 __all__ = [
     "ANOMALY_COLOURS",
+    "ANOMALY_FORMATS",
     "CLASSES",
+    "CLOSED_SETS",
+    "CLOSED_SET_FORMATS",
+    "FORMATS",
     "MODES",
     "MODE_COLOURS",
     "PALETTE",
     "PRESETS",
+    "AnomalyBenchmark",
+    "AnomalyFrame",
     "DatasetError",
     "DatasetReport",
+    "RealDatasetReport",
     "Scene",
     "check_dataset",
+    "check_real_dataset",
+    "cityscapes_train_ids",
+    "convert_cityscapes_label_ids",
+    "detect_format",
     "list_anomaly_pairs",
     "list_pairs",
     "load_image",
     "load_mask",
     "make_dataset",
+    "read_anomaly_benchmark",
     "read_classes",
+    "remap_anomaly_mask",
     "render_scene",
     "scene_rng",
     "validate_dataset",
+    "validate_real_dataset",
 ]

@@ -14,13 +14,21 @@ JPEG's lossy compression would corrupt class indices.
 
 Defined behaviour for unusual files:
 
-- Images in grey-scale (``L``, ``LA``, ``I;16``...), palette (``P``) or ``RGBA`` mode are not
-  errors: :func:`load_image` converts them to RGB (grey replicated to three channels, palette
-  expanded, alpha dropped without compositing, 16-bit scaled to 8-bit). :func:`check_dataset`
-  counts them in :attr:`DatasetReport.image_modes` and adds a note.
+- Images in grey-scale (``L``, ``LA``, ``1``, ``I;16``...), palette (``P``) or ``RGBA`` mode are
+  not errors: :func:`load_image` converts them to RGB exactly as mmseg's ``LoadImageFromFile``
+  (OpenCV) does (grey replicated to three channels, palette expanded, alpha dropped without
+  compositing, 16-bit reduced to its high byte). :func:`check_dataset` counts them in
+  :attr:`DatasetReport.image_modes` and adds a note.
+- ``CMYK`` (OpenCV and Pillow convert it differently) and 32-bit (``I``, ``F``) images are errors.
+- An image with an EXIF orientation other than 1 is an error: OpenCV turns it, its mask is not.
+- Files are judged by content: images must decode as PNG or JPEG, masks as PNG (a GIF or JPEG
+  named ``.png`` is an error), and a PNG must be complete to its IEND chunk with correct CRCs
+  (Pillow decodes a PNG cut after its pixel data, libpng refuses it).
 - Masks must be single-channel: ``L`` or ``P`` (a palette PNG's *indices* are the labels, as in
   Pascal VOC; its colours are ignored), or 16/32-bit integer with values <= 255. An RGB(A) mask
   is an error: a colour-coded mask needs converting to indices first.
+- Not errors, but notes: a split without any pixel of some class, an anomaly split without any
+  anomalous (or inlier) pixel (its AUROC is then undefined: ``null`` in metrics.json).
 
 Nothing here imports torch or mmseg.
 """
@@ -28,11 +36,12 @@ Nothing here imports torch or mmseg.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -52,6 +61,17 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
 IGNORE_INDEX = 255
 ANOMALY_VALUES = (0, 1, 255)
+#: Image modes refused by the checker and by :func:`load_image`, with the reason.
+UNSUPPORTED_IMAGE_MODES = {
+    "CMYK": "OpenCV (mmseg's reader) and Pillow convert CMYK to RGB differently; save it as RGB",
+    "I": "32-bit samples have no defined 8-bit RGB conversion; save it as 8-bit RGB",
+    "F": "32-bit samples have no defined 8-bit RGB conversion; save it as 8-bit RGB",
+}
+#: Decoded formats (by content, not by name) allowed for images, and for masks.
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO")  # MPO: a camera's multi-picture JPEG; both readers take frame 1
+MASK_FORMATS = ("PNG",)
+EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class DatasetError(ValueError):
@@ -201,20 +221,27 @@ def list_anomaly_pairs(root: str | Path, strict: bool = True) -> list[tuple[Path
     return scan.pairs
 
 
-def _image_to_rgb(img: Image.Image) -> np.ndarray:
+def _image_to_rgb(img: Image.Image, path) -> np.ndarray:
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        grey = (np.asarray(img, dtype=np.float64) / 257.0).round().astype(np.uint8)
+        # The high byte, as OpenCV (mmseg's LoadImageFromFile) reduces 16-bit samples to 8 bits.
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode in ("I", "F"):
-        raise ValueError(f"32-bit image mode {img.mode!r} has no defined 8-bit RGB conversion")
+    if img.mode in UNSUPPORTED_IMAGE_MODES:
+        raise ValueError(f"{path}: image mode {img.mode!r} is not supported ({UNSUPPORTED_IMAGE_MODES[img.mode]})")
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Load an image as ``[H, W, 3]`` uint8 RGB (grey, palette and RGBA converted; alpha dropped)."""
+    """Load an image as ``[H, W, 3]`` uint8 RGB, pixel for pixel as mmseg's ``LoadImageFromFile``
+    (OpenCV) reads it, then BGR to RGB: grey replicated, palette expanded, alpha dropped, 16-bit
+    reduced to its high byte, EXIF orientation applied.
+
+    Raises:
+        ValueError: naming ``path``, for CMYK and 32-bit images (see ``UNSUPPORTED_IMAGE_MODES``).
+    """
     with Image.open(path) as img:
         img.load()
-        return _image_to_rgb(img).copy()
+        return _image_to_rgb(ImageOps.exif_transpose(img), path).copy()
 
 
 def _mask_to_array(img: Image.Image, path) -> np.ndarray:
@@ -288,25 +315,70 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def _open_decoded(path: Path, problems: list[str]) -> Image.Image | None:
-    """Open and fully decode, turning any failure into a problem naming the file."""
+def _png_structure_problem(path: Path) -> str | None:
+    """Why libpng would reject the PNG at ``path``, or None.
+
+    Pillow stops reading once the pixels are decoded, so it accepts a PNG cut inside its last chunks
+    or its IEND; libpng (OpenCV, hence mmseg's ``LoadImageFromFile``) reads to IEND and refuses it.
+    Walk every chunk: each must be complete with a correct CRC, and IEND must be reached.
+    """
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return "not a PNG stream (bad signature)"
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            return f"truncated PNG: the file ends at byte {len(data)} before the IEND chunk"
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return (f"truncated PNG: chunk {kind.decode('latin-1')!r} at byte {pos} needs {length + 12} bytes, "
+                    f"the file has {len(data) - pos} left")
+        if zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return f"corrupt PNG: bad CRC in chunk {kind.decode('latin-1')!r} at byte {pos}"
+        if kind == b"IEND":
+            return None
+        pos = end
+
+
+def _open_decoded(path: Path, problems: list[str], formats: tuple[str, ...] = IMAGE_FORMATS) -> Image.Image | None:
+    """Open and fully decode, turning any failure into a problem naming the file.
+
+    Also refuses content in a format other than ``formats`` (whatever the file's extension: a GIF
+    or ICO named ``.png`` decodes in Pillow but not always in OpenCV) and PNGs that libpng rejects.
+    """
     try:
         with Image.open(path) as img:
             img.load()  # a truncated file only fails here; a loaded image outlives its file
-        return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         problems.append(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})")
         return None
+    if img.format not in formats:
+        problems.append(f"{path}: the file holds a {img.format} image; expected {' or '.join(formats)} content")
+        return None
+    if img.format == "PNG":
+        reason = _png_structure_problem(path)
+        if reason is not None:
+            problems.append(f"{path}: unreadable or corrupt image ({reason})")
+            return None
+    return img
 
 
 def _check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problems: list[str]) -> np.ndarray | None:
     """Check one image/mask pair; returns the mask's values or None when it cannot be used."""
     image = _open_decoded(image_path, problems)
-    mask_img = _open_decoded(mask_path, problems)
+    mask_img = _open_decoded(mask_path, problems, MASK_FORMATS)
     if image is not None:
         report.image_modes[image.mode] = report.image_modes.get(image.mode, 0) + 1
-        if image.mode in ("I", "F"):
-            problems.append(f"{image_path}: 32-bit image mode {image.mode!r} is not supported; save as 8-bit RGB")
+        if image.mode in UNSUPPORTED_IMAGE_MODES:
+            problems.append(f"{image_path}: image mode {image.mode!r} is not supported "
+                            f"({UNSUPPORTED_IMAGE_MODES[image.mode]})")
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        if orientation not in (0, 1):
+            # OpenCV applies the tag (mmseg trains on the turned image); masks are read unturned.
+            problems.append(f"{image_path}: EXIF orientation {orientation}: mmseg's LoadImageFromFile turns the "
+                            f"image but not its mask {mask_path.name}; save the pixels upright without the tag")
     if mask_img is None:
         return None
     try:
@@ -326,7 +398,9 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
     """Check a data set in the layout without raising; see :class:`DatasetReport`.
 
     Detects: missing or malformed classes.json, missing folders, empty splits, images without masks
-    and masks without images, non-image files, unreadable/corrupt images or masks, a mask whose
+    and masks without images, non-image files, unreadable/corrupt/truncated images or masks
+    (PNGs checked chunk by chunk as libpng reads them), content in another format than PNG/JPEG
+    (PNG for masks), CMYK or 32-bit images, images with an EXIF orientation, a mask whose
     size differs from its image's, non-single-channel masks, label values >= the number of
     classes (other than 255), and anomaly mask values other than 0/1/255. Every image and mask is
     decoded once: a few hundred 128 px pairs take well under a second.
@@ -368,6 +442,13 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
                     )
         if num_classes is not None:
             report.class_pixels[split] = [int(n) for n in histogram[:num_classes]]
+            absent = [classes[c] for c in range(num_classes) if histogram[c] == 0]
+            if absent and histogram.sum() > 0:
+                report.notes.append(
+                    f"split {split!r} has no pixel of class(es) {', '.join(map(repr, absent))}: trained on it, "
+                    "their mixtures keep their initial values; evaluated on it, their IoU is NaN (null in "
+                    "metrics.json) where the model never predicts them, else 0"
+                )
         report.ignore_pixels[split] = int(histogram[IGNORE_INDEX])
 
     if check_anomaly and (root / "anomaly").exists():
@@ -388,11 +469,17 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
                     f"{mask_path}: anomaly mask values {shown} (allowed: 0 inlier, 1 anomaly, 255 void)"
                 )
         report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
+        if histogram.sum() > 0 and (histogram[0] == 0 or histogram[1] == 0):
+            missing, undefined = ("anomalous (1)", "AUROC, AP and FPR95") if histogram[1] == 0 \
+                else ("inlier (0)", "AUROC and FPR95")
+            report.notes.append(f"the anomaly split has no {missing} pixel: {undefined} are undefined "
+                                "(null in metrics.json, with a warning)")
 
-    converted = {m: n for m, n in sorted(report.image_modes.items()) if m != "RGB"}
+    converted = {m: n for m, n in sorted(report.image_modes.items()) if m not in ("RGB", *UNSUPPORTED_IMAGE_MODES)}
     if converted:
         listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
-        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped)")
+        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped, "
+                            "16-bit reduced to its high byte), by load_image and mmseg's reader alike")
     return report
 
 

@@ -26,7 +26,7 @@ from mmengine.registry import DefaultScope
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .layout import IMAGE_EXTENSIONS, read_classes
+from .layout import IMAGE_EXTENSIONS, DatasetError, read_classes
 
 __all__ = ["GMMLabDataset"]
 
@@ -101,7 +101,33 @@ class GMMLabDataset(BaseSegDataset):
         return {i: (list(new_classes).index(c) if c in new_classes else 255) for i, c in enumerate(old_classes)}
 
     def load_data_list(self) -> list[dict]:
-        """As ``BaseSegDataset``, but with several image suffixes of any length (``.jpeg``)."""
+        """As ``BaseSegDataset``, but with several image suffixes of any length (``.jpeg``).
+
+        Raises:
+            DatasetError: naming the image folder, when it holds no image (mmengine would fail with
+                "need at least one array to concatenate").
+        """
+        data_list = self._list_data()
+        if not data_list:
+            raise DatasetError(f"{self.data_prefix.get('img_path', self.data_root)}: empty split, no image "
+                               f"ending in {self.img_suffix}")
+        return data_list
+
+    def prepare_data(self, idx: int):
+        """As ``BaseDataset``, with the pair's files named in any loading error.
+
+        mmcv's decoders often fail without the path (a corrupt mask gives "cannot identify image file
+        <_io.BytesIO ...>"): the error is re-raised as a :class:`DatasetError` naming both files.
+        """
+        try:
+            return super().prepare_data(idx)
+        except Exception as exc:
+            info = self.get_data_info(idx)
+            files = " and ".join(str(info[k]) for k in ("img_path", "seg_map_path") if info.get(k))
+            raise DatasetError(f"{files}: failed to load ({type(exc).__name__}: {exc}); "
+                               "`gmmseg-lab data check DIR` lists every broken file") from exc
+
+    def _list_data(self) -> list[dict]:
         if self.ann_file or isinstance(self.img_suffix, str):
             return super().load_data_list()
         img_dir = self.data_prefix.get("img_path", None)

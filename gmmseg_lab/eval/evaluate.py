@@ -9,7 +9,11 @@ many pixels are scored. The same code scores a GMMSeg model and its softmax twin
 - open world (``anomaly/``, when present): AUROC, AP and FPR at 95% TPR of every anomaly score the
   model offers: ``-max_c log p(x|c)`` (GMMSeg's), ``1 - max softmax`` and the softmax entropy. The
   headline ``anomaly`` entry is GMMSeg's density score for a GMM head and ``1 - max softmax`` for a
-  softmax head.
+  softmax head;
+- a real anomaly benchmark (Fishyscapes, Road Anomaly, SegmentMeIfYouCan in their releases'
+  layouts, :mod:`gmmseg_lab.data.real`): the same scores, by :func:`evaluate_anomaly` or
+  ``evaluate(..., anomaly_data=DIR)``; its images go through the model's test transforms, with
+  images and remapped masks from the benchmark reader instead of the pipeline's loading steps.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ def evaluate(
     slide: tuple[int, int] | None = None,
     device: str | None = None,
     progress: bool = True,
+    anomaly_data: str | Path | None = None,
+    anomaly_format: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a trained model on ``data_dir`` and optionally write ``out`` (JSON, atomically).
 
@@ -90,11 +96,20 @@ def evaluate(
         config: a config file overriding the one found with the model.
         split: the closed-set split to score.
         slide: ``(crop, stride)`` for sliding-window inference; ``None`` scores whole images.
+        anomaly_data: a real anomaly benchmark (Fishyscapes, Road Anomaly, SegmentMeIfYouCan in
+            its release's layout, see :mod:`gmmseg_lab.data.real`) scored instead of
+            ``data_dir/anomaly``; checked before any work. The result then also has
+            ``anomaly_data``, ``anomaly_format`` and ``anomaly_frames``.
+        anomaly_format: its format, ``"auto"`` to detect it.
 
     Returns:
         ``{"miou", "acc", "ece", "mce", "per_class_iou", "calibration_bins", "anomaly":
-        {"auroc", "ap", "fpr95", "score"}, "anomaly_by_score": {...}, ...}``; values in [0, 1]. The
-        anomaly entries are present only when the data set has an anomaly split.
+        {"auroc", "ap", "fpr95", "score"}, "anomaly_by_score": {...}, "notes": [...], ...}``; values
+        in [0, 1]. The anomaly entries are present only when the data set has an anomaly split.
+        Undefined values are NaN / None (``null`` in the JSON file), each explained by a line of
+        ``notes`` (and a :class:`~gmmseg_lab.eval.metrics.MetricUndefinedWarning`): a class without
+        any pixel in the split and never predicted has IoU NaN; an anomaly split without anomalous
+        (or inlier) pixels has AUROC and FPR95 (and AP) None.
     """
     from tqdm.auto import tqdm
 
@@ -105,6 +120,7 @@ def evaluate(
     validate_dataset(data_dir, splits=(split,), check_anomaly=True)
     classes, _ = read_classes(data_dir)
     has_anomaly = (data_dir / "anomaly" / "images").is_dir()
+    benchmark = _checked_benchmark(anomaly_data, anomaly_format) if anomaly_data is not None else None
 
     cfg, checkpoint = resolve_model(model, config)
     if slide is not None:
@@ -147,10 +163,26 @@ def evaluate(
         "split": split,
         "seed": (cfg.get("randomness") or {}).get("seed"),
     }
+    # Undefined entries are explained in metrics.json, not only in a warning.
+    notes = []
+    target_area, pred_area = seg["confusion"].sum(dim=1), seg["confusion"].sum(dim=0)
+    never = [name for c, name in enumerate(classes) if target_area[c] == 0 and pred_area[c] == 0]
+    only_pred = [name for c, name in enumerate(classes) if target_area[c] == 0 and pred_area[c] > 0]
+    if never:
+        notes.append(f"per_class_iou of {never} is null (NaN): annotations/{split} has no pixel of them and the "
+                     "model predicts none; they are left out of miou")
+    if only_pred:
+        notes.append(f"per_class_iou of {only_pred} is 0: annotations/{split} has no pixel of them but the model "
+                     "predicts some (false positives, counted in miou as in mmseg)")
+    result["notes"] = notes
     if bayes_calibration is not None:
         bayes = bayes_calibration.compute()
         result["bayes_posterior_calibration"] = {"ece": bayes["ece"], "mce": bayes["mce"], "bins": bayes["bins"]}
 
+    if benchmark is not None:  # a real anomaly benchmark replaces data_dir/anomaly
+        result.update(_score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress))
+        notes += _undefined_anomaly_notes(result["anomaly"], benchmark)
+        has_anomaly = False
     if has_anomaly:
         scores = {"max_softmax": AnomalyScores(), "entropy": AnomalyScores()}
         if head_kind == "gmm":
@@ -169,7 +201,179 @@ def evaluate(
         primary = PRIMARY_SCORE[head_kind]
         result["anomaly"] = dict(by_score[primary], score=primary)
         result["anomaly_by_score"] = by_score
+        head = result["anomaly"]
+        if head["num_pos"] == 0 or head["num_neg"] == 0:
+            undefined = [k for k in ("auroc", "ap", "fpr95") if head[k] is None]
+            missing = "anomalous (1)" if head["num_pos"] == 0 else "inlier (0)"
+            notes.append(f"anomaly {', '.join(undefined)} are null (undefined): anomaly/masks has no {missing} "
+                         "pixel outside void (255)")
 
+    if out is not None:
+        atomic_write_json(out, result)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Real anomaly benchmarks (gmmseg_lab.data.real): Fishyscapes, Road Anomaly, SegmentMeIfYouCan
+# --------------------------------------------------------------------------------------------
+
+
+def _new_anomaly_scores(head_kind: str) -> dict[str, AnomalyScores]:
+    """One streaming metric per anomaly score the head offers."""
+    scores = {"max_softmax": AnomalyScores(), "entropy": AnomalyScores()}
+    if head_kind == "gmm":
+        scores["neg_max_log_likelihood"] = AnomalyScores()
+    return scores
+
+
+def _update_anomaly_scores(scores: dict[str, AnomalyScores], r: dict, mask: torch.Tensor) -> None:
+    """Add one image: ``r`` from ``predict_batch`` (``seg_logits`` ``[C, H, W]``, for GMM heads
+    ``anomaly_score`` ``[H, W]``), ``mask`` ``[H, W]`` 0 inlier / 1 anomaly / 255 void."""
+    mask = mask.to(r["seg_logits"].device).flatten()
+    logits = r["seg_logits"].float().flatten(1).t()
+    max_prob, entropy = softmax_confidence_and_entropy(logits)
+    scores["max_softmax"].update(1.0 - max_prob, mask)
+    scores["entropy"].update(entropy, mask)
+    if "neg_max_log_likelihood" in scores:
+        scores["neg_max_log_likelihood"].update(r["anomaly_score"].flatten(), mask)
+
+
+def _checked_benchmark(bench_dir: str | Path, fmt: str = "auto"):
+    """Check every frame of an anomaly benchmark, then read it.
+
+    Raises:
+        DatasetError: every problem found, each naming its file; or a closed-set directory.
+    """
+    from ..data.layout import DatasetError
+    from ..data.real import ANOMALY_FORMATS, check_real_dataset, read_anomaly_benchmark
+
+    report = check_real_dataset(bench_dir, fmt=fmt)
+    if not report.problems and report.format not in ANOMALY_FORMATS + ("lab",):
+        report.problems.append(f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
+                               f"(formats: lab, {', '.join(ANOMALY_FORMATS)})")
+    if report.problems:
+        raise DatasetError(report.problems, bench_dir)
+    return read_anomaly_benchmark(bench_dir, report.format)
+
+
+def _test_transforms(cfg):
+    """The model's val pipeline without its loading steps (``Load*``), as one callable."""
+    from mmengine.dataset import Compose
+    from mmengine.registry import init_default_scope
+
+    init_default_scope(cfg.get("default_scope", "mmseg"))
+    pipeline = cfg.val_dataloader.dataset.pipeline
+    kept = [t for t in pipeline if not str(t["type"]).split(".")[-1].startswith("Load")]
+    return Compose(copy.deepcopy(kept))
+
+
+def _benchmark_batches(cfg, frames, batch_size: int):
+    """Data-loader-like batches from benchmark frames, with their masks.
+
+    Each frame's RGB image (``frame.load_image()``, ``[H, W, 3]`` uint8) is flipped to BGR, as
+    mmseg's ``LoadImageFromFile`` gives it, and sent through the model's test transforms.
+
+    Yields:
+        ``(data_batch, masks)``: ``data_batch`` as ``predict_batch`` takes it (``inputs``: list of
+        ``[3, H', W']`` uint8 tensors, ``data_samples``), ``masks``: one ``[H, W]`` uint8 array
+        (0 inlier / 1 anomaly / 255 void) per image at its original size. A batch holds images of
+        one transformed size only (mmseg stacks test images without padding them).
+    """
+    import numpy as np
+    from mmengine.dataset import pseudo_collate
+
+    from ..data.layout import DatasetError
+
+    transforms = _test_transforms(cfg)
+    samples, masks = [], []
+    for frame in frames:
+        rgb = frame.load_image()
+        mask = frame.load_mask()
+        if mask.shape != rgb.shape[:2]:
+            raise DatasetError(f"{frame.mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
+                               f"image's {rgb.shape[1]}x{rgb.shape[0]} ({frame.image_path})")
+        sample = transforms(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_path=str(frame.image_path),
+                                 ori_shape=rgb.shape[:2], img_shape=rgb.shape[:2], seg_fields=[],
+                                 reduce_zero_label=False))
+        if samples and (len(samples) == batch_size or sample["inputs"].shape != samples[0]["inputs"].shape):
+            yield pseudo_collate(samples), masks
+            samples, masks = [], []
+        samples.append(sample)
+        masks.append(mask)
+    if samples:
+        yield pseudo_collate(samples), masks
+
+
+def _score_benchmark(segmentor, cfg, head_kind: str, benchmark, batch_size: int, progress: bool) -> dict[str, Any]:
+    """Anomaly metrics of ``segmentor`` on an :class:`~gmmseg_lab.data.real.AnomalyBenchmark`:
+    ``{"anomaly", "anomaly_by_score", "anomaly_data", "anomaly_format", "anomaly_frames"}``."""
+    from tqdm.auto import tqdm
+
+    from ..models.inference import predict_batch
+
+    scores = _new_anomaly_scores(head_kind)
+    with tqdm(total=len(benchmark.frames), desc=f"evaluate {benchmark.fmt}", disable=not progress) as bar:
+        for batch, masks in _benchmark_batches(cfg, benchmark.frames, batch_size):
+            for r, mask in zip(predict_batch(segmentor, batch), masks):
+                _update_anomaly_scores(scores, r, torch.from_numpy(mask))
+            bar.update(len(masks))
+    by_score = {name: metric.compute() for name, metric in scores.items()}
+    primary = PRIMARY_SCORE[head_kind]
+    return {"anomaly": dict(by_score[primary], score=primary), "anomaly_by_score": by_score,
+            "anomaly_data": str(benchmark.root), "anomaly_format": benchmark.fmt,
+            "anomaly_frames": len(benchmark.frames)}
+
+
+def _undefined_anomaly_notes(headline: dict[str, Any], benchmark) -> list[str]:
+    """A note when the benchmark's AUROC / AP / FPR95 are undefined (no anomalous or inlier pixel)."""
+    if headline["num_pos"] and headline["num_neg"]:
+        return []
+    undefined = [k for k in ("auroc", "ap", "fpr95") if headline[k] is None]
+    missing = "anomalous" if headline["num_pos"] == 0 else "inlier"
+    return [f"anomaly {', '.join(undefined)} are null (undefined): {benchmark.root} ({benchmark.fmt}) has no "
+            f"{missing} pixel outside void"]
+
+
+def evaluate_anomaly(
+    model: str | Path,
+    bench_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    fmt: str = "auto",
+    config: str | Path | None = None,
+    batch_size: int = 4,
+    slide: tuple[int, int] | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a trained model on an anomaly benchmark alone; optionally write ``out`` (JSON, atomically).
+
+    Args:
+        model: a ``gmmseg-lab train`` work dir or a checkpoint ``.pth``.
+        bench_dir: Fishyscapes (Lost & Found, Static), Road Anomaly or SegmentMeIfYouCan
+            (RoadAnomaly21, RoadObstacle21) in its release's layout, or a lab data set (its
+            ``anomaly/`` split); every frame is checked before any work.
+        fmt: ``"auto"``, ``"lab"`` or one of :data:`gmmseg_lab.data.real.ANOMALY_FORMATS`.
+        config, batch_size, slide, device, progress: as :func:`evaluate`.
+
+    Returns:
+        ``{"anomaly": {"auroc", "ap", "fpr95", "num_pos", "num_neg", "score"}, "anomaly_by_score":
+        {score name: metrics}, "anomaly_data", "anomaly_format", "anomaly_frames", "head", "model",
+        "checkpoint", "notes"}``.
+    """
+    from ..models import is_gmm_head, load_segmentor
+    from ..models.inference import decode_head_of
+
+    benchmark = _checked_benchmark(bench_dir, fmt)
+    cfg, checkpoint = resolve_model(model, config)
+    if slide is not None:
+        crop, stride = slide
+        cfg.model.test_cfg = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
+    segmentor, cfg = load_segmentor(cfg, checkpoint, device=device)
+    head_kind = "gmm" if is_gmm_head(decode_head_of(segmentor)) else "softmax"
+    result = _score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress)
+    result.update(head=head_kind, model=str(model), checkpoint=str(checkpoint),
+                  notes=_undefined_anomaly_notes(result["anomaly"], benchmark))
     if out is not None:
         atomic_write_json(out, result)
     return result

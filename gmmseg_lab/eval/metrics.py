@@ -205,6 +205,7 @@ class SegmentationIoU(StreamingMetric):
 
     - ``per_class_iou[c] = TP_c / (TP_c + FP_c + FN_c)``, NaN when the class is absent from both
       the predictions and the targets (union 0); a class predicted but never present has IoU 0.
+      ``compute`` warns (:class:`MetricUndefinedWarning`) naming every class without target pixels.
     - ``miou``: mean of ``per_class_iou`` over the non-NaN entries.
     - ``acc``: overall pixel accuracy ``sum_c TP_c / #scored pixels``.
     - ``per_class_acc[c] = TP_c / #target pixels of c`` (NaN when the class has no target pixel);
@@ -302,6 +303,15 @@ class SegmentationIoU(StreamingMetric):
             _undefined("SegmentationIoU.compute(): no pixel was scored; miou, acc and macc are None")
             miou = acc = macc = None
         else:
+            absent = (target_area == 0).nonzero().flatten().tolist()
+            if absent:
+                never = [c for c in absent if pred_area[c] == 0]
+                only_pred = [c for c in absent if pred_area[c] > 0]
+                _undefined(
+                    f"SegmentationIoU.compute(): class(es) {absent} have no target pixel: their per_class_acc "
+                    f"is NaN; per_class_iou is NaN (left out of miou) for {never} (never predicted) and 0 "
+                    f"for {only_pred} (predicted only: false positives, as in mmseg)"
+                )
             miou = float(iou.nanmean())
             acc = float(true_pos.sum() / num_pixels)
             macc = float(class_acc.nanmean())

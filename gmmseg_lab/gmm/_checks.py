@@ -25,8 +25,14 @@ def check_float_matrix(value: object, name: str, *, cols: int | None = None, all
 def check_finite(value: Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
     if value.numel() and not bool(torch.isfinite(value).all()):
-        bad = int((~torch.isfinite(value)).sum())
-        raise ValueError(f"{name} must be finite, found {bad} NaN or infinite value(s)")
+        nonfinite = ~torch.isfinite(value)
+        bad = int(nonfinite.sum())
+        where = ""
+        if value.dim() == 2:
+            rows = nonfinite.any(dim=1).nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            where = f" in {len(rows)} of {value.shape[0]} rows (rows {shown})"
+        raise ValueError(f"{name} must be finite, found {bad} NaN or infinite value(s){where}")
 
 
 def check_positive(value: Tensor, name: str) -> None:

@@ -14,6 +14,15 @@ Prediction is Bayes' rule with a uniform class prior, ``argmax_c log p(x|c)``; t
 Everything is a buffer, so the mixture and its memory are saved and restored with a checkpoint.
 Under ``torch.distributed`` the pixels are gathered from every rank before the E-step, so every rank
 holds the identical mixture.
+
+Non-finite input: ``update``, ``assign_components``, ``component_log_prob`` (and so
+``class_log_likelihood``, ``predict``, ``anomaly_score``) raise ``ValueError`` naming ``x`` and the
+count of NaN/infinite values and of rows holding them, before touching any state, so the mixture
+and its memory are never NaN. Rows are not skipped: embeddings here are LayerNorm-ed and
+L2-normalised from uint8 images, so a non-finite one means the network diverged, and a run that
+carried on would only train on NaN. Finite inputs of any magnitude keep the mixture finite (huge
+ones may give a ``-inf`` log-density by float32 underflow, never NaN). A class that never gets a
+pixel keeps its initial means, standard deviations and weights.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_float_matrix
+from ._checks import check_finite, check_float_matrix
 from .density import diag_gaussian_log_prob
 from .distributed import all_gather_rows
 from .fit import E_STEPS
@@ -131,6 +140,9 @@ class GMMClassifier(nn.Module):
         if memory == "fifo":
             self.memory = FIFOMemory(num_slots, memory_size, embed_dim)
         else:
+            if stats_decay is None and memory_size < 2:
+                raise ValueError(f"memory_size must be >= 2 for memory='stats' without stats_decay (the decay is "
+                                 f"1 - 1/memory_size, which must be > 0), got {memory_size}")
             decay = 1.0 - 1.0 / memory_size if stats_decay is None else stats_decay
             self.memory = StatsMemory(num_slots, embed_dim, decay)
 
@@ -250,7 +262,11 @@ class GMMClassifier(nn.Module):
                 raise ValueError(f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
                                  f"{getattr(correct, 'dtype', type(correct))} {tuple(getattr(correct, 'shape', ()))}")
             use = use & correct
-        x_used = all_gather_rows(x.detach()[use].to(self.means.dtype))
+        x_local = x.detach()[use].to(self.means.dtype)
+        # Finite float64 beyond float32's range turns to inf here; in the statistics memory one such
+        # sample would freeze its component for good: refuse it like any non-finite x.
+        check_finite(x_local, f"x (the used rows, cast to the mixture's {self.means.dtype})")
+        x_used = all_gather_rows(x_local)
         labels_used = all_gather_rows(labels[use])
 
         classes = torch.unique(labels_used).tolist()
@@ -294,7 +310,10 @@ class GMMClassifier(nn.Module):
         old_stds = self.stds[classes].double()
         means = self.mean_momentum * old_means + (1 - self.mean_momentum) * new_means
         if self.normalize_means:
-            means = nn.functional.normalize(means, dim=-1)
+            # Old and new means exactly opposite (half the time in 1-D) cancel to the zero vector, which
+            # has no direction: take the new mean then, so every mean stays on the unit sphere.
+            norm = means.norm(dim=-1, keepdim=True)
+            means = torch.where(norm > 1e-150, means / norm.clamp_min(1e-150), new_means)
         stds = self.std_momentum * old_stds + (1 - self.std_momentum) * new_stds
         finite_max = torch.finfo(self.stds.dtype).max
         stds = stds.clamp(min=math.sqrt(self.var_floor), max=finite_max)

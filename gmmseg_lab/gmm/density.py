@@ -60,6 +60,16 @@ def diag_gaussian_log_prob(
         check_float_matrix(x, "x", cols=means.shape[1])
         check_positive(stds, "stds")
     dtype = _compute_dtype(x, means, stds)
+    if dtype == torch.float32 and x.numel() and means.numel():
+        # Every term of the expansion is at most ((|x| + |mu|) / std)^2. Past ~3e38 float32 overflows,
+        # and -inf (quadratic) + inf (linear) would be NaN: score such inputs in float64 and cast back
+        # (-inf where the density is below float32's range).
+        x_lo, x_hi = torch.aminmax(x.detach().float())
+        m_lo, m_hi = torch.aminmax(means.detach().float())
+        reach = (torch.maximum(-x_lo, x_hi) + torch.maximum(-m_lo, m_hi)) / stds.detach().float().min()
+        if not bool(reach <= 1e15):
+            return diag_gaussian_log_prob(x.double(), means.double(), stds.double(), chunk_rows=chunk_rows,
+                                          validate=False).float()
     # Autocast would silently run the matmul in half precision; the quadratic needs full precision.
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)

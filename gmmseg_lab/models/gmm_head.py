@@ -23,7 +23,8 @@ loss ``loss_component`` = weight * CE over the C*M component log-densities with 
 ``label*M + assigned component`` (Sinkhorn E-step), at the embeddings' resolution with labels resized
 by nearest; then ``gmm.update(x, labels, correct=argmax == label)``: only correctly classified pixels
 feed the memory; the M-step runs every ``update_interval`` updates. ``gmm_pixels``, ``gmm_classes``,
-``gmm_m_step`` and ``gmm_num_m_steps`` are logged beside the losses.
+``gmm_m_step``, ``gmm_num_m_steps`` and the convergence statistics ``gmm_loglik``, ``gmm_balance`` and
+``gmm_mean_step`` are logged beside the losses.
 
 Inference: ``predict`` is mmseg's (class logits). :meth:`GMMHeadMixin.predict_gmm` also returns
 ``log p(x|c)`` (the class mixtures' log-likelihood, for the anomaly score ``-max_c log p(x|c)``) and the
@@ -173,13 +174,47 @@ class GMMHeadMixin:
         if self.training:
             pred = seg_logits.detach().argmax(dim=1).view(-1)
             correct = (pred == labels) if self.update_correct_only else None
+            means_before = self.gmm.means.detach().clone()
             info = self.gmm.update(x.detach(), labels, correct=correct)
             dev = seg_logits.device
             losses["gmm_pixels"] = torch.tensor(float(info["pixels"]), device=dev)
             losses["gmm_classes"] = torch.tensor(float(info["classes"]), device=dev)
             losses["gmm_m_step"] = torch.tensor(float(info["m_step"]), device=dev)
             losses["gmm_num_m_steps"] = self.gmm.num_m_steps.detach().float().to(dev)
+            losses.update(self._convergence_stats(comp.detach(), labels, assigned, valid, means_before, info))
         return losses
+
+    @torch.no_grad()
+    def _convergence_stats(self, comp: Tensor, labels: Tensor, assigned: Tensor, valid: Tensor,
+                           means_before: Tensor, info: dict) -> dict[str, Tensor]:
+        """How the mixture converges, logged beside the losses (no effect on training).
+
+        ``gmm_loglik``: mean ``log p(x|y)`` of the batch's labelled pixels under the current mixture;
+        ``gmm_balance``: mean over the batch's classes of the normalised entropy of the component
+        assignment (1 = components used evenly, 0 = one component takes every pixel);
+        ``gmm_mean_step`` (M-step iterations only): mean L2 distance the component means moved.
+        """
+        dev = comp.device
+        stats: dict[str, Tensor] = {}
+        if bool(valid.any()):
+            lab = labels[valid]
+            per_comp = comp[valid].gather(1, lab.view(-1, 1, 1).expand(-1, 1, comp.shape[-1])).squeeze(1)
+            loglik = torch.logsumexp(per_comp + self.gmm.log_weights[lab].to(per_comp.dtype), dim=-1)
+            stats["gmm_loglik"] = loglik.mean().float()
+            m = self.num_components
+            counts = torch.bincount(lab * m + assigned[valid], minlength=self.num_classes * m)
+            counts = counts.view(self.num_classes, m).double()
+            present = counts.sum(1) > 0
+            if m > 1 and bool(present.any()):
+                p = counts[present] / counts[present].sum(1, keepdim=True)
+                entropy = -(p * p.clamp_min(1e-12).log()).sum(1) / torch.log(torch.tensor(float(m), dtype=p.dtype))
+                stats["gmm_balance"] = entropy.mean().float().to(dev)
+            else:
+                stats["gmm_balance"] = torch.tensor(1.0, device=dev)
+        if info["m_step"]:
+            step = (self.gmm.means.detach() - means_before).double().norm(dim=-1)
+            stats["gmm_mean_step"] = step.mean().float().to(dev)
+        return stats
 
     # ------------------------------------------------------------------ inference
     def predict_by_feat(self, seg_logits: Tensor, batch_img_metas: list[dict]) -> Tensor:

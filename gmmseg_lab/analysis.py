@@ -1,0 +1,263 @@
+"""What the notebooks look at: a trained run's per-pixel outputs on a few images, its logs and metrics.
+
+:func:`collect_predictions` runs a ``gmmseg-lab train`` work dir over the first images of a split and
+returns plain numpy arrays (:class:`Predictions`), cached in the run dir so every notebook that looks
+at the same run pays for inference once. :func:`learning_curves` reads mmengine's ``scalars.json``.
+Figures (:mod:`gmmseg_lab.viz`) take these arrays, never a model, so they are testable without one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .io_utils import atomic_write_json
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Predictions:
+    """Per-pixel outputs of one model on ``N`` images of one split (numpy, on the CPU).
+
+    Attributes:
+        names: ``N`` image file names.
+        images: ``[N, H, W, 3]`` uint8 RGB.
+        gt: ``[N, H, W]`` int64: class index (255 ignore) for a closed-set split; for the ``anomaly``
+            split the anomaly mask (0 inlier, 1 anomaly, 255 void).
+        pred: ``[N, H, W]`` int64 argmax class.
+        probs: ``[N, C, H, W]`` float32 softmax of the class logits.
+        anomaly_score: ``[N, H, W]`` float32, higher = more anomalous: ``-max_c log p(x|c)`` for a GMM
+            head, ``1 - max softmax`` for a softmax head.
+        classes, palette: class names and ``[C, 3]`` uint8 colours.
+        head: ``"gmm"`` or ``"softmax"``.
+        class_log_likelihood: ``[N, C, H, W]`` float32 ``log p(x|c)`` (GMM only).
+        embeddings: ``[N, D, h, w]`` float32 at feature resolution (GMM only).
+        gt_small: ``[N, h, w]`` int64, ``gt`` resized (nearest) to the embeddings' grid (GMM only).
+        means, stds: ``[C, M, D]`` float32 mixture parameters; log_weights ``[C, M]`` (GMM only).
+        split, run_dir: where the arrays come from.
+    """
+
+    names: list[str]
+    images: np.ndarray
+    gt: np.ndarray
+    pred: np.ndarray
+    probs: np.ndarray
+    anomaly_score: np.ndarray
+    classes: list[str]
+    palette: np.ndarray
+    head: str
+    split: str = "val"
+    run_dir: str = ""
+    class_log_likelihood: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    gt_small: np.ndarray | None = None
+    means: np.ndarray | None = None
+    stds: np.ndarray | None = None
+    log_weights: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_gmm(self) -> bool:
+        return self.head == "gmm"
+
+    @property
+    def num_components(self) -> int:
+        """M, Gaussians per class (0 for a softmax head)."""
+        return 0 if self.means is None else int(self.means.shape[1])
+
+    def component_log_prob(self, index: int) -> np.ndarray:
+        """``[C, M, h, w]`` ``log w_cm + log N(x; mu_cm, sigma_cm)`` of image ``index``'s embeddings."""
+        if self.embeddings is None:
+            raise ValueError("component log-densities need a GMM head's embeddings")
+        x = self.embeddings[index].astype(np.float64)  # [D, h, w]
+        mu = self.means.astype(np.float64)[..., None, None]  # [C, M, D, 1, 1]
+        sd = self.stds.astype(np.float64)[..., None, None]
+        z = (x[None, None] - mu) / sd
+        log_norm = -0.5 * (z * z).sum(2) - np.log(sd).sum(2) - 0.5 * x.shape[0] * np.log(2 * np.pi)
+        return log_norm + self.log_weights.astype(np.float64)[..., None, None]
+
+
+def _cache_path(run_dir: Path, split: str, max_images: int) -> Path:
+    return run_dir / "analysis" / f"predictions_{split}_{max_images}.npz"
+
+
+def _checkpoint_of(run_dir: Path) -> str:
+    pointer = run_dir / "last_checkpoint"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{run_dir}: no last_checkpoint; train this run first")
+    return pointer.read_text().strip()
+
+
+def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_images: int = 8,
+                        device: str | None = None, use_cache: bool = True) -> Predictions:
+    """Run a trained model on the first ``max_images`` images of ``split`` (``val``, ``train``, ``anomaly``).
+
+    The arrays are cached in ``run_dir/analysis/`` (atomically) and reused while the run's checkpoint is
+    the same; ``use_cache=False`` recomputes.
+    """
+    import torch
+
+    from .data.layout import read_classes, validate_dataset
+    from .eval.evaluate import _loader_for, resolve_model
+    from .models import is_gmm_head, load_segmentor
+    from .models.inference import decode_head_of, predict_batch
+
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    if not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be a positive int, got {max_images!r}")
+    if split not in ("train", "val", "anomaly"):
+        raise ValueError(f"split must be 'train', 'val' or 'anomaly', got {split!r}")
+    checkpoint = _checkpoint_of(run_dir)
+    cache = _cache_path(run_dir, split, max_images)
+    if use_cache and cache.is_file():
+        loaded = _load_cache(cache, checkpoint, data_dir)
+        if loaded is not None:
+            return loaded
+
+    if split == "anomaly":
+        validate_dataset(data_dir, splits=(), check_anomaly=True)
+        img_dir, ann_dir = "anomaly/images", "anomaly/masks"
+    else:
+        validate_dataset(data_dir, splits=(split,), check_anomaly=False)
+        img_dir, ann_dir = f"images/{split}", f"annotations/{split}"
+    classes, palette = read_classes(data_dir)
+    cfg, checkpoint = resolve_model(run_dir)
+    model, cfg = load_segmentor(cfg, checkpoint, device=device)
+    head = decode_head_of(model)
+    gmm = is_gmm_head(head)
+    loader = _loader_for(cfg, data_dir, img_dir, ann_dir, batch_size=min(4, max_images))
+
+    out: dict[str, list] = {k: [] for k in ("names", "images", "gt", "pred", "probs", "anomaly_score",
+                                            "class_log_likelihood", "embeddings", "gt_small")}
+    from PIL import Image
+
+    for batch in loader:
+        for r in predict_batch(model, batch):
+            if len(out["names"]) >= max_images:
+                break
+            path = Path(r["img_path"])
+            out["names"].append(path.name)
+            out["images"].append(np.asarray(Image.open(path).convert("RGB")))
+            gt = r["gt"].cpu().long()
+            out["gt"].append(gt.numpy())
+            out["pred"].append(r["pred"].cpu().numpy().astype(np.int64))
+            probs = torch.softmax(r["seg_logits"].float(), dim=0).cpu()
+            out["probs"].append(probs.numpy().astype(np.float32))
+            if gmm:
+                out["anomaly_score"].append(r["anomaly_score"].float().cpu().numpy())
+                out["class_log_likelihood"].append(r["class_log_likelihood"].float().cpu().numpy())
+                emb = r["embeddings"].float().cpu()
+                out["embeddings"].append(emb.numpy())
+                small = torch.nn.functional.interpolate(gt[None, None].float(), size=emb.shape[-2:],
+                                                        mode="nearest")[0, 0].long()
+                out["gt_small"].append(small.numpy())
+            else:
+                out["anomaly_score"].append((1.0 - probs.amax(0)).numpy())
+        if len(out["names"]) >= max_images:
+            break
+    if not out["names"]:
+        raise ValueError(f"{data_dir / img_dir}: no images to predict")
+
+    preds = Predictions(
+        names=out["names"], images=np.stack(out["images"]), gt=np.stack(out["gt"]), pred=np.stack(out["pred"]),
+        probs=np.stack(out["probs"]), anomaly_score=np.stack(out["anomaly_score"]).astype(np.float32),
+        classes=list(classes), palette=np.asarray(palette, dtype=np.uint8), head="gmm" if gmm else "softmax",
+        split=split, run_dir=str(run_dir),
+    )
+    if gmm:
+        preds.class_log_likelihood = np.stack(out["class_log_likelihood"]).astype(np.float32)
+        preds.embeddings = np.stack(out["embeddings"]).astype(np.float32)
+        preds.gt_small = np.stack(out["gt_small"])
+        preds.means = head.gmm.means.detach().float().cpu().numpy()
+        preds.stds = head.gmm.stds.detach().float().cpu().numpy()
+        preds.log_weights = head.gmm.log_weights.detach().float().cpu().numpy()
+    _save_cache(cache, preds, str(checkpoint), data_dir)
+    return preds
+
+
+def _save_cache(path: Path, preds: Predictions, checkpoint: str, data_dir: Path) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f.name: getattr(preds, f.name) for f in fields(preds)
+              if isinstance(getattr(preds, f.name), np.ndarray)}
+    meta = dict(version=CACHE_VERSION, checkpoint=checkpoint, data=str(data_dir.resolve()), names=preds.names,
+                classes=preds.classes, head=preds.head, split=preds.split, run_dir=preds.run_dir)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(path: Path, checkpoint: str, data_dir: Path) -> Predictions | None:
+    try:
+        with np.load(path) as npz:
+            meta = json.loads(bytes(npz["__meta__"]).decode())
+            if (meta.get("version") != CACHE_VERSION or meta.get("checkpoint") != checkpoint
+                    or meta.get("data") != str(data_dir.resolve())):
+                return None
+            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache is recomputed
+    return Predictions(names=meta["names"], classes=meta["classes"], head=meta["head"], split=meta["split"],
+                       run_dir=meta["run_dir"], **arrays)
+
+
+def learning_curves(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
+    """Training and validation scalars of a run, from mmengine's ``vis_data/scalars.json`` files.
+
+    Returns:
+        ``{"train": {key: [...], "step": [...]}, "val": {key: [...], "step": [...]}}``; a key missing
+        on some rows gets NaN there. When a run was resumed, the logs of every session are joined and
+        a step logged twice keeps its latest value.
+    """
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("*/vis_data/scalars.json"))
+    rows: dict[str, dict[int, dict]] = {"train": {}, "val": {}}
+    for file in files:
+        for line in file.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a killed run
+            step = row.get("step", row.get("iter"))
+            if step is None:
+                continue
+            kind = "train" if any(k.startswith("loss") or k == "lr" for k in row) else "val"
+            rows[kind][int(step)] = row
+    curves: dict[str, dict[str, list[float]]] = {}
+    for kind, by_step in rows.items():
+        steps = sorted(by_step)
+        keys = sorted({k for r in by_step.values() for k in r} - {"step", "iter", "epoch", "time", "data_time",
+                                                                   "memory", "eta"})
+        curves[kind] = {"step": [float(s) for s in steps]}
+        for key in keys:
+            curves[kind][key] = [float(by_step[s][key]) if isinstance(by_step[s].get(key), (int, float))
+                                 else float("nan") for s in steps]
+    return curves
+
+
+def load_metrics(run_dir: str | Path) -> dict:
+    """The run's ``metrics.json`` (written by ``gmmseg-lab evaluate`` / the report's training step)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not evaluated yet")
+    return json.loads(path.read_text())
+
+
+def save_json(path: str | Path, payload: dict) -> Path:
+    """Write a notebook's results atomically (a thin re-export for notebooks)."""
+    return atomic_write_json(path, payload)

@@ -1,0 +1,164 @@
+"""The notebooks' experiment steps: train (or reuse) the runs a notebook looks at, and their records.
+
+Runs live in ``<work_dir>/runs/<name>`` (:func:`gmmseg_lab.ablation.run_name`) and are trained once:
+every notebook of a report asks for the runs it needs and gets the cached ones. Each function returns
+plain dicts so notebooks stay a few lines long.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .ablation import VARIANTS, check_variants, run_name, run_variant
+from .demo import ensure_dataset, run_one
+from .report.results import flatten_metrics
+
+HEADS = ("gmm", "softmax")
+
+
+def prepare_data(data_dir: str | Path, preset: str) -> Path:
+    """The embedded data set of ``preset`` at ``data_dir`` (generated once, then reused)."""
+    return ensure_dataset(Path(data_dir), preset)
+
+
+def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str], seeds: Iterable[int],
+                preset: str, progress: bool = True) -> dict[tuple[str, str, int], dict]:
+    """Train (or reuse) GMMSeg and its softmax twin for every architecture and seed.
+
+    Returns:
+        ``{(arch, head, seed): {"run_dir": Path, "metrics": metrics.json dict}}``.
+    """
+    runs_dir = Path(work_dir) / "runs"
+    out = {}
+    for arch in archs:
+        for seed in seeds:
+            for head in HEADS:
+                run_dir = runs_dir / run_name(arch, head, preset, seed)
+                metrics = run_one(Path(data_dir), run_dir, arch, head, preset, seed, progress=progress)
+                out[(arch, head, seed)] = {"run_dir": run_dir, "metrics": metrics}
+    return out
+
+
+def twin_records(runs: dict[tuple[str, str, int], dict]) -> list[dict]:
+    """Records for :func:`gmmseg_lab.report.record_runs`, grouped by (arch, head)."""
+    return [{"group": {"arch": arch, "head": head}, "seed": seed, "metrics": flatten_metrics(r["metrics"])}
+            for (arch, head, seed), r in runs.items()]
+
+
+def twin_summary(runs: dict[tuple[str, str, int], dict]) -> dict:
+    """Mean and std over seeds per (arch, head) of :func:`train_twins`' runs (see
+    :func:`gmmseg_lab.demo.aggregate_over_seeds`)."""
+    from .demo import aggregate_over_seeds
+
+    by: dict[str, dict[str, list[dict]]] = {}
+    for (arch, head, _seed), r in sorted(runs.items(), key=lambda kv: kv[0][2]):
+        by.setdefault(arch, {}).setdefault(head, []).append(r["metrics"])
+    return aggregate_over_seeds(by)
+
+
+def run_dir_of(work_dir: str | Path, arch: str, head: str, preset: str, seed: int, variant: str = "default") -> Path:
+    """Where the run of these settings lives (trained by :func:`train_twins` / :func:`train_ablation`)."""
+    return Path(work_dir) / "runs" / run_name(arch, head, preset, seed, variant)
+
+
+def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, variants: Iterable[str],
+                   seeds: Iterable[int], preset: str, progress: bool = True) -> dict[tuple[str, int], dict]:
+    """Train (or reuse) every GMMSeg variant of :data:`gmmseg_lab.ablation.VARIANTS` for every seed.
+
+    Returns:
+        ``{(variant, seed): {"run_dir": Path, "metrics": dict}}``.
+    """
+    variants = check_variants(variants)
+    runs_dir = Path(work_dir) / "runs"
+    out = {}
+    for variant in variants:
+        for seed in seeds:
+            metrics = run_variant(Path(data_dir), runs_dir, arch, preset, seed, variant, progress=progress)
+            out[(variant, seed)] = {"run_dir": runs_dir / run_name(arch, "gmm", preset, seed, variant),
+                                    "metrics": metrics}
+    return out
+
+
+def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]:
+    """Records grouped by (arch, variant)."""
+    return [{"group": {"arch": arch, "variant": variant, "label": VARIANTS[variant][0]}, "seed": seed,
+             "metrics": flatten_metrics(r["metrics"])} for (variant, seed), r in runs.items()]
+
+
+def resolve_dirs(work_dir: str | Path | None, data_dir: str | Path | None, preset: str) -> tuple[Path, Path]:
+    """The notebooks' folders: ``work_dir`` (default ``../runs/lab-<preset>`` beside ``notebooks/``, for
+    live use in JupyterLab) and ``data_dir`` (default ``<work_dir>/data``), with the data set made."""
+    work = Path(work_dir) if work_dir else Path("..") / "runs" / f"lab-{preset}"
+    work = work.expanduser().resolve()
+    data = Path(data_dir).expanduser().resolve() if data_dir else work / "data"
+    work.mkdir(parents=True, exist_ok=True)
+    prepare_data(data, preset)
+    return work, data
+
+
+def toy_far_confidence(data, gmm, softmax_model, radius_factor: float = 3.0, n_points: int = 360,
+                       background_quantile: float = 0.01) -> dict[str, float]:
+    """Mean confidence of both classifiers on a circle far outside the toy data.
+
+    The circle has ``radius_factor`` times the largest distance of a training point from the data's
+    centre. Softmax confidence is ``max_c p(c|x)``; the GMM's is its open-set posterior with a
+    background class (:func:`gmmseg_lab.viz.toy.gmm_open_set_confidence`).
+    """
+    import math
+
+    import torch
+
+    from .viz.toy import background_log_density, gmm_open_set_confidence
+
+    x = data.x.double()
+    centre = x.mean(0)
+    radius = radius_factor * float((x - centre).norm(dim=1).max())
+    angles = torch.linspace(0, 2 * math.pi, n_points + 1, dtype=torch.float64)[:-1]
+    ring = (centre + radius * torch.stack([angles.cos(), angles.sin()], 1)).float()
+    with torch.no_grad():
+        softmax_conf = torch.softmax(softmax_model(ring).double(), dim=1).amax(1)
+        gmm_conf, _ = gmm_open_set_confidence(gmm.class_log_likelihood(ring),
+                                              background_log_density(gmm, data, background_quantile))
+    return {"radius": radius, "softmax_confidence": float(softmax_conf.mean()),
+            "gmm_confidence": float(gmm_conf.mean())}
+
+
+def count_images(folder: str | Path) -> int:
+    """Image files in a folder (png/jpg/jpeg)."""
+    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def anomaly_curves(run_dir: str | Path, data_dir: str | Path, max_points: int = 300) -> dict:
+    """ROC / PR curves and AUROC, AP, FPR95 of a run's headline anomaly score on the whole anomaly split.
+
+    Returns:
+        ``{"curves": {fpr, tpr, precision, recall, thresholds}, "metrics": {auroc, ap, fpr95, ...},
+        "predictions": Predictions of the anomaly split}``.
+    """
+    import torch
+
+    from .analysis import collect_predictions
+    from .eval.metrics import AnomalyScores
+
+    n = count_images(Path(data_dir) / "anomaly" / "images")
+    preds = collect_predictions(run_dir, data_dir, split="anomaly", max_images=n)
+    scores = AnomalyScores()
+    scores.update(torch.from_numpy(preds.anomaly_score.reshape(-1)), torch.from_numpy(preds.gt.reshape(-1)))
+    curves = {k: v.tolist() for k, v in scores.curves(max_points=max_points).items()}
+    return {"curves": curves, "metrics": scores.compute(), "predictions": preds}
+
+
+def memory_bytes(run_dir: str | Path) -> int:
+    """Bytes of the GMM's sample store (FIFO queue or streaming statistics) of a trained run's config."""
+    from mmengine.config import Config
+
+    from .gmm import GMMClassifier
+
+    cfg = Config.fromfile(str(Path(run_dir) / "config.py"))
+    head = cfg.model.decode_head
+    head = head[-1] if isinstance(head, (list, tuple)) else head
+    gmm_cfg = dict(head.get("gmm_cfg") or {})
+    clf = GMMClassifier(int(head["num_classes"] if "num_classes" in head else head["head"]["num_classes"]),
+                        int(head.get("num_components", 5)), int(head.get("embed_dim", 64)), **gmm_cfg)
+    return clf.memory_nbytes()

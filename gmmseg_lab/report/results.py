@@ -1,0 +1,118 @@
+"""What an executed notebook hands to the report: its runs' metrics, aggregated over seeds.
+
+A notebook calls :func:`record_runs` with one record per trained run; the report runner collects every
+job's ``results.json`` and :func:`aggregate` turns them into ``summary.json``: for each group (the
+notebook and the run's settings other than the seed) the mean, sample standard deviation, count and
+values over seeds of every metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..io_utils import atomic_write_json
+
+#: Headline metrics taken from an evaluator ``metrics.json``: name -> key path.
+METRIC_PATHS = {
+    "miou": ("miou",),
+    "acc": ("acc",),
+    "ece": ("ece",),
+    "mce": ("mce",),
+    "bayes_ece": ("bayes_posterior_calibration", "ece"),
+    "auroc": ("anomaly", "auroc"),
+    "ap": ("anomaly", "ap"),
+    "fpr95": ("anomaly", "fpr95"),
+}
+
+
+def flatten_metrics(metrics: dict) -> dict[str, float]:
+    """The headline numbers of an evaluator ``metrics.json`` (missing ones are left out)."""
+    flat: dict[str, float] = {}
+    for name, path in METRIC_PATHS.items():
+        value: Any = metrics
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def record_runs(results_path: str | Path | None, records: Iterable[dict], **extra: Any) -> dict | None:
+    """Write a notebook's results for the report (a no-op when ``results_path`` is None, e.g. live).
+
+    Args:
+        results_path: the ``results_path`` parameter the report runner gave the notebook.
+        records: ``{"group": {setting: value}, "seed": int, "metrics": {name: float}}`` per run; the
+            group names what is compared (e.g. ``{"arch": "segformer", "head": "gmm"}``).
+        **extra: other JSON-serialisable results of the notebook (e.g. toy accuracies).
+    """
+    records = list(records)
+    for i, rec in enumerate(records):
+        if not isinstance(rec.get("group"), dict) or not isinstance(rec.get("metrics"), dict):
+            raise ValueError(f"records[{i}] needs a 'group' dict and a 'metrics' dict, got keys {sorted(rec)}")
+    payload = {"records": records, "extra": extra}
+    if results_path is None:
+        return None
+    atomic_write_json(results_path, payload)
+    return payload
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else 0.0 if n else float("nan")
+    return {"mean": mean, "std": std, "n": n, "values": values}
+
+
+def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
+    """Group every job's records by (notebook, group) and summarise each metric over seeds.
+
+    Args:
+        results_by_job: job name -> ``{"notebook": str, "records": [...], "combination": {...}}`` (the
+            grid values of the job, merged into each record's group).
+
+    Returns:
+        A list of ``{"notebook", "group", "seeds", "jobs", "metrics": {name: {"mean", "std", "n",
+        "values"}}}`` sorted by notebook then group. A run recorded by two jobs of the same notebook
+        (same group and seed) counts once.
+    """
+    groups: dict[str, dict] = {}
+    for job, result in sorted(results_by_job.items()):
+        for rec in result.get("records", []):
+            # A grid job's combination is part of what it compares (two combinations never merge).
+            group = {**result.get("combination", {}), **rec["group"]}
+            key = json.dumps([result["notebook"], group], sort_keys=True)
+            entry = groups.setdefault(key, {"notebook": result["notebook"], "group": group, "runs": {},
+                                            "jobs": set()})
+            entry["runs"][rec.get("seed")] = rec["metrics"]
+            entry["jobs"].add(job)
+    out = []
+    for key in sorted(groups):
+        entry = groups[key]
+        seeds = sorted(entry["runs"], key=lambda s: (s is None, s))
+        names = sorted({m for metrics in entry["runs"].values() for m in metrics})
+        metrics = {name: _stats([entry["runs"][s].get(name) for s in seeds]) for name in names}
+        out.append({"notebook": entry["notebook"], "group": entry["group"], "seeds": seeds,
+                    "jobs": sorted(entry["jobs"]), "metrics": metrics})
+    return out
+
+
+def format_mean_std(stat: dict, digits: int = 3) -> str:
+    """``0.553 ± 0.004`` (or one value when n == 1, ``n/a`` when none)."""
+    if not stat or not stat.get("n"):
+        return "n/a"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def read_results(path: Path) -> dict | None:
+    """A job's ``results.json``, or None when absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

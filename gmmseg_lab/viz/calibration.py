@@ -1,0 +1,500 @@
+"""Calibration views (notebook 04): reliability diagrams, confidence histograms and ECE / MCE tables.
+
+Inputs are the evaluator's ``metrics.json`` bins (:meth:`gmmseg_lab.eval.metrics.CalibrationError.compute`):
+a dict of equally long lists ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``, with
+``n_bins + 1`` entries (the last one is torchmetrics' degenerate ``[1, 1]`` bin of confidences that
+are exactly 1.0) and ``None`` confidence / accuracy in empty bins. A model is a list of such dicts,
+one per seed; several seeds are summarised by their mean ± sample standard deviation (ddof=1).
+
+ECE and MCE are recomputed from the bins (``ece = sum_b count_b / N |acc_b - conf_b|``, ``mce`` the
+largest gap over non-empty bins), the evaluator's own definitions, so a figure needs nothing else.
+
+The module also holds the small helpers that the anomaly views share: :func:`model_colours`,
+:func:`mean_and_std`, :func:`format_mean_std` and :func:`figure_box` (the ipywidgets plumbing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .style import FONT
+
+__all__ = [
+    "OKABE_ITO", "PROBABILITIES", "aggregate_bins", "bins_by_model", "calibration_bins_from_metrics",
+    "calibration_errors", "calibration_table", "calibration_widget", "check_bins", "confidence_histogram_figure",
+    "figure_box", "format_mean_std", "mean_and_std", "mime_bundle", "model_colours", "model_symbols",
+    "reliability_figure",
+]
+
+#: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies); yellow comes
+#: late because it is hard to see on white, black last.
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+#: A marker shape per model as well as a colour, so series stay apart in grey-scale prints too.
+MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "x", "star", "hexagon")
+#: The probabilities whose calibration the evaluator measures: the class logits' softmax
+#: (``calibration_bins``) and, for GMM heads, Bayes' posterior (``bayes_posterior_calibration``).
+PROBABILITIES = ("class logits", "Bayes posterior")
+_BIN_KEYS = ("lower", "upper", "count", "confidence", "accuracy")
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared with the anomaly views.
+
+
+def model_colours(labels: Sequence[str]) -> dict[str, str]:
+    """One Okabe-Ito colour per model label, in order (cycling after 8 models)."""
+    return {label: OKABE_ITO[i % len(OKABE_ITO)] for i, label in enumerate(labels)}
+
+
+def model_symbols(labels: Sequence[str]) -> dict[str, str]:
+    """One plotly marker symbol per model label, in order (cycling after 8 models)."""
+    return {label: MODEL_SYMBOLS[i % len(MODEL_SYMBOLS)] for i, label in enumerate(labels)}
+
+
+def mean_and_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; 0 for a single value) and count of the non-None values.
+
+    Returns ``(nan, nan, 0)`` when every value is ``None`` (e.g. a metric undefined for every seed).
+    """
+    kept = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if kept.size == 0:
+        return math.nan, math.nan, 0
+    std = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
+    return float(kept.mean()), std, int(kept.size)
+
+
+def format_mean_std(values: Sequence[float | None], scale: float = 100.0, digits: int = 2) -> str:
+    """``"mean ± std"`` of ``values * scale`` (just the mean for one value, ``"n/a"`` for none)."""
+    mean, std, n = mean_and_std(values)
+    if n == 0:
+        return "n/a"
+    if n == 1:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def mime_bundle(figure: go.Figure) -> dict:
+    """The plotly mime bundle of a figure: JupyterLab draws it, no copy of plotly.js per redraw.
+
+    Built from ``figure.to_json()`` rather than through ``plotly.io.renderers``, whose import pulls
+    in nbformat and jsonschema (seconds) for the same JSON.
+    """
+    payload = json.loads(figure.to_json())
+    title = figure.layout.title.text or "plotly figure"
+    return {"application/vnd.plotly.v1+json": payload, "text/plain": f"<Figure: {title}>"}
+
+
+def figure_box(controls: Mapping[str, object], render: Callable[[], go.Figure]):
+    """An ``ipywidgets.VBox`` of ``controls`` above an ``Output`` that shows ``render()``.
+
+    The figure is re-rendered whenever a control's ``value`` changes. The box has the attributes
+    ``controls`` (the dict), ``figure`` (the current ``go.Figure``), ``output`` (the ``Output``),
+    ``redraw()``, and ``held()``: a context manager that defers redraws while several controls
+    change together, then redraws once. The output is written as a mime bundle rather than through
+    ``display``, so the same code runs in a kernel and in a plain process (tests), where
+    ``display`` would print a repr.
+    """
+    import contextlib
+
+    import ipywidgets as widgets
+
+    output = widgets.Output()
+    row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+    box = widgets.VBox([row, output])
+    box.controls = dict(controls)
+    box.output = output
+    hold = {"depth": 0}
+
+    def redraw(_change=None) -> None:
+        if hold["depth"]:
+            return
+        box.figure = render()
+        output.outputs = ({"output_type": "display_data", "data": mime_bundle(box.figure), "metadata": {}},)
+
+    @contextlib.contextmanager
+    def held():
+        hold["depth"] += 1
+        try:
+            yield
+        finally:
+            hold["depth"] -= 1
+        redraw()
+
+    box.redraw = redraw
+    box.held = held
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    return box
+
+
+# --------------------------------------------------------------------------------------------------
+# Bins: validation, ECE / MCE, aggregation over seeds.
+
+
+def check_bins(bins: Mapping, name: str = "bins") -> dict[str, np.ndarray]:
+    """Validate one reliability-diagram bins dict and return it as numpy arrays.
+
+    Args:
+        bins: dict of equally long lists (``B = n_bins + 1``) ``lower``, ``upper``, ``count``,
+            ``confidence`` and ``accuracy`` (``None`` in empty bins).
+        name: how to name ``bins`` in error messages, e.g. ``"models['gmm'][1]"``.
+
+    Returns:
+        dict of ``[B]`` arrays: ``lower``, ``upper``, ``confidence``, ``accuracy`` (float64, NaN in
+        empty bins) and ``count`` (int64).
+    """
+    if not isinstance(bins, Mapping):
+        raise TypeError(f"{name} must be a dict of bin lists, got {type(bins).__name__}")
+    missing = [key for key in _BIN_KEYS if key not in bins]
+    if missing:
+        hint = " (pass metrics['calibration_bins'], not the whole metrics.json)" if "calibration_bins" in bins else ""
+        raise ValueError(f"{name} must have the keys {list(_BIN_KEYS)}, missing {missing}{hint}")
+    size = len(bins["lower"])
+    for key in _BIN_KEYS:
+        if len(bins[key]) != size:
+            raise ValueError(f"{name}[{key!r}] has {len(bins[key])} entries, expected {size} like {name}['lower']")
+    if size == 0:
+        raise ValueError(f"{name} must have at least one bin")
+    count = np.asarray(bins["count"], dtype=np.int64)
+    if (count < 0).any():
+        raise ValueError(f"{name}['count'] must be >= 0, found {int(count.min())}")
+
+    def as_float(key: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in bins[key]], dtype=np.float64)
+
+    out = {"lower": as_float("lower"), "upper": as_float("upper"), "count": count,
+           "confidence": as_float("confidence"), "accuracy": as_float("accuracy")}
+    filled = count > 0
+    for key in ("confidence", "accuracy"):
+        values = out[key][filled]
+        if np.isnan(values).any() or (values < 0).any() or (values > 1).any():
+            raise ValueError(f"{name}[{key!r}] must be in [0, 1] wherever count > 0")
+    return out
+
+
+def calibration_errors(bins: Mapping, name: str = "bins") -> tuple[float | None, float | None]:
+    """``(ece, mce)`` of one bins dict, as the evaluator defines them; ``(None, None)`` if all empty."""
+    b = check_bins(bins, name)
+    filled = b["count"] > 0
+    total = int(b["count"].sum())
+    if total == 0:
+        return None, None
+    gap = np.abs(b["accuracy"][filled] - b["confidence"][filled])
+    return float((gap * b["count"][filled]).sum() / total), float(gap.max())
+
+
+def calibration_bins_from_metrics(metrics: Mapping, probability: str = "class logits") -> dict | None:
+    """The bins of one ``metrics.json`` for ``probability`` in :data:`PROBABILITIES`.
+
+    Returns ``None`` for ``"Bayes posterior"`` when the run has none (a softmax head).
+    """
+    if probability not in PROBABILITIES:
+        raise ValueError(f"probability must be one of {PROBABILITIES}, got {probability!r}")
+    if probability == "class logits":
+        if "calibration_bins" not in metrics:
+            raise ValueError("metrics must hold 'calibration_bins' (a metrics.json written by the evaluator)")
+        return metrics["calibration_bins"]
+    posterior = metrics.get("bayes_posterior_calibration")
+    return None if posterior is None else posterior["bins"]
+
+
+def bins_by_model(metrics_by_model: Mapping[str, Sequence[Mapping]], probability: str = "class logits"
+                  ) -> dict[str, list[dict]]:
+    """``{label: [metrics.json per seed]}`` -> ``{label: [bins per seed]}`` for ``probability``.
+
+    Models without bins for ``probability`` (softmax heads have no Bayes posterior) are left out.
+    """
+    out = {}
+    for label, runs in metrics_by_model.items():
+        bins = [calibration_bins_from_metrics(m, probability) for m in runs]
+        if any(b is not None for b in bins):
+            out[label] = [b for b in bins if b is not None]
+    return out
+
+
+def aggregate_bins(bins_per_seed: Sequence[Mapping], name: str = "bins") -> dict[str, np.ndarray]:
+    """Per-bin mean ± std over seeds of confidence, accuracy and pixel share.
+
+    Args:
+        bins_per_seed: one bins dict per seed, all with the same edges.
+        name: how to name the list in error messages.
+
+    Returns:
+        dict of ``[B]`` float64 arrays: ``lower``, ``upper``, ``confidence`` (mean over the seeds where
+        the bin is non-empty, NaN where it is empty for all), ``accuracy`` and ``accuracy_std``
+        (ddof=1, 0 with one seed), ``share`` and ``share_std`` (fraction of each seed's pixels in the
+        bin, over all seeds), ``seeds`` (how many seeds have the bin non-empty), plus ``ece`` and
+        ``mce``: ``[S]`` per-seed values.
+    """
+    if isinstance(bins_per_seed, Mapping) or len(bins_per_seed) == 0:
+        raise ValueError(f"{name} must be a non-empty list of bins dicts (one per seed)")
+    checked = [check_bins(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]
+    first = checked[0]
+    for i, b in enumerate(checked[1:], start=1):
+        if b["lower"].shape != first["lower"].shape or not np.allclose(b["lower"], first["lower"]):
+            raise ValueError(f"{name}[{i}] has bin edges different from {name}[0]: seeds must share their bins")
+    count = np.stack([b["count"] for b in checked]).astype(np.float64)  # [S, B]
+    filled = count > 0
+    confidence = np.stack([b["confidence"] for b in checked])
+    accuracy = np.stack([b["accuracy"] for b in checked])
+    seeds = filled.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf_mean = np.where(seeds > 0, np.where(filled, confidence, 0).sum(0) / np.maximum(seeds, 1), np.nan)
+        acc_mean = np.where(seeds > 0, np.where(filled, accuracy, 0).sum(0) / np.maximum(seeds, 1), np.nan)
+        squares = np.where(filled, (accuracy - acc_mean) ** 2, 0).sum(0)
+        acc_std = np.where(seeds > 1, np.sqrt(squares / np.maximum(seeds - 1, 1)), 0.0)
+        totals = count.sum(axis=1, keepdims=True)
+        share = np.where(totals > 0, count / np.maximum(totals, 1), 0.0)
+    errors = [calibration_errors(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]
+    return {
+        "lower": first["lower"], "upper": first["upper"],
+        "confidence": conf_mean, "accuracy": acc_mean, "accuracy_std": acc_std,
+        "share": share.mean(axis=0),
+        "share_std": share.std(axis=0, ddof=1) if len(checked) > 1 else np.zeros_like(share[0]),
+        "seeds": seeds.astype(np.float64),
+        "ece": np.asarray([np.nan if e is None else e for e, _ in errors]),
+        "mce": np.asarray([np.nan if m is None else m for _, m in errors]),
+    }
+
+
+def _check_models(models: Mapping, name: str) -> None:
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"{name} must be a non-empty dict {{label: [bins per seed]}}, got {models!r:.80}")
+
+
+def _legend_label(label: str, summary: Mapping) -> str:
+    seeds = len(summary["ece"])
+    ece = format_mean_std([None if math.isnan(v) else v for v in summary["ece"]])
+    mce = format_mean_std([None if math.isnan(v) else v for v in summary["mce"]])
+    runs = f"{seeds} seeds" if seeds > 1 else "1 seed"
+    return f"{label}: ECE {ece} %, MCE {mce} % ({runs})"
+
+
+def _views(models: Mapping, posterior_models: Mapping | None) -> list[tuple[str, Mapping]]:
+    _check_models(models, "models")
+    views = [(PROBABILITIES[0], models)]
+    if posterior_models is not None:
+        _check_models(posterior_models, "posterior_models")
+        views.append((PROBABILITIES[1], posterior_models))
+    return views
+
+
+def _view_menu(views: list[tuple[str, Mapping]], trace_views: list[int], titles: list[str], x: float) -> dict:
+    """A static dropdown switching which view's traces are visible (``-1``: always visible)."""
+    buttons = []
+    for v, (probability, _) in enumerate(views):
+        visible = [t == v or t == -1 for t in trace_views]
+        buttons.append(dict(label=f"probability: {probability}", method="update",
+                            args=[{"visible": visible}, {"title.text": titles[v]}]))
+    return dict(type="dropdown", buttons=buttons, active=0, x=x, xanchor="left", y=1.0, yanchor="bottom",
+                showactive=True, bgcolor="white", font=dict(size=12))
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures.
+
+
+def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None, *,
+                       colours: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+    """Reliability diagram: accuracy against confidence per bin, one series per model.
+
+    Each point is a non-empty bin at (mean confidence, mean accuracy) over seeds, with the seeds'
+    standard deviation of the accuracy as an error bar; the shaded band between a model's curve and
+    the diagonal is its calibration gap (above the diagonal: under-confident, below: over-confident).
+    The legend gives ECE and MCE (mean ± std over seeds, in %).
+
+    Args:
+        models: ``{label: [bins dict per seed]}`` for the class logits' softmax.
+        posterior_models: the same for Bayes' posterior ``softmax_c log p(x|c)`` (GMM heads only);
+            when given, a dropdown in the figure (static, no kernel) switches between the two.
+        colours: ``{label: colour}``; default Okabe-Ito in order of first appearance.
+        title: figure title (default says which probability is shown).
+
+    Returns:
+        A ``go.Figure``; the traces of view ``v`` carry ``meta={"view": v, "model": label}``.
+    """
+    views = _views(models, posterior_models)
+    labels = list(dict.fromkeys(label for _, ms in views for label in ms))
+    colours = {**model_colours(labels), **(colours or {})}
+    symbols = model_symbols(labels)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line=dict(color="#555555", dash="dash", width=1.5), hoverinfo="skip"))
+    trace_views, titles = [-1], []
+    for v, (probability, view_models) in enumerate(views):
+        default = ("Reliability diagram: confidence = max softmax of the class logits" if v == 0 else
+                   "Reliability diagram: confidence = max of Bayes' posterior p(c|x)")
+        titles.append(title or default)
+        for label, bins in view_models.items():
+            summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
+            filled = summary["seeds"] > 0
+            conf, acc = summary["confidence"][filled], summary["accuracy"][filled]
+            colour = colours[label]
+            # Gap band: along the curve, back along the diagonal.
+            fig.add_trace(go.Scatter(
+                x=np.concatenate([conf, conf[::-1]]), y=np.concatenate([acc, conf[::-1]]), fill="toself",
+                fillcolor=_with_alpha(colour, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                legendgroup=f"{v}:{label}", visible=v == 0, meta={"view": v, "model": label, "role": "gap"}))
+            custom = np.stack([summary["lower"][filled], summary["upper"][filled], 100 * summary["share"][filled],
+                               summary["seeds"][filled], summary["accuracy_std"][filled]], axis=1)
+            fig.add_trace(go.Scatter(
+                x=conf, y=acc, mode="lines+markers", name=_legend_label(label, summary),
+                legendgroup=f"{v}:{label}", visible=v == 0,
+                line=dict(color=colour, width=2), marker=dict(color=colour, size=9, symbol=symbols[label],
+                                                              line=dict(color="white", width=1)),
+                error_y=dict(type="data", array=summary["accuracy_std"][filled], visible=len(bins) > 1,
+                             color=colour, thickness=1.2, width=3),
+                customdata=custom,
+                hovertemplate=(f"<b>{label}</b><br>bin [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>"
+                               "mean confidence %{x:.3f}<br>accuracy %{y:.3f} ± %{customdata[4]:.3f}<br>"
+                               "%{customdata[2]:.2f} % of pixels (%{customdata[3]} seeds)<extra></extra>"),
+                meta={"view": v, "model": label, "role": "curve"}))
+            trace_views += [v, v]
+    fig.update_layout(
+        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98), font=FONT, template="plotly_white",
+        width=760, height=760, margin=dict(l=80, r=30, t=110, b=40 + 26 * len(labels)),
+        legend=dict(orientation="h", x=0, xref="container", y=0.01, yref="container", yanchor="bottom",
+                    font=dict(size=12)),
+        # constrain="domain": the square aspect shrinks the plot area instead of widening the ranges.
+        xaxis=dict(title="mean confidence in the bin (max class probability)", range=[0, 1.01], dtick=0.1,
+                   constrain="domain"),
+        yaxis=dict(title="accuracy in the bin (fraction of pixels correct)", range=[0, 1.01], dtick=0.1,
+                   scaleanchor="x", scaleratio=1, constrain="domain"),
+    )
+    if len(views) > 1:
+        fig.update_layout(updatemenus=[_view_menu(views, trace_views, titles, x=0.0)])
+    return fig
+
+
+def _bin_names(lower: np.ndarray, upper: np.ndarray) -> list[str]:
+    return ["= 1 (saturated)" if lo == up == 1.0 else f"{lo:.2f}–{up:.2f}" for lo, up in zip(lower, upper)]
+
+
+def confidence_histogram_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None,
+                                *, log_y: bool = True, colours: Mapping[str, str] | None = None,
+                                title: str | None = None) -> go.Figure:
+    """Share of pixels per confidence bin, one bar group per bin, one bar per model.
+
+    Bars are the mean over seeds of ``count_b / sum(count)`` in %, with the seeds' standard
+    deviation as error bars. Segmentation confidences pile up near 1, so the y axis is logarithmic
+    by default; a button switches it (and, with ``posterior_models``, a dropdown switches between the
+    class logits and Bayes' posterior) in the static figure.
+
+    Args:
+        models, posterior_models, colours: as in :func:`reliability_figure`.
+        log_y: start with a logarithmic y axis.
+
+    Returns:
+        A ``go.Figure`` of ``go.Bar`` traces (``meta={"view": v, "model": label}``).
+    """
+    views = _views(models, posterior_models)
+    labels = list(dict.fromkeys(label for _, ms in views for label in ms))
+    colours = {**model_colours(labels), **(colours or {})}
+    fig = go.Figure()
+    trace_views, titles = [], []
+    for v, (probability, view_models) in enumerate(views):
+        titles.append(title or f"Pixels per confidence bin ({probability})")
+        for label, bins in view_models.items():
+            summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
+            fig.add_trace(go.Bar(
+                x=_bin_names(summary["lower"], summary["upper"]), y=100 * summary["share"],
+                error_y=dict(type="data", array=100 * summary["share_std"], visible=len(bins) > 1, thickness=1.2),
+                name=f"{label} ({len(bins)} seed{'s' if len(bins) > 1 else ''})", marker_color=colours[label],
+                visible=v == 0, meta={"view": v, "model": label},
+                hovertemplate=f"<b>{label}</b><br>confidence %{{x}}<br>%{{y:.3f}} % of pixels<extra></extra>"))
+            trace_views.append(v)
+    fig.update_layout(
+        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98), font=FONT, template="plotly_white",
+        barmode="group", width=900, height=560, margin=dict(l=80, r=30, t=110, b=150 + 12 * len(labels)),
+        legend=dict(orientation="h", x=0, xref="container", y=0.01, yref="container", yanchor="bottom"),
+        xaxis=dict(title="confidence bin (max class probability)", tickangle=-45),
+        yaxis=dict(title="pixels in the bin (%)", type="log" if log_y else "linear", tickformat="~g"),
+    )
+    menus = [dict(type="buttons", direction="right", x=1.0, xanchor="right", y=1.0, yanchor="bottom",
+                  active=0 if log_y else 1, showactive=True, bgcolor="white", font=dict(size=12),
+                  buttons=[dict(label="log y", method="relayout", args=[{"yaxis.type": "log"}]),
+                           dict(label="linear y", method="relayout", args=[{"yaxis.type": "linear"}])])]
+    if len(views) > 1:
+        menus.append(_view_menu(views, trace_views, titles, x=0.0))
+    fig.update_layout(updatemenus=menus)
+    return fig
+
+
+def _calibration_rows(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None
+                      ) -> list[dict]:
+    rows = []
+    for v, (probability, view_models) in enumerate(_views(models, posterior_models)):
+        for label, bins in view_models.items():
+            summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
+            ece = [None if math.isnan(e) else e for e in summary["ece"]]
+            mce = [None if math.isnan(m) else m for m in summary["mce"]]
+            ece_mean, ece_std, _ = mean_and_std(ece)
+            mce_mean, mce_std, _ = mean_and_std(mce)
+            rows.append({"model": label, "probability": probability,
+                         "ECE (%)": format_mean_std(ece), "MCE (%)": format_mean_std(mce), "seeds": len(bins),
+                         "ece_mean": ece_mean, "ece_std": ece_std, "mce_mean": mce_mean, "mce_std": mce_std})
+    return rows
+
+
+def calibration_table(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None):
+    """ECE and MCE per model and probability, mean ± std over seeds, as a ``pandas.DataFrame``.
+
+    Columns: ``model``, ``probability``, ``ECE (%)`` and ``MCE (%)`` (``"mean ± std"`` text),
+    ``seeds``, and the numbers as fractions: ``ece_mean``, ``ece_std``, ``mce_mean``, ``mce_std``.
+    """
+    import pandas as pd
+
+    return pd.DataFrame(_calibration_rows(models, posterior_models))
+
+
+def _empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=dict(text=message), font=FONT, template="plotly_white", width=760, height=300,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+def calibration_widget(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None):
+    """Live calibration view for JupyterLab: which models, which probability, which plot.
+
+    Controls (``box.controls``): ``"models"`` (``SelectMultiple`` of labels), ``"probability"``
+    (one of :data:`PROBABILITIES`; only the class logits without ``posterior_models``) and ``"view"``
+    (``"reliability diagram"`` or ``"confidence histogram"``). ``box.figure`` is the current figure.
+    """
+    import ipywidgets as widgets
+
+    views = dict(_views(models, posterior_models))
+    labels = list(dict.fromkeys(label for ms in views.values() for label in ms))
+    colours = model_colours(labels)
+    controls = {
+        "models": widgets.SelectMultiple(options=labels, value=tuple(labels), description="models",
+                                         rows=min(len(labels), 6)),
+        "probability": widgets.ToggleButtons(options=list(views), value=PROBABILITIES[0], description="probability"),
+        "view": widgets.ToggleButtons(options=["reliability diagram", "confidence histogram"],
+                                      value="reliability diagram", description="plot"),
+    }
+
+    def render() -> go.Figure:
+        probability = controls["probability"].value
+        chosen = {label: views[probability][label] for label in controls["models"].value
+                  if label in views[probability]}
+        if not chosen:
+            return _empty_figure(f"No selected model has {probability} bins: select another model")
+        if controls["view"].value == "reliability diagram":
+            return reliability_figure(chosen, colours=colours)
+        return confidence_histogram_figure(chosen, colours=colours)
+
+    return figure_box(controls, render)
+
+
+def _with_alpha(colour: str, alpha: float) -> str:
+    """``'#rrggbb'`` -> ``'rgba(r, g, b, alpha)'``."""
+    colour = colour.lstrip("#")
+    r, g, b = (int(colour[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r}, {g}, {b}, {alpha})"

@@ -1,0 +1,215 @@
+"""The report runner on tiny stand-in notebooks: order, reuse, failure, grids, validation, safety."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gmmseg_lab.report.results import aggregate, format_mean_std, record_runs
+from gmmseg_lab.report.runner import ReportRunner, code_fingerprint
+from gmmseg_lab.report.spec import ReportSpecError, load_plan, notebook_parameters
+
+INJECTED = textwrap.dedent("""\
+    work_dir = None
+    data_dir = None
+    preset = "quick"
+    results_path = None
+    live = True
+""")
+
+
+def write_notebook(path: Path, parameters: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(INJECTED + textwrap.dedent(parameters))
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(textwrap.dedent(body))]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    """A notebooks folder and a report definition: a -> b (needs a), c fails, d needs c."""
+    nbs, defs = tmp_path / "notebooks", tmp_path / "reports"
+    nbs.mkdir()
+    (defs / "presets").mkdir(parents=True)
+    write_notebook(nbs / "a.ipynb", "seeds = [0]\nscale = 1.0\n", """
+        import pathlib, time
+        from gmmseg_lab.report import record_runs
+        pathlib.Path(work_dir, "a_done").write_text(str(time.time()))
+        record_runs(results_path, [{"group": {"model": "m"}, "seed": s, "metrics": {"miou": scale * (s + 1)}}
+                                   for s in seeds])
+    """)
+    write_notebook(nbs / "b.ipynb", "", """
+        import pathlib
+        assert pathlib.Path(work_dir, "a_done").is_file(), "b ran before a"
+        pathlib.Path(work_dir, "b_runs.txt").open("a").write("x")
+    """)
+    write_notebook(nbs / "c.ipynb", "", """
+        raise RuntimeError("deliberate failure in c")
+    """)
+    write_notebook(nbs / "d.ipynb", "", "print('never')\n")
+    (defs / "presets" / "quick.yaml").write_text(textwrap.dedent("""\
+        preset: quick
+        notebooks:
+          - name: a
+            parameters: {seeds: [0, 1, 2]}
+          - name: b
+            needs: [a]
+          - name: c
+          - name: d
+            needs: [c]
+    """))
+    return nbs, defs
+
+
+def runner(lab, out, **kw):
+    nbs, defs = lab
+    return ReportRunner(out, preset="quick", notebooks_dir=nbs, definitions_dir=defs, progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_build_order_failure_reuse_and_index(lab, tmp_path):
+    out = tmp_path / "out"
+    r = runner(lab, out)
+    summary = r.run()
+    status = {name: job["status"] for name, job in summary["jobs"].items()}
+    assert status == {"a": "ok", "b": "ok", "c": "failed", "d": "skipped"}
+    assert "deliberate failure in c" in summary["jobs"]["c"]["error"]
+    assert "needs c" in summary["jobs"]["d"]["error"]
+    assert sorted(r.failed) == ["c", "d"]
+    # executed notebooks and pages exist, also for the failed one (its error cell is visible)
+    for name in ("a", "b", "c"):
+        assert (out / "notebooks" / f"{name}.ipynb").is_file() and (out / "html" / f"{name}.html").is_file()
+    assert "deliberate failure in c" in (out / "html" / "c.html").read_text()
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+    # summary: mean and sample std over the three seeds of a's records: 1, 2, 3
+    (group,) = summary["groups"]
+    assert group["group"] == {"model": "m"} and group["seeds"] == [0, 1, 2]
+    assert group["metrics"]["miou"]["mean"] == pytest.approx(2.0) and group["metrics"]["miou"]["std"] == pytest.approx(1.0)
+    assert json.loads((out / "summary.json").read_text())["groups"] == summary["groups"]
+    index = (out / "index.html").read_text()
+    assert "html/a.html" in index and "failed" in index and "deliberate failure in c" in index
+    assert "2.000 ± 1.000" in index and "<script" not in index
+
+    # rerun: finished notebooks are reused (b is not executed again), the failed one is retried
+    summary2 = runner(lab, out).run()
+    status2 = {name: job["status"] for name, job in summary2["jobs"].items()}
+    assert status2 == {"a": "reused", "b": "reused", "c": "failed", "d": "skipped"}
+    assert (out / "work" / "b_runs.txt").read_text() == "x"
+    assert summary2["groups"] == summary["groups"]
+
+    # an interrupted build: a's state says "running" (killed mid-way) -> a and only a is redone
+    status_file = out / "jobs" / "a" / "status.json"
+    state = json.loads(status_file.read_text())
+    status_file.write_text(json.dumps({**state, "status": "running"}))
+    summary3 = runner(lab, out).run()
+    assert {n: j["status"] for n, j in summary3["jobs"].items()}["a"] == "ok"
+    assert summary3["jobs"]["b"]["status"] == "reused"
+
+
+@pytest.mark.slow
+def test_grid_expands_one_notebook_per_combination(lab, tmp_path):
+    nbs, defs = lab
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("notebook: a\nparameters: {seeds: [0, 1]}\ngrid: {scale: [1.0, 10.0]}\n")
+    (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: a\n")
+    out = tmp_path / "out"
+    r = ReportRunner(out, preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs, progress=False,
+                     jobs=2)
+    assert [j.name for j in r.plan.jobs] == ["a__scale-1.0", "a__scale-10.0"]
+    summary = r.run()
+    assert all(job["status"] == "ok" for job in summary["jobs"].values())
+    # one group per combination (the grid value is part of the group); mean over seeds 0, 1 of scale*(s+1)
+    groups = {g["group"]["scale"]: g for g in summary["groups"]}
+    assert set(groups) == {1.0, 10.0}
+    assert groups[1.0]["metrics"]["miou"]["mean"] == pytest.approx(1.5)
+    assert groups[10.0]["metrics"]["miou"]["mean"] == pytest.approx(15.0)
+    assert groups[10.0]["group"] == {"scale": 10.0, "model": "m"}
+    nb = nbformat.read(str(out / "notebooks" / "a__scale-10.0.ipynb"), as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "scale = 10.0" in injected.source and "seeds = [0, 1]" in injected.source
+
+
+def test_invalid_definitions_stop_before_any_work(lab, tmp_path):
+    nbs, defs = lab
+    out = tmp_path / "never"
+    cases = {
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {sedes: [0]}\n": "no parameter 'sedes'",
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {seeds: 3}\n": "'seeds' = 3: expected a list",
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {seeds: [-1]}\n": "non-negative",
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {work_dir: /etc}\n": "set by the report runner",
+        "preset: huge\nnotebooks:\n  - name: a\n": "'preset' must be one of",
+        "preset: quick\nnotebooks:\n  - name: ../../etc/passwd\n": "'name' must be a notebook name",
+        "preset: quick\nnotebooks:\n  - name: zz\n": "no notebook",
+        "preset: quick\nnotebooks:\n  - name: b\n    needs: [a]\n": "'needs' must list notebooks defined above",
+        "preset: quick\nnotbooks: []\n": "unknown key 'notbooks'",
+        "preset: !!python/object/apply:os.system ['echo pwned']\nnotebooks: []\n": "not valid YAML",
+        "preset: quick\nnotebooks:\n  - name: a\n  - name: a\n": "listed twice",
+    }
+    for text, message in cases.items():
+        (defs / "presets" / "quick.yaml").write_text(text)
+        with pytest.raises(ReportSpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            runner(lab, out)
+    assert not out.exists()  # nothing was created
+
+
+def test_invalid_grid_files_name_the_key(lab, tmp_path):
+    nbs, defs = lab
+    grid = tmp_path / "grid.yaml"
+    cases = {
+        "notebook: a\ngrid: {scale: 2.0}\n": "grid.scale must be a non-empty list",
+        "notebook: a\ngrid: {scael: [1.0]}\n": "no parameter 'scael'",
+        "notebook: zz\ngrid: {scale: [1.0]}\n": "'notebook' must be one of",
+        "notebook: a\ngrid: {seeds: [[0], 3]}\n": "'seeds' = 3: expected a list",
+        "notebook: a\ngird: {scale: [1.0]}\n": "unknown key 'gird'",
+        "[1, 2": "not valid YAML",
+    }
+    for text, message in cases.items():
+        grid.write_text(text)
+        with pytest.raises(ReportSpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            load_plan(defs / "presets" / "quick.yaml", nbs, grid)
+    with pytest.raises(ReportSpecError, match="no such file"):
+        load_plan(defs / "presets" / "quick.yaml", nbs, tmp_path / "missing.yaml")
+    with pytest.raises(ReportSpecError, match="--jobs"):
+        runner(lab, tmp_path / "x", jobs=0)
+
+
+def test_grid_values_cannot_escape_the_output_folder(lab, tmp_path):
+    nbs, defs = lab
+    write_notebook(nbs / "e.ipynb", "tag = 'x'\n", "print(tag)\n")
+    (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: e\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("notebook: e\ngrid: {tag: ['../../../../tmp/evil', '/etc/passwd']}\n")
+    r = ReportRunner(tmp_path / "out", preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs,
+                     progress=False)
+    for job in r.plan.jobs:
+        assert "/" not in job.name and not job.name.startswith(".")
+        assert r.out in r.job_dir(job).parents and r.out in r.html_out(job).parents
+
+
+def test_notebook_parameters_and_fingerprint(lab):
+    nbs, _ = lab
+    params = notebook_parameters(nbs / "a.ipynb")
+    assert params["seeds"] == [0] and params["scale"] == 1.0 and params["results_path"] is None
+    assert len(code_fingerprint()) == 64
+
+
+def test_results_aggregate_and_format(tmp_path):
+    path = tmp_path / "r.json"
+    record_runs(path, [{"group": {"h": "gmm"}, "seed": s, "metrics": {"miou": v}} for s, v in ((0, 0.5), (1, 0.7))],
+                note="x")
+    res = json.loads(path.read_text())
+    assert res["extra"] == {"note": "x"}
+    (group,) = aggregate({"job": {"notebook": "n", **res}, "job2": {"notebook": "n", **res}})
+    assert group["seeds"] == [0, 1] and group["jobs"] == ["job", "job2"]  # a run recorded twice counts once
+    assert group["metrics"]["miou"]["n"] == 2
+    assert format_mean_std(group["metrics"]["miou"]) == "0.600 ± 0.141"
+    assert format_mean_std({"n": 1, "mean": 0.5, "std": 0.0}) == "0.500" and format_mean_std({}) == "n/a"
+    with pytest.raises(ValueError, match="records\\[0\\]"):
+        record_runs(path, [{"seed": 0}])
+    assert record_runs(None, []) is None
