@@ -24,3 +24,23 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def quick_report(tmp_path_factory):
+    """The quick report (every notebook, executed by papermill), built once per test session.
+
+    Returns the :class:`gmmseg_lab.report.runner.ReportRunner` after ``run()``; its ``out`` folder holds
+    ``index.html``, ``summary.json``, ``html/``, ``notebooks/`` and ``work/`` (data and trained runs).
+    Set ``GMMSEG_LAB_TEST_REPORT=DIR`` to reuse (and keep) a report folder between sessions.
+    """
+    import os
+    from pathlib import Path
+
+    from gmmseg_lab.report.runner import ReportRunner
+
+    out = os.environ.get("GMMSEG_LAB_TEST_REPORT")
+    out = Path(out) if out else tmp_path_factory.mktemp("report") / "quick"
+    runner = ReportRunner(out, preset="quick", progress=False)
+    runner.summary = runner.run()
+    return runner

@@ -150,3 +150,30 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     # A bare checkpoint file works too (its config is found beside it).
     ckpt = (tmp_path / "gmm" / "last_checkpoint").read_text().strip()
     assert main(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--no-progress"]) == 0
+
+
+def test_paper_preset_checks_the_real_layout_first(tmp_path, capsys):
+    from test_data_real import write_cityscapes
+
+    data = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")  # not yet converted to train IDs
+    rc = main(["train", "--data", str(data), "--preset", "paper", "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "labelTrainIds" in err, err
+    assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_on_an_anomaly_benchmark_layout(quick_dataset, tmp_path, capsys):
+    from test_data_real import write_smiyc
+
+    bench = write_smiyc(tmp_path)
+    work = tmp_path / "gmm"
+    assert main(["train", "--data", str(quick_dataset), "--arch", "segformer", "--head", "gmm", "--preset",
+                 "quick", "--work-dir", str(work), "--max-iters", "2", "--no-progress"]) == 0
+    out = tmp_path / "bench.json"
+    assert main(["evaluate", "--checkpoint", str(work), "--anomaly-data", str(bench), "--out", str(out),
+                 "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["anomaly_format"] == "smiyc-anomaly" and result["anomaly"]["score"] == "neg_max_log_likelihood"
+    assert 0.0 <= result["anomaly"]["auroc"] <= 1.0
+    rc = main(["evaluate", "--checkpoint", str(work), "--no-progress"])
+    assert rc == 2 and "--anomaly-data" in capsys.readouterr().err

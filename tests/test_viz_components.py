@@ -225,3 +225,6 @@ def test_component_widget_redraws_on_control_changes(preds):
     assert "row 1," in box.posterior_figure.layout.title.text and box.posterior_figure is not before
     box.controls["opacity"].value = 0.25
     assert box.figure.data[1].opacity == 0.25
+    overlay_out, posterior_out = box.children[1:]
+    assert overlay_out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["data"][1]["opacity"] == 0.25
+    assert "row 1," in posterior_out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]

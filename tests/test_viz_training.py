@@ -172,6 +172,8 @@ def test_predictions_widget_slider_and_toggles():
     first = box.figure
     box.controls["image"].value = 2
     assert box.figure is not first and "v2.png" in box.figure.layout.title.text
+    shown = box.children[1].outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert "v2.png" in shown["layout"]["title"]["text"]  # the Output shows the new figure
     box.controls["model:softmax"].value = False
     assert sum(t.type == "image" for t in box.figure.data) == 3
     box.controls["model:GMMSeg"].value = False

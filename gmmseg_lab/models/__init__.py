@@ -21,7 +21,19 @@ or, with tensors, ``segmentor_outputs(model, inputs, batch_img_metas)`` (``model
 the cascade's earlier stages -> ``decode_head.predict_gmm``; whole or slide as ``test_cfg.mode``).
 """
 
-from ..data import mmseg_dataset as _mmseg_dataset  # noqa: F401  (registers GMMLabDataset)
+import contextlib as _contextlib
+import io as _io
+import warnings as _warnings
+
+# mmseg 1.4 prints "Could not import OneDL" on import (an optional extra) and mmcv without compiled
+# ops warns about MultiScaleDeformableAttention, which no shipped config uses: keep both out of
+# notebooks and reports.
+with _warnings.catch_warnings(), _contextlib.redirect_stdout(_io.StringIO()):
+    _warnings.filterwarnings("ignore", message=".*MultiScaleDeformableAttention.*")
+    import mmseg.datasets  # noqa: F401
+    import mmseg.models  # noqa: F401
+
+from ..data import mmseg_dataset as _mmseg_dataset  # noqa: F401,E402  (registers GMMLabDataset)
 from .gmm_head import GMM_HEAD_KEYS, GMMHeadMixin, GMMSegHead, gmm_head_class, is_gmm_head
 from .inference import (build_dataloader, decode_head_of, load_segmentor, predict_batch, quiet_mmengine,
                         segmentor_outputs)

@@ -1,8 +1,12 @@
-"""Figures (matplotlib / plotly, pure functions of arrays) and ipywidgets views for the lab's notebooks.
+"""Figures (plotly, pure functions of arrays) and ipywidgets views for the lab's notebooks.
 
-Every figure function takes numpy arrays or the dicts the evaluator writes, never a model, and returns
-a figure; every ``*_widget`` builder returns an ipywidgets box whose callbacks redraw from the same
-functions. Static HTML reports use the plotly figures' own sliders and menus (no kernel needed).
+Every figure function takes numpy arrays, :class:`gmmseg_lab.analysis.Predictions` or the dicts the
+evaluator writes, and returns a figure whose interactivity in a static HTML report comes from plotly's
+own sliders and menus (no kernel); every ``*_widget`` builder returns an ipywidgets box (``.controls``,
+``.figure``) whose callbacks redraw from the same functions, live in JupyterLab.
+
+Modules: :mod:`.toy` (notebook 00), :mod:`.training` (01), :mod:`.components` (02), :mod:`.embedding`
+(03), :mod:`.calibration` (04), :mod:`.ablation` (05), :mod:`.anomaly` (06), :mod:`.style` (colours).
 """
 
 from .style import blend, class_colours, colourise, component_palette, setup_plotly

@@ -66,9 +66,10 @@ def class_colours(palette) -> list[str]:
 def component_palette(palette, num_components: int) -> np.ndarray:
     """``[C, M, 3]`` uint8: M shades of each class colour (darkest first, all distinguishable).
 
-    Lightness is spread over [0.28, 0.78] in HLS so the shades stay apart even for very dark or very
-    light class colours; saturation is kept at least 0.45 so grey classes (pole, building) still get
-    visibly different shades.
+    Lightness is spread over a window of width 0.3 in HLS centred on the class colour's own lightness
+    (clipped to [0.25, 0.75] so the shades stay away from black and white), so classes that differ only
+    in lightness (grey building vs grey pole) keep different shade ranges; saturation is kept at least
+    0.45 for coloured classes so their shades do not wash out.
     """
     palette = np.asarray(palette, dtype=np.float64) / 255.0
     if palette.ndim != 2 or palette.shape[1] != 3:
@@ -76,11 +77,12 @@ def component_palette(palette, num_components: int) -> np.ndarray:
     if num_components < 1:
         raise ValueError(f"num_components must be >= 1, got {num_components}")
     out = np.zeros((len(palette), num_components, 3), dtype=np.uint8)
-    lightness = [0.5] if num_components == 1 else np.linspace(0.28, 0.78, num_components)
     for c, rgb in enumerate(palette):
         h, l, s = colorsys.rgb_to_hls(*rgb)
+        centre = min(max(l, 0.25), 0.75)
+        lightness = [l] if num_components == 1 else np.linspace(centre - 0.15, centre + 0.15, num_components)
         for m, light in enumerate(lightness):
-            shade = colorsys.hls_to_rgb(h, light if num_components > 1 else l, max(s, 0.45) if s > 0.05 else s)
+            shade = colorsys.hls_to_rgb(h, light, max(s, 0.45) if s > 0.05 else s)
             out[c, m] = np.round(np.asarray(shade) * 255).astype(np.uint8)
     return out
 

@@ -480,16 +480,22 @@ def add_menus(fig: go.Figure, menus: Sequence[tuple[list, int]], height: int, ma
         for k, (buttons, active, *kind) in enumerate(menus)])
 
 
-def _show(output, fig: go.Figure) -> None:
-    """Replace what ``output`` shows by ``fig`` (a no-op outside IPython, e.g. under pytest)."""
-    from IPython import get_ipython
-    from IPython.display import display
+def _mime_bundle(fig: go.Figure) -> dict:
+    """The plotly mime bundle of ``fig`` (what JupyterLab draws), from ``fig.to_json()``."""
+    import json
 
-    if get_ipython() is None:
-        return
-    output.clear_output(wait=True)
-    with output:
-        display(fig)
+    return {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+            "text/plain": f"<Figure: {fig.layout.title.text or 'plotly figure'}>"}
+
+
+def _show(output, fig: go.Figure) -> None:
+    """Make ``output`` (an ``ipywidgets.Output``) show ``fig``.
+
+    The output's state is written directly, rather than through ``display`` inside ``with output``:
+    the same code then works in a kernel, in a saved notebook's widget state and in a plain process
+    (tests), where ``display`` would print a repr.
+    """
+    output.outputs = ({"output_type": "display_data", "data": _mime_bundle(fig), "metadata": {}},)
 
 
 def _widget_box(controls: dict, render: Callable[[], go.Figure], extra_outputs: Sequence = ()):

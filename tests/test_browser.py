@@ -1,0 +1,62 @@
+"""The built report opened in headless Chromium, offline, as a reader would: no console errors, no
+failed requests, every plotly figure drawn; one static menu operated to check it changes the view."""
+
+from __future__ import annotations
+
+import pytest
+
+import browser
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason()))]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = browser.launch(pw)
+        yield b
+        b.close()
+
+
+def test_index_and_every_notebook_page_render_offline(quick_report, chromium, tmp_path):
+    out = quick_report.out
+    index = browser.check_page(chromium, out / "index.html", tmp_path / "index.png")
+    assert not index.problems, index.problems
+    assert "GMMSeg lab report" in index.title
+    pages = sorted((out / "html").glob("*.html"))
+    assert len(pages) == 7
+    for page in pages:
+        result = browser.check_page(chromium, page, tmp_path / f"{page.stem}.png")
+        assert not result.problems, (page.name, result.problems)
+        assert result.plotly_divs >= 1 and result.plotly_drawn == result.plotly_divs, page.name
+        assert result.main_svgs >= result.plotly_divs, page.name
+
+
+def test_static_menu_changes_the_view(quick_report, chromium):
+    """In the component page, the image menu of the overlay swaps the picture, without a kernel."""
+    page_path = quick_report.out / "html" / "02_component_assignments.html"
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, offline=True)
+    page = context.new_page()
+    page.goto(page_path.resolve().as_uri(), wait_until="load")
+    page.wait_for_selector("div.js-plotly-plot")
+    state = """() => { const gd = document.querySelector('div.js-plotly-plot');
+                       return JSON.stringify(gd.data.map(t => [t.name, t.visible])); }"""
+    before = page.evaluate(state)
+    plot = page.locator("div.js-plotly-plot").first
+    headers = plot.locator("g.updatemenu-header-group")
+    assert headers.count() >= 1, "the overlay figure has no menu"
+    headers.first.click()  # the image menu opens its options
+    options = plot.locator("g.updatemenu-dropdown-button-group > g")
+    options.first.wait_for(state="visible")
+    assert options.count() >= 2, "the image menu offers one image only"
+    assert "val_00001" in options.nth(1).text_content()
+    options.nth(1).click()
+    page.wait_for_timeout(800)
+    after = page.evaluate(state)
+    visible = [name for name, shown in __import__("json").loads(after) if shown is True and name]
+    context.close()
+    assert after != before, "choosing another image in the menu did not change the figure"
+    assert any("00001" in name for name in visible), visible
