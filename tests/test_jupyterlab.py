@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -249,7 +250,7 @@ def _errors(cells: list[dict]) -> list[str]:
     for i, cell in enumerate(cells):
         for out in cell["outputs"]:
             if out.get("output_type") == "error":
-                tb = "\n".join(out.get("traceback", []))
+                tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(out.get("traceback", [])))  # no ANSI colours
                 found.append(f"cell {i} ({cell['source']!r}): {out.get('ename')}: {out.get('evalue')}\n{tb}")
             elif out.get("output_type") == "stream" and out.get("name") == "stderr":
                 text = out.get("text", "")

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from ._widgets import figure_box, mime_bundle  # noqa: F401  (re-exported: used by toy and anomaly)
+
 from .style import FONT
 
 __all__ = [
@@ -76,61 +78,6 @@ def format_mean_std(values: Sequence[float | None], scale: float = 100.0, digits
     if n == 1:
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def mime_bundle(figure: go.Figure) -> dict:
-    """The plotly mime bundle of a figure: JupyterLab draws it, no copy of plotly.js per redraw.
-
-    Built from ``figure.to_json()`` rather than through ``plotly.io.renderers``, whose import pulls
-    in nbformat and jsonschema (seconds) for the same JSON.
-    """
-    payload = json.loads(figure.to_json())
-    title = figure.layout.title.text or "plotly figure"
-    return {"application/vnd.plotly.v1+json": payload, "text/plain": f"<Figure: {title}>"}
-
-
-def figure_box(controls: Mapping[str, object], render: Callable[[], go.Figure]):
-    """An ``ipywidgets.VBox`` of ``controls`` above an ``Output`` that shows ``render()``.
-
-    The figure is re-rendered whenever a control's ``value`` changes. The box has the attributes
-    ``controls`` (the dict), ``figure`` (the current ``go.Figure``), ``output`` (the ``Output``),
-    ``redraw()``, and ``held()``: a context manager that defers redraws while several controls
-    change together, then redraws once. The output is written as a mime bundle rather than through
-    ``display``, so the same code runs in a kernel and in a plain process (tests), where
-    ``display`` would print a repr.
-    """
-    import contextlib
-
-    import ipywidgets as widgets
-
-    output = widgets.Output()
-    row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
-    box = widgets.VBox([row, output])
-    box.controls = dict(controls)
-    box.output = output
-    hold = {"depth": 0}
-
-    def redraw(_change=None) -> None:
-        if hold["depth"]:
-            return
-        box.figure = render()
-        output.outputs = ({"output_type": "display_data", "data": mime_bundle(box.figure), "metadata": {}},)
-
-    @contextlib.contextmanager
-    def held():
-        hold["depth"] += 1
-        try:
-            yield
-        finally:
-            hold["depth"] -= 1
-        redraw()
-
-    box.redraw = redraw
-    box.held = held
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    return box
 
 
 # --------------------------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
     shades = component_palette(preds.palette, num_m)
 
     fig = make_subplots(rows=1, cols=2, column_widths=[0.78, 0.22], horizontal_spacing=0.1,
-                        subplot_titles=["image with component shades", "colour key: class × component"])
+                        subplot_titles=["image with component shades", "colour key (class × component)"])
     n_img = len(image_indices)
     log_probs = {i: preds.component_log_prob(i) for i in image_indices}  # [C, M, h, w] each
     overlays = {i: {k: _png_data_uri(component_colours(preds, i, None if k < 0 else k, _best=log_probs[i].argmax(1)))
@@ -278,11 +278,11 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
                      range=[-0.6, num_m - 0.4], showgrid=False, zeroline=False, row=1, col=2)
     fig.update_yaxes(title_text=None, autorange="reversed", showgrid=False, row=1, col=2)
 
-    height_px, top, bottom = panel_px + 200, 150, 50
+    height_px, top, bottom = panel_px + 200, (150 if menus else 80), 50
     fig.update_layout(
         title=dict(text="Which Gaussian component explains each pixel (shades of the predicted class's colour)",
                    x=0.01, y=0.98, yanchor="top"),
-        font=FONT, template="plotly_white", height=height_px, margin=dict(l=70, r=30, t=top, b=bottom),
+        font=FONT, template="plotly_white", height=height_px, margin=dict(l=70, r=70, t=top, b=bottom),
         hovermode="closest", plot_bgcolor="white")
     overlay_ids = list(range(n_img, 2 * n_img))
     image_ids = list(range(3 * n_img))

@@ -21,6 +21,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+
+from ._widgets import figure_box as _widget_box, show_figure as _show  # noqa: F401
 from plotly.subplots import make_subplots
 
 from ..demo import COLUMNS
@@ -480,45 +482,3 @@ def add_menus(fig: go.Figure, menus: Sequence[tuple[list, int]], height: int, ma
         for k, (buttons, active, *kind) in enumerate(menus)])
 
 
-def _mime_bundle(fig: go.Figure) -> dict:
-    """The plotly mime bundle of ``fig`` (what JupyterLab draws), from ``fig.to_json()``."""
-    import json
-
-    return {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
-            "text/plain": f"<Figure: {fig.layout.title.text or 'plotly figure'}>"}
-
-
-def _show(output, fig: go.Figure) -> None:
-    """Make ``output`` (an ``ipywidgets.Output``) show ``fig``.
-
-    The output's state is written directly, rather than through ``display`` inside ``with output``:
-    the same code then works in a kernel, in a saved notebook's widget state and in a plain process
-    (tests), where ``display`` would print a repr.
-    """
-    output.outputs = ({"output_type": "display_data", "data": _mime_bundle(fig), "metadata": {}},)
-
-
-def _widget_box(controls: dict, render: Callable[[], go.Figure], extra_outputs: Sequence = ()):
-    """``VBox(controls, output)`` whose ``.figure`` is ``render()`` again after every control change.
-
-    ``extra_outputs``: ``(attribute, render_fn)`` pairs for further figures redrawn on the same changes
-    (shown below the main one, stored as ``box.<attribute>``).
-    """
-    import ipywidgets as widgets
-
-    output = widgets.Output()
-    outputs = [(output, "figure", render)] + [(widgets.Output(), attr, fn) for attr, fn in extra_outputs]
-    control_row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
-    box = widgets.VBox([control_row] + [o for o, _, _ in outputs])
-    box.controls = controls
-
-    def redraw(_change=None) -> None:
-        for out, attr, fn in outputs:
-            fig = fn()
-            setattr(box, attr, fig)
-            _show(out, fig)
-
-    for control in controls.values():
-        control.observe(redraw, names="value")
-    redraw()
-    return box
