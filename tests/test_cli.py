@@ -150,6 +150,15 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     # A bare checkpoint file works too (its config is found beside it).
     ckpt = (tmp_path / "gmm" / "last_checkpoint").read_text().strip()
     assert main(["evaluate", "--checkpoint", ckpt, "--data", str(data), "--no-progress"]) == 0
+    # Sliding-window inference (48-px windows every 32 px over the 64-px images) scores the same
+    # pixels: same pixel count, metrics in range, and close to whole-image inference (same weights).
+    out = tmp_path / "slide.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "gmm"), "--data", str(data), "--slide", "48", "32",
+                 "--out", str(out), "--no-progress"]) == 0
+    slide = json.loads(out.read_text())
+    assert slide["anomaly"]["num_pos"] == results["gmm"]["anomaly"]["num_pos"]
+    assert 0.0 <= slide["miou"] <= 1.0 and 0.0 <= slide["anomaly"]["auroc"] <= 1.0
+    assert abs(slide["acc"] - results["gmm"]["acc"]) < 0.25
 
 
 def test_paper_preset_checks_the_real_layout_first(tmp_path, capsys):

@@ -402,7 +402,7 @@ def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
     fig.update_yaxes(title_text="precision (flagged pixels that are anomalous)", range=[0, 1.01], row=1, col=2)
     fig.update_layout(
         title=dict(text=title or "Pixel-level anomaly detection: ROC and precision-recall", x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1200, height=600 + 22 * len(curves_by_model),
+        font=FONT, template="plotly_white", width=1150, height=600 + 22 * len(curves_by_model),
         margin=dict(l=80, r=30, t=90, b=120 + 22 * len(curves_by_model)),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"))
     return fig

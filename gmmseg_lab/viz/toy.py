@@ -337,7 +337,7 @@ def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn
     fig.update_layout(
         title=dict(text="Generative vs discriminative: predicted class, shaded by confidence "
                    "(white = 0, full colour = 1)", x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1250, height=640, margin=dict(l=70, r=40, t=100, b=110),
+        font=FONT, template="plotly_white", width=1150, height=640, margin=dict(l=70, r=40, t=100, b=110),
         coloraxis=dict(colorscale=_region_colourscale(colours), cmin=0, cmax=num_classes,
                        colorbar=dict(title=dict(text="class ·<br>confidence"), tickvals=np.arange(num_classes) + 0.5,
                                      ticktext=[f"class {c}" for c in range(num_classes)], len=0.8)),
@@ -716,7 +716,7 @@ def iterations_figure(snapshots_em: FitSnapshots, snapshots_sinkhorn: FitSnapsho
         steps.append(dict(method="update", label=str(t), args=[update, {"title.text": title(t)}, dynamic]))
     fig.update_layout(
         title=dict(text=title(0), x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-        width=1400, height=820, margin=dict(l=70, r=30, t=150, b=210),
+        width=1150, height=820, margin=dict(l=70, r=30, t=150, b=210),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
         sliders=[dict(active=0, steps=steps, x=0.0, len=0.72, y=-0.13, yanchor="top", pad=dict(t=10),
                       currentvalue=dict(prefix="EM iteration: ", font=dict(size=14)))],
