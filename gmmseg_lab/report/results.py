@@ -77,8 +77,8 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
 
     Returns:
         A list of ``{"notebook", "group", "seeds", "jobs", "metrics": {name: {"mean", "std", "n",
-        "values"}}}`` sorted by notebook then group. A run recorded by two jobs of the same notebook
-        (same group and seed) counts once.
+        "values"}}}`` in the order the jobs (by name) recorded them. A run recorded by two jobs of the
+        same notebook (same group and seed) counts once.
     """
     groups: dict[str, dict] = {}
     for job, result in sorted(results_by_job.items()):
@@ -91,7 +91,7 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
             entry["runs"][rec.get("seed")] = rec["metrics"]
             entry["jobs"].add(job)
     out = []
-    for key in sorted(groups):
+    for key in groups:  # first-seen order: the notebooks' own order (e.g. "default" variant first)
         entry = groups[key]
         seeds = sorted(entry["runs"], key=lambda s: (s is None, s))
         names = sorted({m for metrics in entry["runs"].values() for m in metrics})
