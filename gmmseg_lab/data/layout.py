@@ -307,12 +307,17 @@ class DatasetReport:
         """A few human-readable lines."""
         lines = [f"data set {self.root}: {len(self.classes)} classes"]
         lines += [f"  {split}: {n} pairs" for split, n in self.counts.items()]
+        return "\n".join(lines + self._closing_lines())
+
+    def _closing_lines(self) -> list[str]:
+        """Anomaly pixels, notes and problems: the end of every summary."""
+        lines = []
         if self.anomaly_pixels is not None:
             lines.append(f"  anomaly pixels: {self.anomaly_pixels}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  {len(self.problems)} problem(s)" if self.problems else "  valid")
         lines += [f"    - {p}" for p in self.problems]
-        return "\n".join(lines)
+        return lines
 
 
 def _png_structure_problem(path: Path) -> str | None:

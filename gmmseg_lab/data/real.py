@@ -641,12 +641,7 @@ class RealDatasetReport(DatasetReport):
             lines.append(line)
         if self.unlabelled:
             lines.append(f"  {self.unlabelled} image(s) without labels skipped (the release's hidden test set)")
-        if self.anomaly_pixels is not None:
-            lines.append(f"  anomaly pixels: {self.anomaly_pixels}")
-        lines += [f"  note: {n}" for n in self.notes]
-        lines.append(f"  {len(self.problems)} problem(s)" if self.problems else "  valid")
-        lines += [f"    - {p}" for p in self.problems]
-        return "\n".join(lines)
+        return "\n".join(lines + self._closing_lines())
 
 
 def _ranges(values: list[int]) -> str:

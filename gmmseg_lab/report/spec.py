@@ -167,15 +167,20 @@ def _combination_name(notebook: str, combination: dict[str, Any]) -> str:
     return name
 
 
+def _refuse_unknown_keys(where: str, mapping: dict, allowed: set[str]) -> None:
+    """Name the first key of ``mapping`` outside ``allowed`` (a typo must not be silently ignored)."""
+    unknown = set(mapping) - allowed
+    if unknown:
+        raise ReportSpecError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
 def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -> ReportPlan:
     """Parse and validate a report definition (and optional grid file) into jobs in dependency order."""
     definition = Path(definition)
     raw = _load_yaml(definition)
     if not isinstance(raw, dict):
         raise ReportSpecError(f"{definition}: expected a mapping with keys preset, notebooks")
-    unknown = set(raw) - _DEF_KEYS
-    if unknown:
-        raise ReportSpecError(f"{definition}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_DEF_KEYS))}")
+    _refuse_unknown_keys(str(definition), raw, _DEF_KEYS)
     from ..data.scenes import PRESETS
 
     preset = raw.get("preset")
@@ -194,9 +199,7 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
         where = f"{definition}: notebooks[{i}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise ReportSpecError(f"{where}: expected a mapping with a 'name'")
-        unknown = set(entry) - _NB_KEYS
-        if unknown:
-            raise ReportSpecError(f"{where}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_NB_KEYS))}")
+        _refuse_unknown_keys(where, entry, _NB_KEYS)
         name = entry["name"]
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ReportSpecError(f"{where}: 'name' must be a notebook name like 01_train_and_compare, got {name!r}")
@@ -227,9 +230,7 @@ def _expand_grid(jobs: list[Job], grid_path: Path, defaults_by_notebook: dict[st
     raw = _load_yaml(grid_path)
     if not isinstance(raw, dict):
         raise ReportSpecError(f"{grid_path}: expected a mapping with keys notebook, grid")
-    unknown = set(raw) - _GRID_KEYS
-    if unknown:
-        raise ReportSpecError(f"{grid_path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(_GRID_KEYS))}")
+    _refuse_unknown_keys(str(grid_path), raw, _GRID_KEYS)
     notebook = raw.get("notebook")
     if notebook not in defaults_by_notebook:
         raise ReportSpecError(f"{grid_path}: 'notebook' must be one of the report's notebooks "
