@@ -9,14 +9,20 @@ Figures (:mod:`gmmseg_lab.viz`) take these arrays, never a model, so they are te
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .io_utils import atomic_write_json
+from .io_utils import atomic_open, source_digest
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: The code whose output the predictions cache holds: a change in it recomputes the cache.
+_INFERENCE_CODE = ("analysis.py", "models", "gmm", "data/layout.py", "eval/evaluate.py")
+
+
+def _inference_code_digest() -> str:
+    return source_digest(Path(__file__).resolve().parent, _INFERENCE_CODE)
 
 
 @dataclass
@@ -58,7 +64,6 @@ class Predictions:
     means: np.ndarray | None = None
     stds: np.ndarray | None = None
     log_weights: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_gmm(self) -> bool:
@@ -70,15 +75,22 @@ class Predictions:
         return 0 if self.means is None else int(self.means.shape[1])
 
     def component_log_prob(self, index: int) -> np.ndarray:
-        """``[C, M, h, w]`` ``log w_cm + log N(x; mu_cm, sigma_cm)`` of image ``index``'s embeddings."""
-        if self.embeddings is None:
-            raise ValueError("component log-densities need a GMM head's embeddings")
-        x = self.embeddings[index].astype(np.float64)  # [D, h, w]
-        mu = self.means.astype(np.float64)[..., None, None]  # [C, M, D, 1, 1]
-        sd = self.stds.astype(np.float64)[..., None, None]
-        z = (x[None, None] - mu) / sd
-        log_norm = -0.5 * (z * z).sum(2) - np.log(sd).sum(2) - 0.5 * x.shape[0] * np.log(2 * np.pi)
-        return log_norm + self.log_weights.astype(np.float64)[..., None, None]
+        """``[C, M, h, w]`` float64 *weighted* component log-densities of image ``index``'s embeddings:
+        ``log w_cm + log N(x; mu_cm, diag sigma_cm^2)`` (unlike
+        :meth:`gmmseg_lab.gmm.GMMClassifier.component_log_prob`, the mixture weight is included, so the
+        argmax over ``M`` is the most likely component and a logsumexp over ``M`` is ``log p(x|c)``)."""
+        import torch
+
+        from .gmm.density import diag_gaussian_log_prob
+
+        if self.embeddings is None or self.means is None:
+            raise ValueError("component log-densities need a GMM head's embeddings (whole-image inference)")
+        c, m, d = self.means.shape
+        x = torch.from_numpy(self.embeddings[index]).double()  # [D, h, w]
+        h, w = x.shape[1:]
+        flat = diag_gaussian_log_prob(x.reshape(d, h * w).T, torch.from_numpy(self.means).double().reshape(c * m, d),
+                                      torch.from_numpy(self.stds).double().reshape(c * m, d))  # [h*w, C*M]
+        return flat.T.reshape(c, m, h, w).numpy() + self.log_weights.astype(np.float64)[..., None, None]
 
 
 def _cache_path(run_dir: Path, split: str, max_images: int) -> Path:
@@ -96,12 +108,14 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
                         device: str | None = None, use_cache: bool = True) -> Predictions:
     """Run a trained model on the first ``max_images`` images of ``split`` (``val``, ``train``, ``anomaly``).
 
-    The arrays are cached in ``run_dir/analysis/`` (atomically) and reused while the run's checkpoint is
-    the same; ``use_cache=False`` recomputes.
+    The arrays are cached in ``run_dir/analysis/`` (atomically) and reused while the run's checkpoint,
+    the data folder and the inference code are the same; ``use_cache=False`` recomputes. The GMM's
+    ``embeddings`` and ``gt_small`` exist only for whole-image inference (a config with
+    ``test_cfg.mode = "slide"`` gives None there).
     """
     import torch
 
-    from .data.layout import read_classes, validate_dataset
+    from .data.layout import load_image, read_classes, validate_dataset
     from .eval.evaluate import _loader_for, resolve_model
     from .models import is_gmm_head, load_segmentor
     from .models.inference import decode_head_of, predict_batch
@@ -133,15 +147,13 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
 
     out: dict[str, list] = {k: [] for k in ("names", "images", "gt", "pred", "probs", "anomaly_score",
                                             "class_log_likelihood", "embeddings", "gt_small")}
-    from PIL import Image
-
     for batch in loader:
         for r in predict_batch(model, batch):
             if len(out["names"]) >= max_images:
                 break
             path = Path(r["img_path"])
             out["names"].append(path.name)
-            out["images"].append(np.asarray(Image.open(path).convert("RGB")))
+            out["images"].append(load_image(path))
             gt = r["gt"].cpu().long()
             out["gt"].append(gt.numpy())
             out["pred"].append(r["pred"].cpu().numpy().astype(np.int64))
@@ -150,11 +162,12 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
             if gmm:
                 out["anomaly_score"].append(r["anomaly_score"].float().cpu().numpy())
                 out["class_log_likelihood"].append(r["class_log_likelihood"].float().cpu().numpy())
-                emb = r["embeddings"].float().cpu()
-                out["embeddings"].append(emb.numpy())
-                small = torch.nn.functional.interpolate(gt[None, None].float(), size=emb.shape[-2:],
-                                                        mode="nearest")[0, 0].long()
-                out["gt_small"].append(small.numpy())
+                if "embeddings" in r:  # whole-image inference only
+                    emb = r["embeddings"].float().cpu()
+                    out["embeddings"].append(emb.numpy())
+                    small = torch.nn.functional.interpolate(gt[None, None].float(), size=emb.shape[-2:],
+                                                            mode="nearest")[0, 0].long()
+                    out["gt_small"].append(small.numpy())
             else:
                 out["anomaly_score"].append((1.0 - probs.amax(0)).numpy())
         if len(out["names"]) >= max_images:
@@ -170,8 +183,9 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
     )
     if gmm:
         preds.class_log_likelihood = np.stack(out["class_log_likelihood"]).astype(np.float32)
-        preds.embeddings = np.stack(out["embeddings"]).astype(np.float32)
-        preds.gt_small = np.stack(out["gt_small"])
+        if len(out["embeddings"]) == len(out["names"]):
+            preds.embeddings = np.stack(out["embeddings"]).astype(np.float32)
+            preds.gt_small = np.stack(out["gt_small"])
         preds.means = head.gmm.means.detach().float().cpu().numpy()
         preds.stds = head.gmm.stds.detach().float().cpu().numpy()
         preds.log_weights = head.gmm.log_weights.detach().float().cpu().numpy()
@@ -180,37 +194,31 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
 
 
 def _save_cache(path: Path, preds: Predictions, checkpoint: str, data_dir: Path) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f.name: getattr(preds, f.name) for f in fields(preds)
               if isinstance(getattr(preds, f.name), np.ndarray)}
-    meta = dict(version=CACHE_VERSION, checkpoint=checkpoint, data=str(data_dir.resolve()), names=preds.names,
-                classes=preds.classes, head=preds.head, split=preds.split, run_dir=preds.run_dir)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = dict(version=CACHE_VERSION, checkpoint=checkpoint, data=str(data_dir.resolve()),
+                code=_inference_code_digest(), names=preds.names, classes=preds.classes, head=preds.head,
+                split=preds.split, run_dir=preds.run_dir)
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
 
 
 def _load_cache(path: Path, checkpoint: str, data_dir: Path) -> Predictions | None:
+    """The cached predictions, or None when stale or damaged (then they are recomputed)."""
+    import zipfile
+    import zlib
+
     try:
         with np.load(path) as npz:
             meta = json.loads(bytes(npz["__meta__"]).decode())
             if (meta.get("version") != CACHE_VERSION or meta.get("checkpoint") != checkpoint
-                    or meta.get("data") != str(data_dir.resolve())):
+                    or meta.get("data") != str(data_dir.resolve()) or meta.get("code") != _inference_code_digest()):
                 return None
             arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged cache is recomputed
-    return Predictions(names=meta["names"], classes=meta["classes"], head=meta["head"], split=meta["split"],
-                       run_dir=meta["run_dir"], **arrays)
+        return Predictions(names=meta["names"], classes=meta["classes"], head=meta["head"], split=meta["split"],
+                           run_dir=meta["run_dir"], **arrays)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
 
 
 def learning_curves(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
@@ -248,16 +256,3 @@ def learning_curves(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
             curves[kind][key] = [float(by_step[s][key]) if isinstance(by_step[s].get(key), (int, float))
                                  else float("nan") for s in steps]
     return curves
-
-
-def load_metrics(run_dir: str | Path) -> dict:
-    """The run's ``metrics.json`` (written by ``gmmseg-lab evaluate`` / the report's training step)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not evaluated yet")
-    return json.loads(path.read_text())
-
-
-def save_json(path: str | Path, payload: dict) -> Path:
-    """Write a notebook's results atomically (a thin re-export for notebooks)."""
-    return atomic_write_json(path, payload)

@@ -8,13 +8,16 @@ checkpoint), so a long grid can be stopped and restarted.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
 from .io_utils import atomic_write_json
+from .stats import seed_stats
 
 #: Columns of the comparison table: (label, key path in metrics.json, higher is better).
 COLUMNS = (
@@ -26,7 +29,8 @@ COLUMNS = (
 )
 
 
-def _get(metrics: dict, path: tuple[str, ...]) -> float | None:
+def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in a ``metrics.json`` dict (e.g. ``("anomaly", "auroc")``), None if absent."""
     value: Any = metrics
     for key in path:
         if not isinstance(value, dict) or key not in value:
@@ -49,25 +53,79 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
     return make_dataset(data_dir, preset=preset, seed=seed, progress=True)
 
 
+#: Written in a run folder before training: what the run is (its settings and a digest of its config).
+RUN_RECORD = "run.json"
+#: Set by the report runner: the file where :func:`run_one` notes every run a notebook used.
+RUNS_USED_ENV = "GMMSEG_LAB_RUNS_USED"
+
+
+def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
+    """SHA-256 of a built mmengine config with its data and run folders replaced by placeholders.
+
+    Two runs with the same digest were trained from the same model, schedule, data preset and seed
+    settings; a changed preset, variant or default in the shipped configs changes it.
+    """
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+    text = text.replace(str(Path(run_dir).resolve()), "<run_dir>").replace(str(run_dir), "<run_dir>")
+    text = text.replace(str(Path(data_dir).resolve()), "<data_dir>").replace(str(data_dir), "<data_dir>")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
             gmm_cfg: dict | None = None, progress: bool = True, gmm_head: dict | None = None) -> dict:
     """Train (or resume) one model and evaluate it; ``run_dir/metrics.json`` marks it done.
 
     ``gmm_cfg`` / ``gmm_head`` override the GMM classifier's / the GMM head's settings (see
-    :func:`gmmseg_lab.models.build_config`).
+    :func:`gmmseg_lab.models.build_config`). A finished run is reused only while its config is the
+    same (``run_dir/run.json`` holds the digest); a run made from another config is discarded and
+    trained again, so changed code or settings never serve old numbers under the same name.
+
+    Returns:
+        the run's ``metrics.json`` as a dict.
     """
+    from .models import build_config
+
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
+                       gmm_head=gmm_head)
+    record = {"arch": arch, "head": head, "preset": preset, "seed": seed, "gmm_cfg": gmm_cfg,
+              "gmm_head": gmm_head, "config_sha256": config_digest(cfg, data_dir, run_dir)}
     metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        return json.loads(metrics_file.read_text())
-    with _run_lock(run_dir):
-        if metrics_file.is_file():  # another process finished it while we waited
-            return json.loads(metrics_file.read_text())
-        return _train_and_evaluate(data_dir, run_dir, arch, head, preset, seed, gmm_cfg, gmm_head, progress)
+    with _run_lock(run_dir):  # two notebooks (or processes) never train the same run at once
+        _discard_if_other_config(run_dir, record)
+        if metrics_file.is_file():
+            metrics = json.loads(metrics_file.read_text())
+        else:
+            from .eval.evaluate import evaluate
+            from .train import train
+
+            atomic_write_json(run_dir / RUN_RECORD, record)
+            train(cfg, resume=True, progress=progress, log_level="WARNING")
+            metrics = evaluate(run_dir, data_dir, metrics_file, progress=progress)
+    note_run_used(run_dir)
+    return metrics
+
+
+def _discard_if_other_config(run_dir: Path, record: dict) -> None:
+    """Delete a run folder trained from another config; adopt one from before run records existed."""
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        if (run_dir / "metrics.json").is_file() or (run_dir / "last_checkpoint").is_file():
+            # Trained before run.json was written (same names, same settings then): adopted as is.
+            atomic_write_json(path, {**record, "adopted": True})
+        return
+    try:
+        old = json.loads(path.read_text()).get("config_sha256")
+    except (OSError, ValueError):
+        old = None
+    if old != record["config_sha256"]:
+        print(f"{run_dir}: trained from another config; discarding it and training again", flush=True)
+        shutil.rmtree(run_dir)
 
 
 @contextmanager
 def _run_lock(run_dir: Path):
-    """An exclusive lock per run folder, so two notebooks (or processes) never train the same run at once."""
+    """An exclusive lock per run folder (held while a run is checked, trained and evaluated)."""
     import fcntl
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -79,17 +137,38 @@ def _run_lock(run_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _train_and_evaluate(data_dir, run_dir, arch, head, preset, seed, gmm_cfg, gmm_head, progress) -> dict:
-    from .eval.evaluate import evaluate
-    from .models import build_config
-    from .train import train
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    metrics_file = run_dir / "metrics.json"
-    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
-                       gmm_head=gmm_head)
-    train(cfg, resume=True, progress=progress, log_level="WARNING")
-    metrics = evaluate(run_dir, data_dir, metrics_file, progress=progress)
-    return metrics
+
+def note_run_used(run_dir: Path) -> None:
+    """Append ``run_dir`` and its metrics' digest to the file named by :data:`RUNS_USED_ENV`, if set.
+
+    The report runner reuses a notebook only while every run it used is still there, unchanged.
+    """
+    target = os.environ.get(RUNS_USED_ENV)
+    if not target:
+        return
+    line = json.dumps({"run_dir": str(Path(run_dir).resolve()),
+                       "metrics_sha256": _file_sha256(Path(run_dir) / "metrics.json")})
+    with open(target, "a", encoding="utf-8") as fh:  # one short line per run: appended whole
+        fh.write(line + "\n")
+
+
+def runs_unchanged(used_file: Path) -> bool:
+    """True when every run listed in ``used_file`` (see :func:`note_run_used`) still has the same
+    ``metrics.json`` (no file: nothing was used)."""
+    if not used_file.is_file():
+        return True
+    for line in used_file.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            metrics = Path(entry["run_dir"]) / "metrics.json"
+            if not metrics.is_file() or _file_sha256(metrics) != entry["metrics_sha256"]:
+                return False
+        except (ValueError, KeyError, TypeError, OSError):
+            return False
+    return True
 
 
 def run_comparison(data_dir: Path, out_dir: Path, archs: Iterable[str] = ("segformer",),
@@ -101,15 +180,17 @@ def run_comparison(data_dir: Path, out_dir: Path, archs: Iterable[str] = ("segfo
         ``{"runs": {name: metrics}, "aggregate": {arch: {head: {column: {"mean", "std", "n",
         "values"}}}}, "seeds": [...], "preset": ...}``.
     """
+    from .ablation import run_name  # ablation builds on this module
+
     archs, heads, seeds = list(archs), list(heads), list(seeds)
     runs: dict[str, dict] = {}
     for arch in archs:
         for seed in seeds:
             for head in heads:
-                name = f"{arch}_{head}_{preset}_s{seed}"
+                name = run_name(arch, head, preset, seed)
                 print(f"== {name}", flush=True)
                 runs[name] = run_one(data_dir, out_dir / name, arch, head, preset, seed, progress=progress)
-    aggregate = aggregate_over_seeds({arch: {head: [runs[f"{arch}_{head}_{preset}_s{s}"] for s in seeds]
+    aggregate = aggregate_over_seeds({arch: {head: [runs[run_name(arch, head, preset, s)] for s in seeds]
                                              for head in heads} for arch in archs})
     summary = {"preset": preset, "seeds": seeds, "data": str(data_dir), "runs": runs, "aggregate": aggregate}
     atomic_write_json(out_dir / "summary.json", summary)
@@ -124,11 +205,9 @@ def aggregate_over_seeds(metrics: dict[str, dict[str, list[dict]]]) -> dict:
         for head, per_seed in by_head.items():
             cols = {}
             for label, path, _ in COLUMNS:
-                values = [v for v in (_get(m, path) for m in per_seed) if v is not None]
+                values = [v for v in (metric_value(m, path) for m in per_seed) if v is not None]
                 if values:
-                    mean = sum(values) / len(values)
-                    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-                    cols[label] = {"mean": mean, "std": std, "n": len(values), "values": values}
+                    cols[label] = seed_stats(values)
             aggregate.setdefault(arch, {})[head] = cols
     return aggregate
 

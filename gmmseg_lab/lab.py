@@ -17,9 +17,9 @@ from .report.results import flatten_metrics
 HEADS = ("gmm", "softmax")
 
 
-def prepare_data(data_dir: str | Path, preset: str) -> Path:
-    """The embedded data set of ``preset`` at ``data_dir`` (generated once, then reused)."""
-    return ensure_dataset(Path(data_dir), preset)
+def prepare_data(data_dir: str | Path, preset: str, data_seed: int = 0) -> Path:
+    """The embedded data set of ``preset`` and ``data_seed`` at ``data_dir`` (generated once, then reused)."""
+    return ensure_dataset(Path(data_dir), preset, data_seed)
 
 
 def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str], seeds: Iterable[int],
@@ -29,12 +29,12 @@ def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str]
     Returns:
         ``{(arch, head, seed): {"run_dir": Path, "metrics": metrics.json dict}}``.
     """
-    runs_dir = Path(work_dir) / "runs"
+    seeds = list(seeds)  # looped once per architecture: a generator would be spent after the first
     out = {}
     for arch in archs:
         for seed in seeds:
             for head in HEADS:
-                run_dir = runs_dir / run_name(arch, head, preset, seed)
+                run_dir = run_dir_of(work_dir, arch, head, preset, seed)
                 metrics = run_one(Path(data_dir), run_dir, arch, head, preset, seed, progress=progress)
                 out[(arch, head, seed)] = {"run_dir": run_dir, "metrics": metrics}
     return out
@@ -70,12 +70,13 @@ def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, varian
         ``{(variant, seed): {"run_dir": Path, "metrics": dict}}``.
     """
     variants = check_variants(variants)
+    seeds = list(seeds)  # looped once per variant: a generator would be spent after the first
     runs_dir = Path(work_dir) / "runs"
     out = {}
     for variant in variants:
         for seed in seeds:
             metrics = run_variant(Path(data_dir), runs_dir, arch, preset, seed, variant, progress=progress)
-            out[(variant, seed)] = {"run_dir": runs_dir / run_name(arch, "gmm", preset, seed, variant),
+            out[(variant, seed)] = {"run_dir": run_dir_of(work_dir, arch, "gmm", preset, seed, variant),
                                     "metrics": metrics}
     return out
 
@@ -86,14 +87,16 @@ def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]
              "metrics": flatten_metrics(r["metrics"])} for (variant, seed), r in runs.items()]
 
 
-def resolve_dirs(work_dir: str | Path | None, data_dir: str | Path | None, preset: str) -> tuple[Path, Path]:
+def resolve_dirs(work_dir: str | Path | None, data_dir: str | Path | None, preset: str,
+                 data_seed: int = 0) -> tuple[Path, Path]:
     """The notebooks' folders: ``work_dir`` (default ``../runs/lab-<preset>`` beside ``notebooks/``, for
-    live use in JupyterLab) and ``data_dir`` (default ``<work_dir>/data``), with the data set made."""
+    live use in JupyterLab) and ``data_dir`` (default ``<work_dir>/data``), with the data set of
+    ``preset`` and ``data_seed`` made there."""
     work = Path(work_dir) if work_dir else Path("..") / "runs" / f"lab-{preset}"
     work = work.expanduser().resolve()
     data = Path(data_dir).expanduser().resolve() if data_dir else work / "data"
     work.mkdir(parents=True, exist_ok=True)
-    prepare_data(data, preset)
+    prepare_data(data, preset, data_seed)
     return work, data
 
 
@@ -103,13 +106,13 @@ def toy_far_confidence(data, gmm, softmax_model, radius_factor: float = 3.0, n_p
 
     The circle has ``radius_factor`` times the largest distance of a training point from the data's
     centre. Softmax confidence is ``max_c p(c|x)``; the GMM's is its open-set posterior with a
-    background class (:func:`gmmseg_lab.viz.toy.gmm_open_set_confidence`).
+    background class (:func:`gmmseg_lab.toy.gmm_open_set_confidence`).
     """
     import math
 
     import torch
 
-    from .viz.toy import background_log_density, gmm_open_set_confidence
+    from .toy import background_log_density, gmm_open_set_confidence
 
     x = data.x.double()
     centre = x.mean(0)
@@ -124,11 +127,6 @@ def toy_far_confidence(data, gmm, softmax_model, radius_factor: float = 3.0, n_p
             "gmm_confidence": float(gmm_conf.mean())}
 
 
-def count_images(folder: str | Path) -> int:
-    """Image files in a folder (png/jpg/jpeg)."""
-    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-
-
 def anomaly_curves(run_dir: str | Path, data_dir: str | Path, max_points: int = 300) -> dict:
     """ROC / PR curves and AUROC, AP, FPR95 of a run's headline anomaly score on the whole anomaly split.
 
@@ -141,7 +139,9 @@ def anomaly_curves(run_dir: str | Path, data_dir: str | Path, max_points: int = 
     from .analysis import collect_predictions
     from .eval.metrics import AnomalyScores
 
-    n = count_images(Path(data_dir) / "anomaly" / "images")
+    from .data.layout import list_anomaly_pairs
+
+    n = len(list_anomaly_pairs(data_dir))
     preds = collect_predictions(run_dir, data_dir, split="anomaly", max_images=n)
     scores = AnomalyScores()
     scores.update(torch.from_numpy(preds.anomaly_score.reshape(-1)), torch.from_numpy(preds.gt.reshape(-1)))

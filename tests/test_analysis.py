@@ -52,6 +52,37 @@ def test_predictions_shapes_cache_and_mixture_consistency(tiny_run, quick_datase
     cache.write_bytes(b"not a zip")
     recomputed = collect_predictions(tiny_run, quick_dataset, "val", max_images=3)
     assert np.allclose(recomputed.probs, preds.probs)
+    # ... also when cut short (zipfile.BadZipFile, not a ValueError)
+    whole = cache.read_bytes()
+    cache.write_bytes(whole[: len(whole) // 2])
+    assert np.allclose(collect_predictions(tiny_run, quick_dataset, "val", max_images=3).probs, preds.probs)
+    assert cache.read_bytes() != whole[: len(whole) // 2]  # rewritten whole
+
+
+def test_weighted_component_density_matches_torch_distributions(tiny_run, quick_dataset):
+    preds = collect_predictions(tiny_run, quick_dataset, "val", max_images=1)
+    comp = preds.component_log_prob(0)  # [C, M, h, w]
+    row, col = 1, 2
+    x = torch.from_numpy(preds.embeddings[0][:, row, col]).double()
+    for c, m in [(0, 0), (1, preds.num_components - 1)]:
+        normal = torch.distributions.Normal(torch.from_numpy(preds.means[c, m]).double(),
+                                            torch.from_numpy(preds.stds[c, m]).double())
+        expected = normal.log_prob(x).sum() + float(preds.log_weights[c, m])
+        assert comp[c, m, row, col] == pytest.approx(float(expected), rel=1e-9, abs=1e-9)
+
+
+def test_predictions_cache_is_recomputed_when_the_inference_code_changes(tiny_run, quick_dataset, monkeypatch):
+    import gmmseg_lab.analysis as analysis
+
+    collect_predictions(tiny_run, quick_dataset, "val", max_images=2)
+    cache = tiny_run / "analysis" / "predictions_val_2.npz"
+    before = cache.stat().st_mtime_ns
+    time.sleep(0.01)
+    collect_predictions(tiny_run, quick_dataset, "val", max_images=2)
+    assert cache.stat().st_mtime_ns == before  # same code: reused
+    monkeypatch.setattr(analysis, "_inference_code_digest", lambda: "changed code")
+    collect_predictions(tiny_run, quick_dataset, "val", max_images=2)
+    assert cache.stat().st_mtime_ns != before  # other code: recomputed
 
 
 def test_anomaly_split_and_bad_arguments(tiny_run, quick_dataset):
@@ -77,7 +108,7 @@ def test_learning_curves_read_the_logged_scalars(tiny_run):
 def test_toy_far_confidence_softmax_stays_sure_gmm_does_not():
     from gmmseg_lab.lab import toy_far_confidence
     from gmmseg_lab.toy import fit_toy_classifier, make_toy_data
-    from gmmseg_lab.viz.toy import fit_softmax_classifier
+    from gmmseg_lab.toy import fit_softmax_classifier
 
     data = make_toy_data(seed=0)
     gmm, _ = fit_toy_classifier(data, seed=0)

@@ -17,6 +17,7 @@ INJECTED = textwrap.dedent("""\
     work_dir = None
     data_dir = None
     preset = "quick"
+    data_seed = 0
     results_path = None
     live = True
 """)
@@ -150,6 +151,9 @@ def test_invalid_definitions_stop_before_any_work(lab, tmp_path):
         "preset: quick\nnotbooks: []\n": "unknown key 'notbooks'",
         "preset: !!python/object/apply:os.system ['echo pwned']\nnotebooks: []\n": "not valid YAML",
         "preset: quick\nnotebooks:\n  - name: a\n  - name: a\n": "listed twice",
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {seeds: [0, 1, 0]}\n": "without repeated values",
+        "preset: quick\nnotebooks:\n  - name: a\n  - name: b\n    needs: [[a]]\n": "'needs' must list",
+        "preset: quick\nnotebooks:\n  - name: a\n    parameters: {data_seed: 3}\n": "set by the report runner",
     }
     for text, message in cases.items():
         (defs / "presets" / "quick.yaml").write_text(text)
@@ -213,3 +217,57 @@ def test_results_aggregate_and_format(tmp_path):
     with pytest.raises(ValueError, match="records\\[0\\]"):
         record_runs(path, [{"seed": 0}])
     assert record_runs(None, []) is None
+
+
+def test_a_parameters_cell_that_is_not_plain_python_is_named(lab, tmp_path):
+    nbs, defs = lab
+    write_notebook(nbs / "m.ipynb", "%matplotlib inline\n", "print(1)\n")
+    (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: m\n")
+    with pytest.raises(ReportSpecError, match="m.ipynb: its parameters cell is not plain Python"):
+        runner(lab, tmp_path / "out")
+
+
+def test_an_out_folder_with_another_data_set_is_refused_before_any_work(lab, tmp_path):
+    out = tmp_path / "out"
+    meta = out / "work" / "data" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"preset": "cpu", "seed": 0}))
+    with pytest.raises(ReportSpecError, match="made with preset 'cpu' seed 0, this report needs preset 'quick'"):
+        runner(lab, out)
+    meta.write_text(json.dumps({"preset": "quick", "seed": 0}))
+    runner(lab, out)  # the same data set: accepted
+
+
+@pytest.mark.slow
+def test_a_notebook_is_redone_when_a_run_it_used_changed_or_vanished(lab, tmp_path):
+    """The runs a notebook used are part of its cache validity (deleting a run retrains it)."""
+    nbs, defs = lab
+    run = tmp_path / "fake_run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"miou": 0.5}')
+    write_notebook(nbs / "u.ipynb", "", f"""
+        import pathlib
+        from gmmseg_lab.demo import note_run_used
+        note_run_used(pathlib.Path({str(run)!r}))
+        pathlib.Path(work_dir, "u_runs.txt").open("a").write("x")
+    """)
+    (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: u\n")
+    out = tmp_path / "out"
+    assert runner(lab, out).run()["jobs"]["u"]["status"] == "ok"
+    assert str(run) in (out / "jobs" / "u" / "runs_used.jsonl").read_text()
+    assert runner(lab, out).run()["jobs"]["u"]["status"] == "reused"
+    (run / "metrics.json").write_text('{"miou": 0.6}')  # retrained: other numbers
+    assert runner(lab, out).run()["jobs"]["u"]["status"] == "ok"
+    assert runner(lab, out).run()["jobs"]["u"]["status"] == "reused"
+    (run / "metrics.json").unlink()  # deleted
+    assert runner(lab, out).run()["jobs"]["u"]["status"] == "failed"  # note_run_used needs metrics.json
+    assert (out / "work" / "u_runs.txt").read_text() == "xx"  # executed twice; the third failed first
+
+
+def test_a_grid_over_seeds_aggregates_its_jobs_as_the_seeds_of_one_group():
+    results = {f"a__seeds-{s}": {"notebook": "a", "combination": {"seeds": [s]},
+                                 "records": [{"group": {"model": "m"}, "seed": s, "metrics": {"miou": float(s)}}]}
+               for s in (0, 1, 2)}
+    (group,) = aggregate(results)
+    assert group["group"] == {"model": "m"} and group["seeds"] == [0, 1, 2]
+    assert group["metrics"]["miou"]["mean"] == pytest.approx(1.0)

@@ -38,11 +38,12 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     out_nb, out_html, outcome_path = Path(spec["output"]), Path(spec["html"]), Path(spec["outcome"])
     tmp_nb = out_nb.with_name(out_nb.name + ".partial")
+    tmp_nb.unlink(missing_ok=True)  # left by a killed build: never promote it as this run's output
     start = time.time()
     outcome: dict = {"status": "ok", "error": None}
     try:
         pm.execute_notebook(spec["input"], str(tmp_nb), parameters=spec["parameters"], kernel_name="python3",
-                            progress_bar=False, cwd=spec["cwd"], log_output=bool(spec.get("log_output")),
+                            progress_bar=False, cwd=spec["cwd"], log_output=False,
                             execution_timeout=spec.get("timeout"))
     except pm.PapermillExecutionError as err:
         outcome = {"status": "failed", "error": f"{err.ename}: {err.evalue}", "cell": err.exec_count}

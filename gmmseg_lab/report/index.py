@@ -35,7 +35,7 @@ def _group_text(group: dict) -> str:
 
 
 def render_index(summary: dict) -> str:
-    """The page as a string (pure function of ``summary.json``)."""
+    """The page as a string: ``summary.json``'s content and the time it was built."""
     jobs = summary["jobs"]
     n_ok = sum(j["status"] in ("ok", "reused") for j in jobs.values())
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

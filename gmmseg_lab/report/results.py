@@ -9,11 +9,11 @@ values over seeds of every metric.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..io_utils import atomic_write_json
+from ..stats import format_mean_std, seed_stats
 
 #: Headline metrics taken from an evaluator ``metrics.json``: name -> key path.
 METRIC_PATHS = {
@@ -60,14 +60,6 @@ def record_runs(results_path: str | Path | None, records: Iterable[dict], **extr
     return payload
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    mean = sum(finite) / n if n else float("nan")
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else 0.0 if n else float("nan")
-    return {"mean": mean, "std": std, "n": n, "values": values}
-
-
 def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
     """Group every job's records by (notebook, group) and summarise each metric over seeds.
 
@@ -83,8 +75,10 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
     groups: dict[str, dict] = {}
     for job, result in sorted(results_by_job.items()):
         for rec in result.get("records", []):
-            # A grid job's combination is part of what it compares (two combinations never merge).
-            group = {**result.get("combination", {}), **rec["group"]}
+            # A grid job's combination is part of what it compares (two combinations never merge),
+            # except a grid over seeds: its jobs' runs are the seeds of one group.
+            combination = {k: v for k, v in result.get("combination", {}).items() if k not in ("seed", "seeds")}
+            group = {**combination, **rec["group"]}
             key = json.dumps([result["notebook"], group], sort_keys=True)
             entry = groups.setdefault(key, {"notebook": result["notebook"], "group": group, "runs": {},
                                             "jobs": set()})
@@ -95,23 +89,14 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
         entry = groups[key]
         seeds = sorted(entry["runs"], key=lambda s: (s is None, s))
         names = sorted({m for metrics in entry["runs"].values() for m in metrics})
-        metrics = {name: _stats([entry["runs"][s].get(name) for s in seeds]) for name in names}
+        metrics = {name: seed_stats([entry["runs"][s].get(name) for s in seeds]) for name in names}
         out.append({"notebook": entry["notebook"], "group": entry["group"], "seeds": seeds,
                     "jobs": sorted(entry["jobs"]), "metrics": metrics})
     return out
 
 
-def format_mean_std(stat: dict, digits: int = 3) -> str:
-    """``0.553 ± 0.004`` (or one value when n == 1, ``n/a`` when none)."""
-    if not stat or not stat.get("n"):
-        return "n/a"
-    if stat["n"] == 1:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def read_results(path: Path) -> dict | None:
-    """A job's ``results.json``, or None when absent or unreadable."""
+    """A JSON file of a job ({results,status,outcome}.json), or None when absent or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):

@@ -9,13 +9,14 @@ Output folder::
 
     DIR/index.html  DIR/summary.json
     DIR/notebooks/<job>.ipynb   DIR/html/<job>.html          executed notebook and its page
-    DIR/jobs/<job>/{status,results,outcome,spec}.json, log.txt
+    DIR/jobs/<job>/{status,results,outcome,spec}.json, runs_used.jsonl, log.txt
     DIR/work/data               the generated data set
     DIR/work/runs/<run>         trained models (shared by the notebooks: trained once)
 
-Resumable: a job whose notebook, parameters and library code are unchanged since it last succeeded is
-reused (its key is a hash of all three); a training run interrupted inside a notebook resumes from its
-last checkpoint. A failing notebook is marked failed with its error; jobs that need it are skipped;
+Resumable: a job whose notebook, parameters and library code are unchanged since it last succeeded,
+and whose trained runs are all still there unchanged, is reused (its key is a hash of the first three;
+``jobs/<job>/runs_used.jsonl`` lists the runs); a training run interrupted inside a notebook resumes
+from its last checkpoint. A failing notebook is marked failed with its error; jobs that need it are skipped;
 every other job still runs.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,12 +32,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io_utils import atomic_write_json
+from ..demo import RUNS_USED_ENV, ensure_dataset, runs_unchanged
+from ..io_utils import atomic_write_json, source_digest
 from .results import aggregate, read_results
 from .spec import Job, ReportPlan, ReportSpecError, load_plan
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
+#: Per job: the trained runs its notebook used (written by :func:`gmmseg_lab.demo.note_run_used`).
+RUNS_USED_FILE = "runs_used.jsonl"
 
 
 def default_notebooks_dir() -> Path:
@@ -50,12 +53,15 @@ def default_definitions_dir() -> Path:
 
 def code_fingerprint() -> str:
     """Hash of the library's code and shipped configs: a change invalidates every cached job."""
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.suffix in (".py", ".j2", ".json") and path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    return source_digest(PACKAGE_DIR, suffixes=(".py", ".j2", ".json"))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share), not the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -98,6 +104,22 @@ class ReportRunner:
         self.progress = progress
         self.timeout = timeout
         self.states = {job.name: JobState(job) for job in self.plan.jobs}
+        self._check_existing_data()
+
+    def _check_existing_data(self) -> None:
+        """An ``--out`` that already holds another preset's or seed's data set is refused before any work."""
+        meta = self.data_dir / "meta.json"
+        if not meta.is_file():
+            return
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError) as err:
+            raise ReportSpecError(f"{meta}: unreadable ({err}); choose another --out") from err
+        if (info.get("preset"), info.get("seed")) != (self.plan.preset, self.plan.data_seed):
+            raise ReportSpecError(
+                f"--out {self.out}: its data set {self.data_dir} was made with preset {info.get('preset')!r} "
+                f"seed {info.get('seed')}, this report needs preset {self.plan.preset!r} seed "
+                f"{self.plan.data_seed}; choose another --out")
 
     # ------------------------------------------------------------------ paths
     @property
@@ -120,8 +142,8 @@ class ReportRunner:
     # ------------------------------------------------------------------ one job
     def _parameters(self, job: Job) -> dict:
         return {**job.parameters, "work_dir": str(self.work_dir), "data_dir": str(self.data_dir),
-                "preset": self.plan.preset, "results_path": str(self.job_dir(job) / "results.json"),
-                "live": False}
+                "preset": self.plan.preset, "data_seed": self.plan.data_seed,
+                "results_path": str(self.job_dir(job) / "results.json"), "live": False}
 
     def _key(self, job: Job, params: dict, fingerprint: str) -> str:
         nb = (self.notebooks_dir / f"{job.notebook}.ipynb").read_bytes()
@@ -130,9 +152,11 @@ class ReportRunner:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _cached(self, job: Job, key: str) -> bool:
+        """Same key, finished ok, pages there, and every trained run it used still as it was."""
         status = read_results(self.job_dir(job) / "status.json")
         return bool(status and status.get("key") == key and status.get("status") == "ok"
-                    and self.notebook_out(job).is_file() and self.html_out(job).is_file())
+                    and self.notebook_out(job).is_file() and self.html_out(job).is_file()
+                    and runs_unchanged(self.job_dir(job) / RUNS_USED_FILE))
 
     def _run_job(self, job: Job, fingerprint: str, threads: int) -> JobState:
         state = self.states[job.name]
@@ -144,8 +168,10 @@ class ReportRunner:
             previous = read_results(job_dir / "status.json") or {}
             state.status, state.seconds = "reused", float(previous.get("seconds", 0.0))
             return state
-        for stale in ("results.json", "outcome.json"):
-            (job_dir / stale).unlink(missing_ok=True)
+        # Nothing of an earlier execution may pass for this one's (a failed run must not show an old page).
+        for stale in (job_dir / "results.json", job_dir / "outcome.json", job_dir / RUNS_USED_FILE,
+                      self.notebook_out(job), self.html_out(job)):
+            stale.unlink(missing_ok=True)
         atomic_write_json(job_dir / "status.json", {"status": "running", "key": state.key, "job": job.name})
         spec = {"input": str(self.notebooks_dir / f"{job.notebook}.ipynb"), "output": str(self.notebook_out(job)),
                 "html": str(self.html_out(job)), "outcome": str(job_dir / "outcome.json"),
@@ -154,7 +180,7 @@ class ReportRunner:
         self.notebook_out(job).parent.mkdir(parents=True, exist_ok=True)
         self.html_out(job).parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **{RUNS_USED_ENV: str(job_dir / RUNS_USED_FILE)})
         start = time.time()
         with open(job_dir / "log.txt", "w", encoding="utf-8") as log:
             proc = subprocess.run([sys.executable, "-m", "gmmseg_lab.report._execute", str(job_dir / "spec.json")],
@@ -186,12 +212,10 @@ class ReportRunner:
         """Build the report; returns the summary (also written to ``summary.json``)."""
         from tqdm.auto import tqdm
 
-        from ..demo import ensure_dataset
-
         self.out.mkdir(parents=True, exist_ok=True)
         ensure_dataset(self.data_dir, self.plan.preset, self.plan.data_seed)
         fingerprint = code_fingerprint()
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = max(1, usable_cpus() // self.jobs)
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap the user set is kept
             threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
         bar = tqdm(total=len(self.states), desc=f"report {self.plan.preset}", unit="notebook",
@@ -267,12 +291,3 @@ def build_report(out: str | Path, preset: str = "quick", grid: str | Path | None
                           definitions_dir=definitions_dir, progress=progress, timeout=timeout)
     summary = runner.run()
     return summary, runner.failed
-
-
-def clean_report(out: str | Path) -> None:
-    """Remove the generated pages and job states of a report but keep ``work/`` (data and models)."""
-    out = Path(out)
-    for sub in ("notebooks", "html", "jobs"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    for name in ("index.html", "summary.json"):
-        (out / name).unlink(missing_ok=True)

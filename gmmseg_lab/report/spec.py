@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 #: Parameters the runner sets for every notebook (a definition may not set them).
-INJECTED = ("work_dir", "data_dir", "preset", "results_path", "live")
+INJECTED = ("work_dir", "data_dir", "preset", "data_seed", "results_path", "live")
 _DEF_KEYS = {"preset", "data_seed", "notebooks", "description"}
 _NB_KEYS = {"name", "parameters", "needs"}
 _GRID_KEYS = {"notebook", "parameters", "grid", "description"}
@@ -87,7 +87,12 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
             values: dict[str, Any] = {}
-            for node in ast.parse(cell.source).body:
+            try:
+                body = ast.parse(cell.source).body
+            except SyntaxError as err:
+                raise ReportSpecError(f"{path}: its parameters cell is not plain Python assignments "
+                                      f"(line {err.lineno}: {err.msg})") from None
+            for node in body:
                 if isinstance(node, (ast.Assign, ast.AnnAssign)):
                     target = node.targets[0] if isinstance(node, ast.Assign) else node.target
                     if isinstance(target, ast.Name) and node.value is not None:
@@ -123,6 +128,10 @@ def _check_value(where: str, key: str, value: Any, default: Any) -> None:
         elif isinstance(default, list):
             if not isinstance(value, list):
                 fail("a list")
+    if key in ("archs", "seeds", "variants") and isinstance(value, list):
+        hashable = [json.dumps(v, sort_keys=True) for v in value]
+        if len(set(hashable)) != len(hashable):
+            fail("a list without repeated values (a repeated seed would count twice in the mean)")
     if key == "arch" and value not in ARCHS:
         fail(f"one of {', '.join(ARCHS)}")
     if key == "archs" and (not value or any(a not in ARCHS for a in value)):
@@ -214,7 +223,7 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
             raise ReportSpecError(f"{path}: its parameters cell must define {', '.join(missing)}")
         params = _check_parameters(f"{where} ({name})", entry.get("parameters"), defaults, name)
         needs = entry.get("needs") or []
-        if not isinstance(needs, list) or any(n not in seen for n in needs):
+        if not isinstance(needs, list) or any(not isinstance(n, str) or n not in seen for n in needs):
             raise ReportSpecError(f"{where}: 'needs' must list notebooks defined above it, got {needs!r}")
         seen[name] = defaults
         jobs.append(Job(name=name, notebook=name, parameters=params, needs=list(needs)))

@@ -1,0 +1,34 @@
+"""Spread over seeds: the one place where results are summarised as mean ± sample standard deviation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+
+def seed_stats(values: Iterable[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n − 1) of one metric over seeds.
+
+    Args:
+        values: one value per seed, ``[S]``; ``None`` and non-finite values (a metric a run could not
+            compute) are left out of the statistics but kept in ``values``.
+
+    Returns:
+        ``{"mean", "std", "n", "values"}``: ``n`` counts the finite values; ``std`` is 0.0 for one
+        value; ``mean`` and ``std`` are NaN for none.
+    """
+    values = list(values)
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else 0.0 if n else float("nan")
+    return {"mean": mean, "std": std, "n": n, "values": values}
+
+
+def format_mean_std(stat: dict, digits: int = 3) -> str:
+    """``0.553 ± 0.004`` from :func:`seed_stats` (one value when ``n == 1``, ``n/a`` when none)."""
+    if not stat or not stat.get("n"):
+        return "n/a"
+    if stat["n"] == 1:
+        return f"{stat['mean']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
