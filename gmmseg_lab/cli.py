@@ -17,11 +17,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from .data.real import ANOMALY_FORMATS, CLOSED_SETS
+from .data.real import FORMATS as DATA_FORMATS
+
+# The same as gmmseg_lab.models.presets' ARCHS, HEADS and PRESETS (tests/test_cli.py checks it),
+# repeated because importing that module imports mmengine: `gmmseg-lab --help` stays fast.
 ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
 HEADS = ("gmm", "softmax")
 TRAIN_PRESETS = ("quick", "cpu", "paper", "paper-ade20k", "paper-cocostuff10k")
 #: Training preset -> the real data-set layout its config reads (the embedded presets read the lab's).
-PRESET_LAYOUT = {"paper": "cityscapes", "paper-ade20k": "ade20k", "paper-cocostuff10k": "coco-stuff-10k"}
+PRESET_LAYOUT = {spec.preset: name for name, spec in CLOSED_SETS.items()}
+#: Layouts ``evaluate --anomaly-format`` accepts.
+ANOMALY_DATA_FORMATS = ("auto", "lab") + ANOMALY_FORMATS
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -46,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", required=True, type=Path, help="output directory (must not exist or be empty)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing data set at --out")
     make.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from .data.real import FORMATS as DATA_FORMATS
 
     check = data_sub.add_parser("check", help="report what a data set holds and any problem, without training",
                                 description="Detect the layout of DIR (the lab's, Cityscapes, ADE20K, COCO-Stuff-10K, "
@@ -56,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=("auto",) + DATA_FORMATS, default="auto", metavar="FORMAT",
                        help=f"the layout DIR holds: {', '.join(DATA_FORMATS)} (default: auto, detect it)")
     check.add_argument("--splits", nargs="+",
-                       help="splits to check (default: the format's, e.g. train val; ADE20K: training validation)")
+                       help="splits to check (default: the format's, e.g. train val; ADE20K: training validation; "
+                            "the lab layout: train val and anomaly when present, 'anomaly' naming its anomaly split)")
     check.add_argument("--limit", type=int, metavar="N",
                        help="decode at most N pairs per split (every file is still paired)")
     check.add_argument("--make-train-ids", action="store_true",
@@ -92,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "anomaly/ split when present)")
     ev.add_argument("--anomaly-data", type=Path, help="an anomaly benchmark folder (Fishyscapes, Road Anomaly, "
                     "SegmentMeIfYouCan, or the lab layout) scored instead of DATA/anomaly; alone, only it is scored")
-    ev.add_argument("--anomaly-format", default="auto", help="layout of --anomaly-data (default: detected); "
-                    "see `gmmseg-lab data check --help`")
+    ev.add_argument("--anomaly-format", default="auto", choices=ANOMALY_DATA_FORMATS, metavar="FORMAT",
+                    help=f"layout of --anomaly-data: {', '.join(ANOMALY_DATA_FORMATS[1:])} (default: auto, "
+                         "detect it); see `gmmseg-lab data check --help`")
     ev.add_argument("--out", type=Path, help="write the metrics here as JSON")
     ev.add_argument("--config", type=Path, help="config file (default: the one saved with the model)")
     ev.add_argument("--split", default="val", help="closed-set split to score")

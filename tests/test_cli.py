@@ -186,3 +186,24 @@ def test_evaluate_on_an_anomaly_benchmark_layout(quick_dataset, tmp_path, capsys
     assert 0.0 <= result["anomaly"]["auroc"] <= 1.0
     rc = main(["evaluate", "--checkpoint", str(work), "--no-progress"])
     assert rc == 2 and "--anomaly-data" in capsys.readouterr().err
+
+
+def test_preset_tables_agree_with_their_sources():
+    from gmmseg_lab import cli
+    from gmmseg_lab.data.real import ANOMALY_FORMATS, CLOSED_SETS
+    from gmmseg_lab.models import presets
+
+    assert cli.PRESET_LAYOUT == {"paper": "cityscapes", "paper-ade20k": "ade20k",
+                                 "paper-cocostuff10k": "coco-stuff-10k"}
+    assert all(CLOSED_SETS[layout].preset == preset for preset, layout in cli.PRESET_LAYOUT.items())
+    assert (cli.ARCHS, cli.HEADS, cli.TRAIN_PRESETS) == (presets.ARCHS, presets.HEADS, presets.PRESETS)
+    assert set(cli.ANOMALY_DATA_FORMATS) == {"auto", "lab", *ANOMALY_FORMATS}
+
+
+def test_anomaly_format_is_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["evaluate", "--checkpoint", "x.pth", "--anomaly-data", "d",
+                                   "--anomaly-format", "fishyscape"])
+    assert info.value.code == 2 and "invalid choice: 'fishyscape'" in capsys.readouterr().err
+    args = build_parser().parse_args(["evaluate", "--checkpoint", "x.pth", "--anomaly-format", "smiyc-obstacle"])
+    assert args.anomaly_format == "smiyc-obstacle"

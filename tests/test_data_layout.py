@@ -292,8 +292,7 @@ def _build(root, split="train", **extra):
         type="GMMLabDataset",
         data_root=str(root),
         data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"annotations/{split}"),
-        pipeline=PIPELINE,
-        **extra,
+        **{"pipeline": PIPELINE, **extra},
     )
     return DATASETS.build(cfg)
 
@@ -329,3 +328,64 @@ def test_mmseg_dataset_reports_broken_classes_file(good):
     (good / "classes.json").write_text("{")
     with pytest.raises(DatasetError, match="classes.json"):
         _build(good)
+
+
+# --------------------------------------------------------------------------------------------
+# One listing for the checker and the mmseg data set; loading errors vs other errors
+# --------------------------------------------------------------------------------------------
+
+
+def test_checker_and_mmseg_dataset_list_the_same_images(good):
+    """An upper-case extension is checked and trained on; a sub-folder is refused, not trained on."""
+    _save(_image(5), good / "images/train/t2.JPG")
+    _save(_label(5), good / "annotations/train/t2.png")
+    report = check_dataset(good)
+    assert report.ok and report.counts["train"] == 3, report.problems
+    dataset = _build(good)
+    checked = [str(image) for image, _ in list_pairs(good, "train")]
+    assert [dataset.get_data_info(i)["img_path"] for i in range(len(dataset))] == checked
+    assert checked[-1].endswith("t2.JPG")
+    assert np.array_equal(dataset[2]["data_samples"].gt_sem_seg.data[0].numpy(), _label(5))
+
+    _save(_image(6), good / "images/train/city/s0.png")
+    _save(_label(6), good / "annotations/train/city/s0.png")
+    problems = check_dataset(good).problems
+    assert any("images/train/city: a folder inside train/" in p for p in problems), problems
+    assert any("annotations/train/city: a folder inside train/" in p for p in problems), problems
+    dataset = _build(good)
+    assert len(dataset) == 3 and not any("s0.png" in dataset.get_data_info(i)["img_path"] for i in range(3))
+
+
+def test_mmseg_dataset_keeps_the_type_of_errors_outside_loading(good):
+    """A failure in a loading transform is a DatasetError naming the files; a failure elsewhere (a bug
+    in a transform, not bad data) keeps its type and traceback, with a note naming the files."""
+    pytest.importorskip("mmseg")
+    from mmseg.registry import TRANSFORMS
+
+    @TRANSFORMS.register_module(name="_GMMLabTestBrokenTransform", force=True)
+    class _Broken:
+        def __call__(self, results):
+            raise TypeError("a bug in a transform")
+
+    dataset = _build(good, pipeline=[PIPELINE[0], PIPELINE[1], dict(type="_GMMLabTestBrokenTransform"), PIPELINE[2]])
+    with pytest.raises(TypeError, match="a bug in a transform") as info:
+        dataset[0]
+    assert not isinstance(info.value, DatasetError)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "images/train/t0.png" in notes and "annotations/train/t0.png" in notes and "in _Broken" in notes
+
+    (good / "annotations/train/t0.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"images/train/t0\.png and .*annotations/train/t0\.png: failed to load"):
+        _build(good)[0]
+
+
+def test_one_note_for_undefined_anomaly_metrics(good):
+    from gmmseg_lab.data.layout import undefined_anomaly_note
+
+    assert undefined_anomaly_note(3, 4, "x") is None
+    no_anomaly = undefined_anomaly_note(0, 4, "the anomaly split")
+    assert "no anomalous (1) pixel" in no_anomaly and "auroc, ap, fpr95 are null" in no_anomaly
+    no_inlier = undefined_anomaly_note(4, 0, "x")
+    assert "no inlier (0) pixel" in no_inlier and "AUROC and FPR95" in no_inlier and "auroc, fpr95 are null" in no_inlier
+    _save(np.zeros((H, W), np.uint8), good / "anomaly/masks/x0.png")
+    assert no_anomaly in check_dataset(good).notes

@@ -188,8 +188,12 @@ def test_detects_lab_and_prepared_fishyscapes_and_explains_the_rest(quick_datase
     assert detect_format(quick_dataset) == "lab"
     assert detect_format(write_fishyscapes_prepared(tmp_path, "FS_LostFound")) == "fishyscapes-laf"
     assert detect_format(write_fishyscapes_prepared(tmp_path, "fs_static")) == "fishyscapes-static"
-    with pytest.raises(DatasetError, match="--format fishyscapes-laf or fishyscapes-static"):
-        detect_format(write_fishyscapes_prepared(tmp_path, "frames_and_masks"))
+    # Finding 15: prepared Lost & Found and Static frames read alike, so a folder name that says
+    # neither is read as fishyscapes-laf with a note (it was an error).
+    unnamed = write_fishyscapes_prepared(tmp_path, "frames_and_masks")
+    assert detect_format(unnamed) == "fishyscapes-laf"
+    report = check_real_dataset(unnamed)
+    assert report.ok and any("--format fishyscapes-static" in n for n in report.notes), report.notes
     parent = tmp_path / "ade"
     write_ade20k(parent / "ADEChallengeData2016")
     with pytest.raises(DatasetError, match="ADEChallengeData2016 looks like ade20k"):
@@ -226,8 +230,10 @@ def test_anomaly_masks_are_remapped_exactly(fmt, tmp_path):
         h, w = mask.shape
         np.testing.assert_array_equal(mask, _truth(void=has_void, h=h, w=w))
         assert frame.load_image().shape == (h, w, 3)
-    image_path, mask = next(iter(bench))
-    assert image_path == bench.frames[0].image_path and (mask == 1).sum() == 128
+    # Finding 1: iteration gives the decoded image (with its overlay), not a path to the base image.
+    image, mask = next(iter(bench))
+    np.testing.assert_array_equal(image, bench.frames[0].load_image())
+    assert (mask == 1).sum() == 128
     report = check_real_dataset(bench.root)
     assert report.ok, report.summary()
     assert report.anomaly_pixels["anomaly"] == 128 * len(bench)
@@ -236,7 +242,7 @@ def test_anomaly_masks_are_remapped_exactly(fmt, tmp_path):
 def test_road_anomaly_keeps_background_and_road_as_inliers():
     raw = np.array([[0, 1, 2]], np.uint8)
     np.testing.assert_array_equal(remap_anomaly_mask(raw, "road-anomaly"), [[0, 0, 1]])
-    with pytest.raises(DatasetError, match=r"x\.png: mask values \[255\]"):
+    with pytest.raises(DatasetError, match=r"x\.png: anomaly mask values 255 are not defined for road-anomaly"):
         remap_anomaly_mask(np.array([[0, 255]], np.uint8), "road-anomaly", "x.png")
     # Fishyscapes scores as bdlb does: anything but 0 and 1 is void.
     np.testing.assert_array_equal(remap_anomaly_mask(np.array([[0, 1, 2, 255]], np.uint8), "fishyscapes-laf"),
@@ -338,7 +344,7 @@ def _smiyc_unreadable_image(root):
 def _smiyc_undefined_value(root):
     victim = root / "labels_masks/validation0001_labels_semantic.png"
     _save(_stored(0, 7, 255, 40, 48), victim)
-    return victim.name, "mask values [7] are not defined"
+    return victim.name, "anomaly mask values 7 are not defined for smiyc-anomaly"
 
 
 def _smiyc_mask_without_image(root):
@@ -525,8 +531,119 @@ def test_benchmark_without_anomalous_pixels_gives_null_metrics_with_a_note(rando
     root = write_fishyscapes_laf(tmp_path)
     _save(np.zeros((H, W), np.uint8), root / f"0000_{LAF_ID}_labels.png")
     report = check_real_dataset(root)
-    assert report.ok and any("no anomalous pixel" in n for n in report.notes)
+    assert report.ok and any("no anomalous (1) pixel" in n for n in report.notes)
     with pytest.warns(MetricUndefinedWarning):
         result = evaluate_anomaly(random_quick_model, root, device="cpu", progress=False)
     assert result["anomaly"]["auroc"] is None and result["anomaly"]["num_neg"] == H * W
-    assert any("no anomalous pixel" in n for n in result["notes"])
+    assert any("no anomalous (1) pixel" in n and "auroc, ap, fpr95 are null" in n for n in result["notes"])
+
+
+# ---------------------------------------------------------------------------------- review fixes
+
+
+def test_iterating_fishyscapes_static_gives_the_image_with_its_anomaly(tmp_path):
+    """The file at frame.image_path is the plain Cityscapes image: iteration must not hand it out."""
+    bench = read_anomaly_benchmark(write_fishyscapes_static(tmp_path))
+    (image, mask), = list(bench)
+    assert isinstance(image, np.ndarray) and image.shape == (H, W, 3)
+    assert (image[SQUARE] == 255).all() and (mask[SQUARE] == 1).all()  # the blended object is there
+    base = np.asarray(Image.open(bench.frames[0].image_path).convert("RGB"))
+    assert not np.array_equal(image, base)
+
+
+def test_prepared_fishyscapes_sets_read_identically_so_an_unnamed_folder_is_not_an_error(tmp_path):
+    root = write_fishyscapes_prepared(tmp_path, "frames_and_masks")
+    laf, static = read_anomaly_benchmark(root, "fishyscapes-laf"), read_anomaly_benchmark(root, "fishyscapes-static")
+    for (laf_image, laf_mask), (static_image, static_mask) in zip(laf, static, strict=True):
+        np.testing.assert_array_equal(laf_image, static_image)
+        np.testing.assert_array_equal(laf_mask, static_mask)
+    guessed = read_anomaly_benchmark(root)
+    assert guessed.fmt == "fishyscapes-laf" and any("fishyscapes-static" in n for n in guessed.notes)
+    assert main(["data", "check", str(root)]) == 0
+
+
+def test_cityscapes_conversion_names_every_unreadable_file_before_writing_any(tmp_path):
+    root = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")
+    broken = [root / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png",
+              root / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png"]
+    broken[0].write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    _save(_rgb(0), broken[1])  # not single-channel
+    with pytest.raises(DatasetError) as info:
+        convert_cityscapes_label_ids(root)
+    assert all(path.name in str(info.value) for path in broken), str(info.value)
+    assert not list(root.rglob("*_labelTrainIds.png")), "nothing may be written when a file is unreadable"
+    assert not [p for p in root.rglob("*") if p.name.startswith(".")], "a temporary file was left behind"
+
+
+def test_cityscapes_conversion_writes_files_with_normal_permissions(tmp_path):
+    import os
+
+    root = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")
+    umask = os.umask(0o022)
+    try:
+        written = convert_cityscapes_label_ids(root)
+    finally:
+        os.umask(umask)
+    assert written and all(path.stat().st_mode & 0o777 == 0o644 for path in written)
+
+
+def test_closed_set_cmyk_image_is_a_problem_not_a_converted_note(tmp_path):
+    root = write_ade20k(tmp_path / "ADEChallengeData2016")
+    victim = root / "images/training/ADE_train_00000001.jpg"
+    Image.fromarray(_rgb(0)).convert("CMYK").save(victim, quality=95)
+    report = check_real_dataset(root)
+    assert any(victim.name in p and "CMYK" in p for p in report.problems), report.problems
+    assert not any("CMYK" in n for n in report.notes), report.notes
+
+
+def test_lab_and_benchmark_checkers_word_the_same_fault_alike(tmp_path):
+    """One helper per check: an EXIF-turned image gets the same problem in both checkers."""
+    from gmmseg_lab.data.layout import check_dataset
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    bench = write_road_anomaly(tmp_path)
+    bench_image = bench / "frames/cones01_roadworks.jpg"
+    Image.fromarray(_rgb(1)).save(bench_image, exif=exif, quality=95)
+    lab = tmp_path / "lab"
+    (lab / "anomaly/images").mkdir(parents=True)
+    (lab / "classes.json").write_text(json.dumps({"classes": ["a"], "palette": [[0, 0, 0]]}))
+    shutil.copy(bench_image, lab / "anomaly/images/cones01_roadworks.jpg")
+    _save(np.zeros((H, W), np.uint8), lab / "anomaly/masks/cones01_roadworks.png")
+
+    def _fault(problems, name):
+        found = [p.split(": ", 1)[1] for p in problems if name in p.split(": ", 1)[0]]
+        assert len(found) == 1, problems
+        return found[0].replace("labels_semantic.png", "MASK").replace("cones01_roadworks.png", "MASK")
+
+    from_bench = _fault(check_real_dataset(bench).problems, "cones01_roadworks.jpg")
+    from_lab = _fault(check_dataset(lab, splits=()).problems, "cones01_roadworks.jpg")
+    assert from_bench == from_lab and from_bench.startswith("EXIF orientation 6")
+
+
+def test_lab_folder_with_only_an_anomaly_split_is_a_benchmark(random_quick_model, quick_dataset, tmp_path):
+    from gmmseg_lab.eval.evaluate import evaluate_anomaly
+
+    root = tmp_path / "lab_anomaly_only"
+    root.mkdir()
+    shutil.copy(quick_dataset / "classes.json", root / "classes.json")
+    shutil.copytree(quick_dataset / "anomaly", root / "anomaly")
+    report = check_real_dataset(root, splits=("anomaly",))
+    assert report.ok and report.counts == {"anomaly": len(list((root / "anomaly/images").iterdir()))}, report.summary()
+    result = evaluate_anomaly(random_quick_model, root, device="cpu", progress=False)
+    assert result["anomaly_format"] == "lab" and result["anomaly_frames"] == report.counts["anomaly"]
+    shutil.rmtree(root / "anomaly")
+    with pytest.raises(DatasetError, match="anomaly: missing folder"):
+        evaluate_anomaly(random_quick_model, root, device="cpu", progress=False)
+
+
+def test_evaluate_with_a_benchmark_ignores_the_lab_anomaly_split(random_quick_model, quick_dataset, tmp_path):
+    from gmmseg_lab.eval.evaluate import evaluate
+
+    data = shutil.copytree(quick_dataset, tmp_path / "data")
+    victim = sorted((data / "anomaly/masks").iterdir())[0]
+    _save(np.full((4, 4), 7, np.uint8), victim)  # broken, but not used: the benchmark replaces it
+    result = evaluate(random_quick_model, data, device="cpu", progress=False, anomaly_data=write_smiyc(tmp_path))
+    assert result["anomaly_format"] == "smiyc-anomaly" and result["anomaly_frames"] == 2
+    with pytest.raises(DatasetError, match=victim.name):
+        evaluate(random_quick_model, data, device="cpu", progress=False)

@@ -85,6 +85,20 @@ def test_iou_hand_example():
     assert out["confusion"].tolist() == [[1, 0, 0, 0], [1, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
 
 
+def test_iou_lists_the_classes_without_target_pixels():
+    """compute() names the absent classes (evaluate's notes use them): IoU NaN if never predicted, else 0."""
+    metric = SegmentationIoU(5)
+    metric.update(torch.tensor([0, 1, 1, 3]), torch.tensor([0, 1, 0, 1]))
+    with pytest.warns(MetricUndefinedWarning):
+        out = metric.compute()
+    assert out["absent_never_predicted"] == [2, 4] and out["absent_predicted"] == [3]
+    assert all(math.isnan(out["per_class_iou"][c]) for c in out["absent_never_predicted"])
+    assert all(out["per_class_iou"][c] == 0.0 for c in out["absent_predicted"])
+    full = SegmentationIoU(2)
+    full.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert full.compute()["absent_never_predicted"] == full.compute()["absent_predicted"] == []
+
+
 def test_iou_merge_state_dict_reset():
     batches = _segmentation_batches(seed=1)
     whole, part_a, part_b = SegmentationIoU(6), SegmentationIoU(6), SegmentationIoU(6)

@@ -7,12 +7,14 @@ Public API:
   :func:`make_dataset` ``(out_dir, preset="quick", seed=0, overwrite=False, progress=True) -> Path``.
 - :mod:`~gmmseg_lab.data.layout`: :func:`read_classes`, :func:`check_dataset`,
   :func:`validate_dataset`, :class:`DatasetReport`, :class:`DatasetError`, :func:`list_pairs`,
-  :func:`list_anomaly_pairs`, :func:`load_image`, :func:`load_mask`.
+  :func:`list_anomaly_pairs`, :func:`list_images` (the one listing of a split folder, shared by the
+  checker and ``GMMLabDataset``), :func:`load_image`, :func:`load_mask`.
 - :mod:`~gmmseg_lab.data.real`: real data sets in their releases' layouts (Cityscapes, ADE20K,
   COCO-Stuff-10K; Fishyscapes, Road Anomaly, SegmentMeIfYouCan): :data:`FORMATS`,
   :func:`detect_format`, :func:`check_real_dataset`, :func:`validate_real_dataset`,
   :class:`RealDatasetReport`, :func:`read_anomaly_benchmark` ``(root, fmt="auto") ->``
-  :class:`AnomalyBenchmark` (masks remapped to 0 inlier / 1 anomaly / 255 void),
+  :class:`AnomalyBenchmark` (iterates decoded ``(image, mask)``, masks remapped to 0 inlier /
+  1 anomaly / 255 void),
   :func:`remap_anomaly_mask`, :func:`convert_cityscapes_label_ids`, :func:`cityscapes_train_ids`.
 - :mod:`~gmmseg_lab.data.mmseg_dataset` (imports mmseg; import it explicitly): registers
   ``GMMLabDataset`` in mmseg's ``DATASETS``.
@@ -23,6 +25,7 @@ from .layout import (
     DatasetReport,
     check_dataset,
     list_anomaly_pairs,
+    list_images,
     list_pairs,
     load_image,
     load_mask,
@@ -81,6 +84,7 @@ __all__ = [
     "convert_cityscapes_label_ids",
     "detect_format",
     "list_anomaly_pairs",
+    "list_images",
     "list_pairs",
     "load_image",
     "load_mask",

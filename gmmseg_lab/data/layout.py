@@ -10,7 +10,10 @@ Layout::
     DIR/meta.json                         optional, written by the generator
 
 An image and its mask pair up by file stem (``a.jpg`` with ``a.png``). Masks must be PNG:
-JPEG's lossy compression would corrupt class indices.
+JPEG's lossy compression would corrupt class indices. Extensions count in any case (``a.JPG``).
+A split folder is flat: a sub-folder in it is an error. The checker and the mmseg data set
+(:mod:`gmmseg_lab.data.mmseg_dataset`) list files with the same function, :func:`list_images`, so
+what is checked is what is trained on.
 
 Defined behaviour for unusual files:
 
@@ -45,22 +48,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "LAB_ANOMALY_VALUES",
     "MASK_EXTENSION",
     "DatasetError",
     "DatasetReport",
+    "FolderListing",
+    "PairScan",
+    "anomaly_values_problem",
     "check_dataset",
+    "check_pair",
+    "describe_anomaly_values",
+    "exif_orientation_problem",
+    "label_range_problem",
     "list_anomaly_pairs",
+    "list_images",
     "list_pairs",
     "load_image",
     "load_mask",
+    "note_image_modes",
     "read_classes",
+    "scan_anomaly_split",
+    "scan_pairs",
+    "undefined_anomaly_note",
     "validate_dataset",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MASK_EXTENSION = ".png"
 IGNORE_INDEX = 255
-ANOMALY_VALUES = (0, 1, 255)
+#: The lab layout's anomaly mask values (stored value -> 0 inlier / 1 anomaly / 255 void).
+LAB_ANOMALY_VALUES: dict[int, int] = {0: 0, 1: 1, IGNORE_INDEX: IGNORE_INDEX}
+ANOMALY_VALUES = tuple(LAB_ANOMALY_VALUES)
 #: Image modes refused by the checker and by :func:`load_image`, with the reason.
 UNSUPPORTED_IMAGE_MODES = {
     "CMYK": "OpenCV (mmseg's reader) and Pillow convert CMYK to RGB differently; save it as RGB",
@@ -156,44 +174,95 @@ def read_classes(root: str | Path) -> tuple[tuple[str, ...], list[list[int]]]:
 
 
 @dataclass
-class _Scan:
+class FolderListing:
+    """The files of one folder of the layout, as :func:`list_images` (and the mask listing) found them.
+
+    Attributes:
+        files: file stem -> path, in name order.
+        problems: files that break the layout there (wrong kind, duplicate stem, sub-folder),
+            each naming its file.
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _list_folder(folder: Path, extensions: tuple[str, ...], wrong_kind: str, noun: str) -> FolderListing:
+    """Regular, non-hidden files directly in ``folder`` whose extension (in any case) is one of
+    ``extensions``; everything else there is a problem (hidden entries are ignored)."""
+    listing = FolderListing()
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.is_dir():
+            listing.problems.append(f"{path}: a folder inside {folder.name}/; the layout is flat (files directly "
+                                    f"in {folder}), so nothing in it is checked or read")
+        elif not path.is_file():
+            continue
+        elif path.suffix.lower() not in extensions:
+            listing.problems.append(f"{path}: {wrong_kind}")
+        elif path.stem in listing.files:
+            listing.problems.append(f"{path}: two {noun} share the name {path.stem!r} "
+                                    f"(also {listing.files[path.stem].name})")
+        else:
+            listing.files[path.stem] = path
+    return listing
+
+
+def list_images(folder: str | Path, extensions=IMAGE_EXTENSIONS) -> FolderListing:
+    """The images of one split folder, the one listing that the checker and the mmseg data set
+    (:class:`~gmmseg_lab.data.mmseg_dataset.GMMLabDataset`) both use: regular, non-hidden files
+    directly in ``folder`` (not in sub-folders) whose extension, in any case (``a.JPG`` too), is one
+    of ``extensions``; sorted by name.
+
+    Returns:
+        a :class:`FolderListing`: ``files`` (stem -> path) and ``problems`` (non-image files,
+        two images with one stem, sub-folders).
+    """
+    extensions = tuple(e.lower() for e in ((extensions,) if isinstance(extensions, str) else extensions))
+    return _list_folder(Path(folder), extensions,
+                        f"not an image file (expected one of {', '.join(extensions)})", "images")
+
+
+@dataclass
+class PairScan:
+    """Image/mask pairs of one split (:func:`scan_pairs`) and the structural problems found."""
+
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
-def _scan(image_dir: Path, mask_dir: Path, what: str) -> _Scan:
-    """Pair images with masks by stem; collect every structural problem."""
-    scan = _Scan()
+def scan_pairs(image_dir: Path, mask_dir: Path, what: str) -> PairScan:
+    """Pair the images of ``image_dir`` (:func:`list_images`) with the PNG masks of ``mask_dir``
+    by stem; collect every structural problem, each naming its file."""
+    scan = PairScan()
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             scan.problems.append(f"{folder}: missing folder ({what})")
     if scan.problems:
         return scan
-    images: dict[str, Path] = {}
-    for path in sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            scan.problems.append(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
-        elif path.stem in images:
-            scan.problems.append(f"{path}: two images share the name {path.stem!r} (also {images[path.stem].name})")
-        else:
-            images[path.stem] = path
-    masks: dict[str, Path] = {}
-    for path in sorted(p for p in mask_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if path.suffix.lower() != MASK_EXTENSION:
-            scan.problems.append(f"{path}: masks must be PNG (lossy formats corrupt label values)")
-        else:
-            masks[path.stem] = path
-    for stem, path in images.items():
-        if stem not in masks:
+    images = list_images(image_dir)
+    masks = _list_folder(mask_dir, (MASK_EXTENSION,), "masks must be PNG (lossy formats corrupt label values)",
+                         "masks")
+    scan.problems += images.problems + masks.problems
+    for stem, path in images.files.items():
+        if stem not in masks.files:
             scan.problems.append(f"{path}: image without its mask (expected {mask_dir / (stem + MASK_EXTENSION)})")
         else:
-            scan.pairs.append((path, masks[stem]))
-    for stem, path in masks.items():
-        if stem not in images:
+            scan.pairs.append((path, masks.files[stem]))
+    for stem, path in masks.files.items():
+        if stem not in images.files:
             scan.problems.append(f"{path}: mask without its image (expected {image_dir / stem}.png or .jpg)")
-    if not images and not masks:
+    if not images.files and not masks.files:
         scan.problems.append(f"{image_dir}: empty split ({what} has no images)")
     return scan
+
+
+def scan_anomaly_split(root: str | Path) -> PairScan | None:
+    """The pairs of ``root/anomaly`` (``images/`` with ``masks/``), or None when the optional
+    anomaly split is absent. Used by the checker, :func:`list_anomaly_pairs` and the benchmark reader."""
+    root = Path(root)
+    if not (root / "anomaly").exists():
+        return None
+    return scan_pairs(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
 
 
 def list_pairs(root: str | Path, split: str, strict: bool = True) -> list[tuple[Path, Path]]:
@@ -203,7 +272,7 @@ def list_pairs(root: str | Path, split: str, strict: bool = True) -> list[tuple[
     an empty split; otherwise return whatever pairs exist.
     """
     root = Path(root)
-    scan = _scan(root / "images" / split, root / "annotations" / split, f"split {split!r}")
+    scan = scan_pairs(root / "images" / split, root / "annotations" / split, f"split {split!r}")
     if strict and scan.problems:
         raise DatasetError(scan.problems, root)
     return scan.pairs
@@ -212,10 +281,9 @@ def list_pairs(root: str | Path, split: str, strict: bool = True) -> list[tuple[
 def list_anomaly_pairs(root: str | Path, strict: bool = True) -> list[tuple[Path, Path]]:
     """``(image_path, anomaly_mask_path)`` pairs of ``root/anomaly``, sorted by name; ``[]`` when
     the optional anomaly split is absent. ``strict`` as in :func:`list_pairs`."""
-    root = Path(root)
-    if not (root / "anomaly").exists():
+    scan = scan_anomaly_split(root)
+    if scan is None:
         return []
-    scan = _scan(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
     if strict and scan.problems:
         raise DatasetError(scan.problems, root)
     return scan.pairs
@@ -370,8 +438,105 @@ def _open_decoded(path: Path, problems: list[str], formats: tuple[str, ...] = IM
     return img
 
 
-def _check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problems: list[str]) -> np.ndarray | None:
-    """Check one image/mask pair; returns the mask's values or None when it cannot be used."""
+# Shared checks: the lab layout's checker (below) and real data sets' (gmmseg_lab.data.real) use
+# these, so both say the same thing about the same fault.
+
+_ANOMALY_MEANING = {0: "inlier", 1: "anomaly", IGNORE_INDEX: "void"}
+
+
+def _shown(values) -> str:
+    values = [int(v) for v in values]
+    return ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+
+
+def exif_orientation_problem(image_path: Path, mask_path: Path, image: Image.Image | None = None) -> str | None:
+    """A problem when the image carries an EXIF orientation other than 1 (None otherwise, and when
+    the file cannot be opened: decoding reports that). ``image``: the opened image, to skip reopening.
+
+    OpenCV (mmseg's ``LoadImageFromFile``) and :func:`load_image` apply the tag; masks are read as
+    stored, so the pair no longer lines up.
+    """
+    if image is None:
+        try:
+            with Image.open(image_path) as img:
+                orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None
+    else:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation in (0, 1):
+        return None
+    return (f"{image_path}: EXIF orientation {orientation}: the image is turned on loading (by mmseg's "
+            f"LoadImageFromFile and load_image) but its mask {Path(mask_path).name} is not; save the pixels "
+            "upright without the tag")
+
+
+def label_range_problem(mask_path: Path, counts: np.ndarray, max_label: int, owner: str) -> str | None:
+    """A problem naming the stored label values above ``max_label`` (other than 255 = ignore).
+
+    Args:
+        counts: ``[256]`` pixel count per stored value (``np.bincount(mask.ravel(), minlength=256)``).
+        owner: what defines the classes, e.g. ``"3 classes"`` or ``"cityscapes"``.
+    """
+    bad = np.flatnonzero(counts[max_label + 1:IGNORE_INDEX]) + max_label + 1
+    if not len(bad):
+        return None
+    return (f"{mask_path}: label values {_shown(bad)} out of range for {owner} "
+            f"(valid: 0..{max_label} and {IGNORE_INDEX} = ignore)")
+
+
+def describe_anomaly_values(mapping: dict[int, int], other: int | None = None) -> str:
+    """``"0 -> inlier, 1 -> anomaly, 255 -> void"`` for a stored-value map; ``other``: the target
+    of values not listed (None: they are errors)."""
+    text = ", ".join(f"{v} -> {_ANOMALY_MEANING[t]}" for v, t in mapping.items())
+    return text + (f", any other -> {_ANOMALY_MEANING[other]}" if other is not None else "")
+
+
+def anomaly_values_problem(path, values, mapping: dict[int, int], other: int | None, owner: str) -> str | None:
+    """A problem naming the stored anomaly-mask ``values`` that ``mapping`` does not define.
+
+    Args:
+        path: the mask file (None: the message names no file).
+        values: the distinct stored values (any iterable of ints).
+        mapping, other: as :func:`describe_anomaly_values`; with ``other`` every value is defined.
+        owner: who defines the values, e.g. ``"the lab layout"`` or ``"road-anomaly"``.
+    """
+    if other is not None:
+        return None
+    bad = sorted({int(v) for v in values} - set(mapping))
+    if not bad:
+        return None
+    where = f"{path}: " if path is not None else ""
+    return (f"{where}anomaly mask values {_shown(bad)} are not defined for {owner} "
+            f"(allowed: {describe_anomaly_values(mapping, other)})")
+
+
+def undefined_anomaly_note(num_pos: int, num_neg: int, where: str) -> str | None:
+    """The one note, for the checkers and for ``evaluate``, that AUROC / AP / FPR95 are undefined:
+    ``where`` (e.g. ``"the anomaly split"``) has no anomalous (``num_pos`` = 0) or no inlier
+    (``num_neg`` = 0) pixel outside void. None when both kinds are present."""
+    if num_pos and num_neg:
+        return None
+    if not num_pos:
+        missing, upper, lower = "anomalous (1)", "AUROC, AP and FPR95", "auroc, ap, fpr95"
+    else:
+        missing, upper, lower = "inlier (0)", "AUROC and FPR95", "auroc, fpr95"
+    return (f"{where} has no {missing} pixel outside void (255): {upper} are undefined "
+            f"(in metrics.json: {lower} are null, with a warning)")
+
+
+def note_image_modes(report: DatasetReport) -> None:
+    """Add the note on images stored in another mode than RGB (refused modes are problems, not notes)."""
+    converted = {m: n for m, n in sorted(report.image_modes.items()) if m not in ("RGB", *UNSUPPORTED_IMAGE_MODES)}
+    if converted:
+        listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
+        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped, "
+                            "16-bit reduced to its high byte), by load_image and mmseg's reader alike")
+
+
+def check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problems: list[str]) -> np.ndarray | None:
+    """Check one image/mask pair as mmseg's loaders will read it (decoded, format, mode, EXIF
+    orientation, single-channel mask, sizes); returns the mask's values or None when it cannot be used."""
     image = _open_decoded(image_path, problems)
     mask_img = _open_decoded(mask_path, problems, MASK_FORMATS)
     if image is not None:
@@ -379,11 +544,8 @@ def _check_pair(image_path: Path, mask_path: Path, report: DatasetReport, proble
         if image.mode in UNSUPPORTED_IMAGE_MODES:
             problems.append(f"{image_path}: image mode {image.mode!r} is not supported "
                             f"({UNSUPPORTED_IMAGE_MODES[image.mode]})")
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-        if orientation not in (0, 1):
-            # OpenCV applies the tag (mmseg trains on the turned image); masks are read unturned.
-            problems.append(f"{image_path}: EXIF orientation {orientation}: mmseg's LoadImageFromFile turns the "
-                            f"image but not its mask {mask_path.name}; save the pixels upright without the tag")
+        if (turned := exif_orientation_problem(image_path, mask_path, image)) is not None:
+            problems.append(turned)
     if mask_img is None:
         return None
     try:
@@ -403,9 +565,9 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
     """Check a data set in the layout without raising; see :class:`DatasetReport`.
 
     Detects: missing or malformed classes.json, missing folders, empty splits, images without masks
-    and masks without images, non-image files, unreadable/corrupt/truncated images or masks
-    (PNGs checked chunk by chunk as libpng reads them), content in another format than PNG/JPEG
-    (PNG for masks), CMYK or 32-bit images, images with an EXIF orientation, a mask whose
+    and masks without images, non-image files and sub-folders in a split, unreadable/corrupt/truncated
+    images or masks (PNGs checked chunk by chunk as libpng reads them), content in another format than
+    PNG/JPEG (PNG for masks), CMYK or 32-bit images, images with an EXIF orientation, a mask whose
     size differs from its image's, non-single-channel masks, label values >= the number of
     classes (other than 255), and anomaly mask values other than 0/1/255. Every image and mask is
     decoded once: a few hundred 128 px pairs take well under a second.
@@ -427,24 +589,19 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
     num_classes = len(classes) if classes is not None else None
 
     for split in splits:
-        scan = _scan(root / "images" / split, root / "annotations" / split, f"split {split!r}")
+        scan = scan_pairs(root / "images" / split, root / "annotations" / split, f"split {split!r}")
         report.problems += scan.problems
         report.counts[split] = len(scan.pairs)
         histogram = np.zeros(256, np.int64)
         for image_path, mask_path in scan.pairs:
-            mask = _check_pair(image_path, mask_path, report, report.problems)
+            mask = check_pair(image_path, mask_path, report, report.problems)
             if mask is None:
                 continue
             counts = np.bincount(mask.ravel(), minlength=256)
             histogram += counts
-            if num_classes is not None:
-                bad = [v for v in np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes]
-                if bad:
-                    shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
-                    report.problems.append(
-                        f"{mask_path}: label values {shown} out of range for {num_classes} classes "
-                        f"(valid: 0..{num_classes - 1} and {IGNORE_INDEX} = ignore)"
-                    )
+            if num_classes is not None and (
+                    bad := label_range_problem(mask_path, counts, num_classes - 1, f"{num_classes} classes")):
+                report.problems.append(bad)
         if num_classes is not None:
             report.class_pixels[split] = [int(n) for n in histogram[:num_classes]]
             absent = [classes[c] for c in range(num_classes) if histogram[c] == 0]
@@ -456,35 +613,27 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
                 )
         report.ignore_pixels[split] = int(histogram[IGNORE_INDEX])
 
-    if check_anomaly and (root / "anomaly").exists():
-        scan = _scan(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
+    scan = scan_anomaly_split(root) if check_anomaly else None
+    if scan is not None:
         report.problems += scan.problems
         report.counts["anomaly"] = len(scan.pairs)
         histogram = np.zeros(256, np.int64)
         for image_path, mask_path in scan.pairs:
-            mask = _check_pair(image_path, mask_path, report, report.problems)
+            mask = check_pair(image_path, mask_path, report, report.problems)
             if mask is None:
                 continue
             counts = np.bincount(mask.ravel(), minlength=256)
             histogram += counts
-            bad = [int(v) for v in np.flatnonzero(counts) if v not in ANOMALY_VALUES]
+            bad = anomaly_values_problem(mask_path, np.flatnonzero(counts), LAB_ANOMALY_VALUES, None, "the lab layout")
             if bad:
-                shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
-                report.problems.append(
-                    f"{mask_path}: anomaly mask values {shown} (allowed: 0 inlier, 1 anomaly, 255 void)"
-                )
+                report.problems.append(bad)
         report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
-        if histogram.sum() > 0 and (histogram[0] == 0 or histogram[1] == 0):
-            missing, undefined = ("anomalous (1)", "AUROC, AP and FPR95") if histogram[1] == 0 \
-                else ("inlier (0)", "AUROC and FPR95")
-            report.notes.append(f"the anomaly split has no {missing} pixel: {undefined} are undefined "
-                                "(null in metrics.json, with a warning)")
+        note = undefined_anomaly_note(report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"],
+                                      "the anomaly split")
+        if histogram.sum() > 0 and note:
+            report.notes.append(note)
 
-    converted = {m: n for m, n in sorted(report.image_modes.items()) if m not in ("RGB", *UNSUPPORTED_IMAGE_MODES)}
-    if converted:
-        listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
-        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped, "
-                            "16-bit reduced to its high byte), by load_image and mmseg's reader alike")
+    note_image_modes(report)
     return report
 
 

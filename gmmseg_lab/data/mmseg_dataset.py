@@ -21,12 +21,11 @@ import os.path as osp
 from collections.abc import Mapping
 from typing import Sequence
 
-from mmengine import fileio
 from mmengine.registry import DefaultScope
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .layout import IMAGE_EXTENSIONS, DatasetError, read_classes
+from .layout import IMAGE_EXTENSIONS, DatasetError, list_images, read_classes
 
 __all__ = ["GMMLabDataset"]
 
@@ -37,8 +36,10 @@ class GMMLabDataset(BaseSegDataset):
 
     Args:
         data_root: the data set directory holding ``classes.json``.
-        img_suffix: image extension(s); by default any of ``.png``, ``.jpg``, ``.jpeg``, which the
-            layout allows side by side.
+        img_suffix: image extension(s), matched in any case; by default any of ``.png``, ``.jpg``,
+            ``.jpeg``, which the layout allows side by side. Images are listed by
+            :func:`~gmmseg_lab.data.layout.list_images`, as the checker lists them: directly in the
+            image folder, not in sub-folders.
         seg_map_suffix: mask extension, ``.png``.
         metainfo: optional overrides; ``classes`` may name a subset of the file's classes (mmseg
             then maps the others to 255), in which case the palette is subset to match.
@@ -101,7 +102,9 @@ class GMMLabDataset(BaseSegDataset):
         return {i: (list(new_classes).index(c) if c in new_classes else 255) for i, c in enumerate(old_classes)}
 
     def load_data_list(self) -> list[dict]:
-        """As ``BaseSegDataset``, but with several image suffixes of any length (``.jpeg``).
+        """The images of ``data_prefix['img_path']`` as :func:`~gmmseg_lab.data.layout.list_images`
+        lists them for the checker (extensions in any case, top level only), each with its mask
+        ``<seg_map_path>/<stem><seg_map_suffix>``; with ``ann_file``, mmseg's own listing.
 
         Raises:
             DatasetError: naming the image folder, when it holds no image (mmengine would fail with
@@ -114,35 +117,48 @@ class GMMLabDataset(BaseSegDataset):
         return data_list
 
     def prepare_data(self, idx: int):
-        """As ``BaseDataset``, with the pair's files named in any loading error.
+        """As ``BaseDataset``: the pipeline's transforms in turn, with the pair's files named on failure.
 
         mmcv's decoders often fail without the path (a corrupt mask gives "cannot identify image file
-        <_io.BytesIO ...>"): the error is re-raised as a :class:`DatasetError` naming both files.
+        <_io.BytesIO ...>"): a failure in a loading transform (``Load*``: the file is missing or cannot
+        be decoded) is re-raised as a :class:`DatasetError` naming both files. A failure anywhere else
+        keeps its type and traceback (it may be a bug, not bad data); a note naming the files and the
+        transform is added to it.
         """
-        try:
-            return super().prepare_data(idx)
-        except Exception as exc:
-            info = self.get_data_info(idx)
-            files = " and ".join(str(info[k]) for k in ("img_path", "seg_map_path") if info.get(k))
-            raise DatasetError(f"{files}: failed to load ({type(exc).__name__}: {exc}); "
-                               "`gmmseg-lab data check DIR` lists every broken file") from exc
+        data = self.get_data_info(idx)
+        files = " and ".join(str(data[k]) for k in ("img_path", "seg_map_path") if data.get(k))
+        for transform in self.pipeline.transforms:
+            name = type(transform).__name__
+            try:
+                data = transform(data)
+            except Exception as exc:
+                if name.startswith("Load") and not isinstance(exc, (MemoryError, DatasetError)):
+                    raise DatasetError(f"{files}: failed to load ({type(exc).__name__}: {exc}); "
+                                       "`gmmseg-lab data check DIR` lists every broken file") from exc
+                exc.add_note(f"while preparing {files} (in {name})")
+                raise
+            if data is None:  # as mmengine's Compose: the data set then draws another sample
+                return None
+        return data
 
     def _list_data(self) -> list[dict]:
-        if self.ann_file or isinstance(self.img_suffix, str):
+        if self.ann_file:
             return super().load_data_list()
         img_dir = self.data_prefix.get("img_path", None)
         ann_dir = self.data_prefix.get("seg_map_path", None)
-        suffixes = tuple(self.img_suffix)
+        suffixes = (self.img_suffix,) if isinstance(self.img_suffix, str) else tuple(self.img_suffix)
+        odd = [s for s in suffixes if not (s.startswith(".") and s.count(".") == 1)]
+        if odd:
+            raise ValueError(f"GMMLabDataset: img_suffix must be file extensions such as '.png', got {odd}")
+        if img_dir is None or not osp.isdir(img_dir):
+            raise DatasetError(f"{img_dir}: missing folder (the images of the split)")
         data_list = []
-        for img in fileio.list_dir_or_file(
-            dir_path=img_dir, list_dir=False, suffix=suffixes, recursive=True, backend_args=self.backend_args
-        ):
-            info = dict(img_path=osp.join(img_dir, img))
+        for stem, image in list_images(img_dir, suffixes).files.items():
+            info = dict(img_path=str(image))
             if ann_dir is not None:
-                info["seg_map_path"] = osp.join(ann_dir, osp.splitext(img)[0] + self.seg_map_suffix)
+                info["seg_map_path"] = osp.join(ann_dir, stem + self.seg_map_suffix)
             info["label_map"] = self.label_map
             info["reduce_zero_label"] = self.reduce_zero_label
             info["seg_fields"] = []
             data_list.append(info)
-        return sorted(data_list, key=lambda x: x["img_path"])
-
+        return data_list

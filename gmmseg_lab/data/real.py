@@ -24,7 +24,9 @@ Open world (read here; every mask is remapped to 0 inlier / 1 anomaly / 255 void
                         Lost & Found's images at DIR/leftImg8bit/<split>/<scene>/<lafid>_leftImg8bit.png;
                         or prepared: DIR/images/<name>.{png,jpg} + DIR/labels_masks/<name>.png
                         (also DIR/original/ + DIR/labels/). Values 0 inlier, 1 anomaly, anything
-                        else void (as bdlb scores it: ``valid = mask <= 1``).
+                        else void (as bdlb scores it: ``valid = mask <= 1``). Prepared frames of
+                        the two sets read alike; a folder name with ``static`` names them Static,
+                        any other is read as fishyscapes-laf (with a note unless it says lost/laf).
     fishyscapes-static  release: DIR/<NNNN>_<csid>_labels.png + DIR/<NNNN>_<csid>_rgb.npz (fs_val_v3.zip;
                         the image is clip(Cityscapes image + npz['rgb'], 0, 255)) with Cityscapes'
                         images at DIR/leftImg8bit/val/<city>/<csid>_leftImg8bit.png; or prepared as
@@ -54,25 +56,32 @@ Nothing here imports torch; mmseg is imported only to read the class names of a 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..io_utils import atomic_open
 from .layout import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
+    LAB_ANOMALY_VALUES,
     DatasetError,
     DatasetReport,
-    _check_pair,
-    _scan,
+    anomaly_values_problem,
     check_dataset,
+    check_pair,
+    describe_anomaly_values,
+    exif_orientation_problem,
+    label_range_problem,
     load_image,
     load_mask,
+    note_image_modes,
+    scan_anomaly_split,
+    scan_pairs,
+    undefined_anomaly_note,
 )
 
 __all__ = [
@@ -185,14 +194,8 @@ def cityscapes_train_ids(label_ids: np.ndarray) -> np.ndarray:
 
 def _atomic_save_png(array: np.ndarray, path: Path) -> None:
     """Save ``array`` as a PNG via a temporary sibling and a rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        Image.fromarray(array).save(fh, format="PNG")
 
 
 def convert_cityscapes_label_ids(root: str | Path, splits=("train", "val"), overwrite: bool = False) -> list[Path]:
@@ -200,13 +203,15 @@ def convert_cityscapes_label_ids(root: str | Path, splits=("train", "val"), over
 
     The official 34 -> 19 mapping (:data:`CITYSCAPES_LABEL_ID_TO_TRAIN_ID`), the same result as
     cityscapesscripts' ``csCreateTrainIdLabelImgs`` (which draws the polygons instead). Each file
-    is written atomically; existing train-ID files are kept unless ``overwrite``.
+    is written atomically; existing train-ID files are kept unless ``overwrite``. Every labelIds
+    file to convert is decoded once before anything is written, so a broken one stops the
+    conversion with no file written (each is then decoded again to write it).
 
     Returns:
         the files written, sorted.
 
     Raises:
-        DatasetError: a split folder is missing, or a labelIds file is unreadable or not
+        DatasetError: a split folder is missing, or labelIds files are unreadable or not
             single-channel (every such file is named; nothing is written then).
     """
     root = Path(root)
@@ -219,18 +224,21 @@ def convert_cityscapes_label_ids(root: str | Path, splits=("train", "val"), over
         sources += sorted(folder.rglob(f"*{_LABEL_IDS_SUFFIX}"))
     if problems:
         raise DatasetError(problems, root)
-    written = []
+    todo = []
     for source in sources:
         target = source.with_name(source.name[: -len(_LABEL_IDS_SUFFIX)] + "_gtFine_labelTrainIds.png")
-        if target.exists() and not overwrite:
-            continue
+        if overwrite or not target.exists():
+            todo.append((source, target))
+    for source, _ in todo:  # every unreadable file is named before anything is written
         try:
-            label_ids = load_mask(source)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{source}: unreadable labelIds mask ({exc})") from exc
-        _atomic_save_png(cityscapes_train_ids(label_ids), target)
-        written.append(target)
-    return written
+            load_mask(source)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            problems.append(f"{source}: unreadable labelIds mask ({type(exc).__name__}: {exc})")
+    if problems:
+        raise DatasetError(problems, root)
+    for source, target in todo:
+        _atomic_save_png(cityscapes_train_ids(load_mask(source)), target)
+    return [target for _, target in todo]
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ def convert_cityscapes_label_ids(root: str | Path, splits=("train", "val"), over
 
 # Stored value -> 0 inlier / 1 anomaly / 255 void; `other` for values not listed (None: an error).
 _ANOMALY_VALUE_MAPS: dict[str, tuple[dict[int, int], int | None]] = {
-    "lab": ({0: 0, 1: 1, 255: 255}, None),
+    "lab": (LAB_ANOMALY_VALUES, None),
     "fishyscapes-laf": ({0: 0, 1: 1, 255: 255}, 255),
     "fishyscapes-static": ({0: 0, 1: 1, 255: 255}, 255),
     "road-anomaly": ({0: 0, 1: 0, 2: 1}, None),
@@ -249,18 +257,13 @@ _ANOMALY_VALUE_MAPS: dict[str, tuple[dict[int, int], int | None]] = {
 
 
 def _describe_values(fmt: str) -> str:
-    mapping, other = _ANOMALY_VALUE_MAPS[fmt]
-    names = {0: "inlier", 1: "anomaly", 255: "void"}
-    text = ", ".join(f"{v} -> {names[t]}" for v, t in mapping.items())
-    return text + (", any other -> void" if other is not None else "")
+    return describe_anomaly_values(*_ANOMALY_VALUE_MAPS[fmt])
 
 
-def _unexpected_values(values: np.ndarray, fmt: str) -> list[int]:
-    """Stored values (from ``values``, any shape) that ``fmt`` does not define."""
-    mapping, other = _ANOMALY_VALUE_MAPS[fmt]
-    if other is not None:
-        return []
-    return [int(v) for v in np.unique(values) if int(v) not in mapping]
+def _values_problem(path, values, fmt: str) -> str | None:
+    """The problem naming stored ``values`` (distinct ints) that ``fmt`` does not define, or None."""
+    owner = "the lab layout" if fmt == "lab" else fmt
+    return anomaly_values_problem(path, values, *_ANOMALY_VALUE_MAPS[fmt], owner=owner)
 
 
 def remap_anomaly_mask(raw: np.ndarray, fmt: str, path: str | Path | None = None) -> np.ndarray:
@@ -273,10 +276,9 @@ def remap_anomaly_mask(raw: np.ndarray, fmt: str, path: str | Path | None = None
     if fmt not in _ANOMALY_VALUE_MAPS:
         raise ValueError(f"unknown anomaly format {fmt!r}; choose one of {tuple(_ANOMALY_VALUE_MAPS)}")
     raw = np.asarray(raw, np.uint8)
-    bad = _unexpected_values(raw, fmt)
-    if bad:
-        where = f"{path}: " if path is not None else ""
-        raise DatasetError(f"{where}mask values {bad} are not defined for {fmt} ({_describe_values(fmt)})")
+    problem = _values_problem(path, np.flatnonzero(np.bincount(raw.ravel(), minlength=256)), fmt)
+    if problem:
+        raise DatasetError(problem)
     mapping, other = _ANOMALY_VALUE_MAPS[fmt]
     table = np.full(256, IGNORE_INDEX if other is None else other, np.uint8)
     for value, target in mapping.items():
@@ -345,6 +347,7 @@ class AnomalyBenchmark:
         frames: labelled frames, sorted by name.
         unlabelled: images without a mask where the release has them (SMIYC's test images).
         problems: structural problems (missing partners, malformed index files), each naming a file.
+        notes: remarks on how the benchmark was read (e.g. which Fishyscapes set was assumed).
     """
 
     root: Path
@@ -352,14 +355,18 @@ class AnomalyBenchmark:
     frames: list[AnomalyFrame] = field(default_factory=list)
     unlabelled: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __iter__(self):
-        """``(image_path, mask)`` per frame: mask ``[H, W]`` uint8 0 inlier / 1 anomaly / 255 void."""
+        """``(image, mask)`` per frame, decoded: ``image`` ``[H, W, 3]`` uint8 RGB as the benchmark
+        defines it (a Fishyscapes Static image composed with its overlay: the anomaly exists only
+        there, not in the file at ``frame.image_path``), ``mask`` ``[H, W]`` uint8 0 inlier /
+        1 anomaly / 255 void. Iterate ``frames`` for names and paths."""
         for frame in self.frames:
-            yield frame.image_path, frame.load_mask()
+            yield frame.load_image(), frame.load_mask()
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -368,10 +375,10 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _frames_lab(root: Path, bench: AnomalyBenchmark) -> None:
-    if not (root / "anomaly").is_dir():
+    scan = scan_anomaly_split(root)
+    if scan is None:
         bench.problems.append(f"{root / 'anomaly'}: missing folder (the lab layout's anomaly split)")
         return
-    scan = _scan(root / "anomaly" / "images", root / "anomaly" / "masks", "anomaly split")
     bench.problems += scan.problems
     bench.frames += [AnomalyFrame(i.stem, i, m, "lab") for i, m in scan.pairs]
 
@@ -479,7 +486,7 @@ def _frames_fishyscapes(root: Path, bench: AnomalyBenchmark) -> None:
         bench.problems.append(f"{root}: no Fishyscapes files (expected <NNNN>_<id>_labels.png from the release, "
                               f"or images/ + labels_masks/, or original/ + labels/)")
         return
-    scan = _scan(*folders, f"{bench.fmt} frames")
+    scan = scan_pairs(*folders, f"{bench.fmt} frames")
     bench.problems += scan.problems
     bench.frames += [AnomalyFrame(i.stem, i, m, bench.fmt) for i, m in scan.pairs]
 
@@ -503,17 +510,21 @@ def read_anomaly_benchmark(root: str | Path, fmt: str = "auto", strict: bool = T
         strict: raise :class:`DatasetError` on structural problems or when no frame is labelled.
 
     Returns:
-        an :class:`AnomalyBenchmark`; iterate it for ``(image_path, mask)`` with masks ``[H, W]``
-        uint8 0 inlier / 1 anomaly / 255 void, or use ``frame.load_image()`` / ``frame.load_mask()``.
+        an :class:`AnomalyBenchmark`; iterate it for decoded ``(image, mask)`` pairs (``[H, W, 3]``
+        uint8 RGB, overlays applied; ``[H, W]`` uint8 0 inlier / 1 anomaly / 255 void), or use
+        ``frame.load_image()`` / ``frame.load_mask()`` of ``bench.frames``. Never read
+        ``frame.image_path`` as the benchmark's image: for Fishyscapes Static it is the Cityscapes
+        image before the anomaly is blended in.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: missing folder (the anomaly benchmark directory)")
-    fmt = detect_format(root) if fmt == "auto" else fmt
+    notes: list[str] = []
+    fmt = _detect_format(root, notes) if fmt == "auto" else fmt
     if fmt not in _FRAME_READERS:
         raise DatasetError(f"{root}: {fmt!r} is not an anomaly benchmark format "
                            f"(anomaly formats: lab, {', '.join(ANOMALY_FORMATS)})")
-    bench = AnomalyBenchmark(root=root, fmt=fmt)
+    bench = AnomalyBenchmark(root=root, fmt=fmt, notes=notes)
     _FRAME_READERS[fmt](root, bench)
     if not bench.frames and not bench.problems:
         bench.problems.append(f"{root}: no labelled frame found ({fmt} layout)")
@@ -539,11 +550,17 @@ def _smiyc_track(root: Path) -> str:
     return "smiyc-obstacle" if webp else "smiyc-anomaly"
 
 
-def _detect_here(root: Path) -> str | None:
-    """The format of ``root`` itself, or None.
+#: Prepared Fishyscapes frames whose folder name says neither set are read as this one.
+_FISHYSCAPES_DEFAULT = "fishyscapes-laf"
 
-    Raises:
-        DatasetError: prepared Fishyscapes frames whose folder name does not say which set they are.
+
+def _detect_here(root: Path, notes: list[str] | None = None) -> str | None:
+    """The format of ``root`` itself, or None; remarks on the guess go to ``notes``.
+
+    Prepared Fishyscapes frames (``images/`` + ``labels_masks/``) whose folder name says neither Lost
+    & Found nor Static are read as :data:`_FISHYSCAPES_DEFAULT`, with a note: prepared, the two sets
+    are read and remapped identically (no overlay, 0 inlier, 1 anomaly, anything else void), so
+    only the name given in the results depends on it.
     """
     if (root / "classes.json").is_file():
         return "lab"
@@ -566,31 +583,39 @@ def _detect_here(root: Path) -> str | None:
             return "fishyscapes-static"
         if "lost" in name or "laf" in name:
             return "fishyscapes-laf"
-        raise DatasetError(f"{root}: images + masks with 0/1/255 values, but the folder name does not say "
-                           f"whether it is Fishyscapes Lost & Found or Static; pass the format "
-                           f"(--format fishyscapes-laf or fishyscapes-static)")
+        if notes is not None:
+            notes.append(f"{root}: prepared Fishyscapes frames (images + masks, 0 inlier / 1 anomaly / other "
+                         f"void) whose folder name says neither Lost & Found nor Static: read as "
+                         f"{_FISHYSCAPES_DEFAULT} (both sets read and score identically once prepared; pass "
+                         f"--format fishyscapes-static to name them Static in the results)")
+        return _FISHYSCAPES_DEFAULT
     return None
 
 
 def detect_format(root: str | Path) -> str:
     """Which layout ``root`` holds: one of :data:`FORMATS`.
 
+    Prepared Fishyscapes frames in a folder whose name says neither ``static`` nor ``lost`` /
+    ``laf`` are ``fishyscapes-laf`` (:func:`check_real_dataset` and :func:`read_anomaly_benchmark`
+    add a note saying so).
+
     Raises:
         DatasetError: a missing folder, or no known layout (naming a sub-folder that holds one,
-            e.g. ``ADEChallengeData2016``), or an ambiguous one.
+            e.g. ``ADEChallengeData2016``).
     """
-    root = Path(root)
+    return _detect_format(Path(root), None)
+
+
+def _detect_format(root: Path, notes: list[str] | None) -> str:
+    """:func:`detect_format`, with remarks on the guess appended to ``notes``."""
     if not root.is_dir():
         raise DatasetError(f"{root}: missing folder (the data set directory)")
-    found = _detect_here(root)
+    found = _detect_here(root, notes)
     if found is not None:
         return found
     hints = []
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            inner = _detect_here(child)
-        except DatasetError:
-            inner = None
+        inner = _detect_here(child)
         if inner is not None:
             hints.append(f"{child} looks like {inner}")
     hint = f"; did you mean a sub-folder? ({'; '.join(hints)})" if hints else ""
@@ -663,18 +688,22 @@ def _limited(pairs: list, limit: int | None) -> list:
     return pairs if limit is None else pairs[: max(int(limit), 0)]
 
 
-def _note_image_modes(report: RealDatasetReport) -> None:
-    converted = {m: n for m, n in sorted(report.image_modes.items()) if m != "RGB"}
-    if converted:
-        listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
-        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load")
-
-
 def _check_lab(root: Path, splits, limit, report: RealDatasetReport) -> None:
-    lab = check_dataset(root, splits=tuple(splits or ("train", "val")), check_anomaly=True)
+    """The lab layout: ``splits`` None checks train, val and the anomaly split when present; a
+    list checks those splits, ``"anomaly"`` naming the anomaly split (then required), so
+    ``("anomaly",)`` checks a lab folder used as an anomaly benchmark (classes.json + anomaly/)."""
+    if splits is None:
+        closed, anomaly = ("train", "val"), True
+    else:
+        closed, anomaly = tuple(s for s in splits if s != "anomaly"), "anomaly" in splits
+        if anomaly and not (root / "anomaly").exists():
+            report.problems.append(f"{root / 'anomaly'}: missing folder (the lab layout's anomaly split)")
+    lab = check_dataset(root, splits=closed, check_anomaly=anomaly)
     for name in ("classes", "palette", "counts", "class_pixels", "ignore_pixels", "anomaly_pixels",
-                 "image_modes", "notes", "problems"):
+                 "image_modes"):
         setattr(report, name, getattr(lab, name))
+    report.notes += lab.notes
+    report.problems += lab.problems
     for split, pixels in lab.class_pixels.items():
         seen = [c for c, n in enumerate(pixels) if n]
         report.label_values[split] = seen + ([IGNORE_INDEX] if lab.ignore_pixels.get(split) else [])
@@ -740,23 +769,20 @@ def _check_closed_set(root: Path, fmt: str, splits, limit, report: RealDatasetRe
         report.decoded[split] = len(checked)
         histogram = np.zeros(256, np.int64)
         for image_path, label_path in checked:
-            label = _check_pair(image_path, label_path, report, report.problems)
+            label = check_pair(image_path, label_path, report, report.problems)
             if label is None:
                 continue
             counts = np.bincount(label.ravel(), minlength=256)
             histogram += counts
-            bad = [int(v) for v in np.flatnonzero(counts[spec.max_label + 1:IGNORE_INDEX]) + spec.max_label + 1]
-            if bad:
-                shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
-                report.problems.append(f"{label_path}: label values {shown} out of range for {fmt} "
-                                       f"(valid: 0..{spec.max_label} and {IGNORE_INDEX} = ignore)")
+            if bad := label_range_problem(label_path, counts, spec.max_label, fmt):
+                report.problems.append(bad)
         report.label_values[split] = [int(v) for v in np.flatnonzero(histogram)]
         report.ignore_pixels[split] = int(histogram[IGNORE_INDEX] + (histogram[0] if spec.reduce_zero_label else 0))
     if spec.reduce_zero_label:
         report.notes.append(f"stored label 0 is ignored and c becomes class c - 1 (mmseg's reduce_zero_label); "
                             f"{spec.num_classes} classes")
     report.notes.append(f"read by mmseg's {spec.mmseg_type}; train with --preset {spec.preset}")
-    _note_image_modes(report)
+    note_image_modes(report)
 
 
 def _load_or_problem(loader, path: Path, problems: list[str]) -> np.ndarray | None:
@@ -771,22 +797,11 @@ def _load_or_problem(loader, path: Path, problems: list[str]) -> np.ndarray | No
         return None
 
 
-def _exif_orientation(path: Path) -> int:
-    """The EXIF orientation tag of an image file (1 when absent or unreadable)."""
-    try:
-        with Image.open(path) as img:
-            return int(img.getexif().get(0x0112, 1))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 1  # the decode below reports the unreadable file
-
-
 def _check_frame(frame: AnomalyFrame, report: RealDatasetReport, histogram: np.ndarray, seen: np.ndarray) -> None:
     """Decode one anomaly frame exactly as the evaluation will (image composed with its overlay,
     EXIF orientation applied); add its remapped values to ``histogram`` and stored ones to ``seen``."""
-    orientation = _exif_orientation(frame.image_path)
-    if orientation not in (0, 1):
-        report.problems.append(f"{frame.image_path}: EXIF orientation {orientation}: the image is turned on "
-                               f"loading but its mask {frame.mask_path.name} is not; save the pixels upright")
+    if (turned := exif_orientation_problem(frame.image_path, frame.mask_path)) is not None:
+        report.problems.append(turned)
         return
     image = _load_or_problem(lambda _: frame.load_image(), frame.image_path, report.problems)
     raw = _load_or_problem(load_mask, frame.mask_path, report.problems)
@@ -798,10 +813,8 @@ def _check_frame(frame: AnomalyFrame, report: RealDatasetReport, histogram: np.n
         return
     counts = np.bincount(raw.ravel(), minlength=256)
     seen |= counts > 0
-    bad = _unexpected_values(np.flatnonzero(counts), frame.fmt)
-    if bad:
-        report.problems.append(f"{frame.mask_path}: mask values {bad} are not defined for {frame.fmt} "
-                               f"({_describe_values(frame.fmt)})")
+    if bad := _values_problem(frame.mask_path, np.flatnonzero(counts), frame.fmt):
+        report.problems.append(bad)
         return
     histogram += np.bincount(remap_anomaly_mask(raw, frame.fmt).ravel(), minlength=256)
 
@@ -819,8 +832,10 @@ def _check_anomaly(root: Path, fmt: str, limit, report: RealDatasetReport) -> No
     report.label_values["anomaly"] = [int(v) for v in np.flatnonzero(seen)]
     report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
     report.notes.append(f"mask values: {_describe_values(fmt)}")
-    if checked and report.anomaly_pixels["anomaly"] == 0:
-        report.notes.append("no anomalous pixel in the decoded frames: AUROC, AP and FPR95 are undefined")
+    note = undefined_anomaly_note(report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"],
+                                  f"the {len(checked)} decoded frame(s)")
+    if checked and note:
+        report.notes.append(note)
 
 
 def check_real_dataset(root: str | Path, fmt: str = "auto", splits=None, limit: int | None = None) -> RealDatasetReport:
@@ -836,14 +851,17 @@ def check_real_dataset(root: str | Path, fmt: str = "auto", splits=None, limit: 
         root: the data set directory.
         fmt: one of :data:`FORMATS`, or ``"auto"`` (:func:`detect_format`).
         splits: closed-set splits to check (default: every split of the format, e.g. ``train``
-            and ``val`` for Cityscapes, ``training`` and ``validation`` for ADE20K).
+            and ``val`` for Cityscapes, ``training`` and ``validation`` for ADE20K; for the lab
+            layout ``train``, ``val`` and ``anomaly`` when present). For the lab layout,
+            ``"anomaly"`` names its anomaly split: ``("anomaly",)`` checks a lab folder used as an
+            anomaly benchmark (classes.json and anomaly/ only).
         limit: decode at most this many pairs per split (pairing is still checked for all files);
             the lab layout is always decoded in full.
     """
     root = Path(root)
     report = RealDatasetReport(root=root, format=fmt)
     try:
-        report.format = detect_format(root) if fmt == "auto" else fmt
+        report.format = _detect_format(root, report.notes) if fmt == "auto" else fmt
     except DatasetError as exc:
         report.format = "unknown"
         report.problems += exc.problems

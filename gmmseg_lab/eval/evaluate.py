@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..data.layout import read_classes, validate_dataset
+from ..data.layout import read_classes, undefined_anomaly_note, validate_dataset
 from ..io_utils import atomic_write_json
 from .metrics import AnomalyScores, CalibrationError, SegmentationIoU, softmax_confidence_and_entropy
 
@@ -57,6 +57,24 @@ def resolve_model(model: str | Path, config: str | Path | None = None):
     if "cfg" not in meta:
         raise ValueError(f"{model}: no config beside it and none stored in it; pass --config")
     return Config.fromstring(meta["cfg"], file_format=".py"), model
+
+
+def _load_model(model: str | Path, config, slide: tuple[int, int] | None, device: str | None):
+    """Resolve ``model`` (:func:`resolve_model`), apply ``slide``, load it.
+
+    Returns:
+        ``(segmentor, cfg, checkpoint, head, head_kind)``; ``head_kind`` is ``"gmm"`` or ``"softmax"``.
+    """
+    from ..models import is_gmm_head, load_segmentor
+    from ..models.inference import decode_head_of
+
+    cfg, checkpoint = resolve_model(model, config)
+    if slide is not None:
+        crop, stride = slide
+        cfg.model.test_cfg = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
+    segmentor, cfg = load_segmentor(cfg, checkpoint, device=device)
+    head = decode_head_of(segmentor)
+    return segmentor, cfg, checkpoint, head, "gmm" if is_gmm_head(head) else "softmax"
 
 
 def _loader_for(cfg, data_dir: Path, img_dir: str, ann_dir: str, batch_size: int):
@@ -98,8 +116,9 @@ def evaluate(
         slide: ``(crop, stride)`` for sliding-window inference; ``None`` scores whole images.
         anomaly_data: a real anomaly benchmark (Fishyscapes, Road Anomaly, SegmentMeIfYouCan in
             its release's layout, see :mod:`gmmseg_lab.data.real`) scored instead of
-            ``data_dir/anomaly``; checked before any work. The result then also has
-            ``anomaly_data``, ``anomaly_format`` and ``anomaly_frames``.
+            ``data_dir/anomaly`` (which is then neither checked nor read); checked before any
+            work. The result then also has ``anomaly_data``, ``anomaly_format`` and
+            ``anomaly_frames``.
         anomaly_format: its format, ``"auto"`` to detect it.
 
     Returns:
@@ -113,22 +132,16 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from ..models import is_gmm_head, load_segmentor
-    from ..models.inference import decode_head_of, predict_batch
+    from ..models.inference import predict_batch
 
     data_dir = Path(data_dir)
-    validate_dataset(data_dir, splits=(split,), check_anomaly=True)
+    # A benchmark given replaces data_dir/anomaly: that split is then neither checked nor scored.
+    validate_dataset(data_dir, splits=(split,), check_anomaly=anomaly_data is None)
     classes, _ = read_classes(data_dir)
-    has_anomaly = (data_dir / "anomaly" / "images").is_dir()
     benchmark = _checked_benchmark(anomaly_data, anomaly_format) if anomaly_data is not None else None
+    has_anomaly = benchmark is None and (data_dir / "anomaly" / "images").is_dir()
 
-    cfg, checkpoint = resolve_model(model, config)
-    if slide is not None:
-        crop, stride = slide
-        cfg.model.test_cfg = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
-    segmentor, cfg = load_segmentor(cfg, checkpoint, device=device)
-    head = decode_head_of(segmentor)
-    head_kind = "gmm" if is_gmm_head(head) else "softmax"
+    segmentor, cfg, checkpoint, head, head_kind = _load_model(model, config, slide, device)
     if head.num_classes != len(classes):
         raise ValueError(f"{data_dir / 'classes.json'}: {len(classes)} classes, but the model at {model} "
                          f"predicts {head.num_classes}")
@@ -165,9 +178,8 @@ def evaluate(
     }
     # Undefined entries are explained in metrics.json, not only in a warning.
     notes = []
-    target_area, pred_area = seg["confusion"].sum(dim=1), seg["confusion"].sum(dim=0)
-    never = [name for c, name in enumerate(classes) if target_area[c] == 0 and pred_area[c] == 0]
-    only_pred = [name for c, name in enumerate(classes) if target_area[c] == 0 and pred_area[c] > 0]
+    never = [classes[c] for c in seg["absent_never_predicted"]]
+    only_pred = [classes[c] for c in seg["absent_predicted"]]
     if never:
         notes.append(f"per_class_iou of {never} is null (NaN): annotations/{split} has no pixel of them and the "
                      "model predicts none; they are left out of miou")
@@ -181,32 +193,15 @@ def evaluate(
 
     if benchmark is not None:  # a real anomaly benchmark replaces data_dir/anomaly
         result.update(_score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress))
-        notes += _undefined_anomaly_notes(result["anomaly"], benchmark)
-        has_anomaly = False
+        notes += benchmark.notes + _undefined_anomaly_notes(result["anomaly"], f"{benchmark.root} ({benchmark.fmt})")
     if has_anomaly:
-        scores = {"max_softmax": AnomalyScores(), "entropy": AnomalyScores()}
-        if head_kind == "gmm":
-            scores["neg_max_log_likelihood"] = AnomalyScores()
+        scores = _new_anomaly_scores(head_kind)
         loader = _loader_for(cfg, data_dir, "anomaly/images", "anomaly/masks", batch_size)
         for batch in tqdm(loader, desc="evaluate anomaly", disable=not progress):
             for r in predict_batch(segmentor, batch):
-                mask = r["gt"].to(r["pred"].device).flatten()
-                logits = r["seg_logits"].float().flatten(1).t()
-                max_prob, entropy = softmax_confidence_and_entropy(logits)
-                scores["max_softmax"].update(1.0 - max_prob, mask)
-                scores["entropy"].update(entropy, mask)
-                if head_kind == "gmm":
-                    scores["neg_max_log_likelihood"].update(r["anomaly_score"].flatten(), mask)
-        by_score = {name: metric.compute() for name, metric in scores.items()}
-        primary = PRIMARY_SCORE[head_kind]
-        result["anomaly"] = dict(by_score[primary], score=primary)
-        result["anomaly_by_score"] = by_score
-        head = result["anomaly"]
-        if head["num_pos"] == 0 or head["num_neg"] == 0:
-            undefined = [k for k in ("auroc", "ap", "fpr95") if head[k] is None]
-            missing = "anomalous (1)" if head["num_pos"] == 0 else "inlier (0)"
-            notes.append(f"anomaly {', '.join(undefined)} are null (undefined): anomaly/masks has no {missing} "
-                         "pixel outside void (255)")
+                _update_anomaly_scores(scores, r, r["gt"])
+        result.update(_anomaly_results(scores, head_kind))
+        notes += _undefined_anomaly_notes(result["anomaly"], str(data_dir / "anomaly" / "masks"))
 
     if out is not None:
         atomic_write_json(out, result)
@@ -238,22 +233,37 @@ def _update_anomaly_scores(scores: dict[str, AnomalyScores], r: dict, mask: torc
         scores["neg_max_log_likelihood"].update(r["anomaly_score"].flatten(), mask)
 
 
+def _anomaly_results(scores: dict[str, AnomalyScores], head_kind: str) -> dict[str, Any]:
+    """``{"anomaly": the head's primary score's metrics and its name, "anomaly_by_score": every score's}``."""
+    by_score = {name: metric.compute() for name, metric in scores.items()}
+    primary = PRIMARY_SCORE[head_kind]
+    return {"anomaly": dict(by_score[primary], score=primary), "anomaly_by_score": by_score}
+
+
+def _undefined_anomaly_notes(headline: dict[str, Any], where: str) -> list[str]:
+    """The note (:func:`~gmmseg_lab.data.layout.undefined_anomaly_note`) when the anomaly metrics
+    of ``where`` are undefined (no anomalous or no inlier pixel); ``[]`` otherwise."""
+    note = undefined_anomaly_note(headline["num_pos"], headline["num_neg"], where)
+    return [note] if note else []
+
+
 def _checked_benchmark(bench_dir: str | Path, fmt: str = "auto"):
-    """Check every frame of an anomaly benchmark, then read it.
+    """Check every frame of an anomaly benchmark, then read it (for a lab folder: only its
+    ``anomaly/`` split and classes.json are checked; it needs no train or val split).
 
     Raises:
         DatasetError: every problem found, each naming its file; or a closed-set directory.
     """
     from ..data.layout import DatasetError
-    from ..data.real import ANOMALY_FORMATS, check_real_dataset, read_anomaly_benchmark
+    from ..data.real import ANOMALY_FORMATS, CLOSED_SET_FORMATS, check_real_dataset, read_anomaly_benchmark
 
-    report = check_real_dataset(bench_dir, fmt=fmt)
-    if not report.problems and report.format not in ANOMALY_FORMATS + ("lab",):
-        report.problems.append(f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
-                               f"(formats: lab, {', '.join(ANOMALY_FORMATS)})")
+    report = check_real_dataset(bench_dir, fmt=fmt, splits=("anomaly",))
+    if report.format in CLOSED_SET_FORMATS:
+        raise DatasetError(f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
+                           f"(formats: lab, {', '.join(ANOMALY_FORMATS)})")
     if report.problems:
         raise DatasetError(report.problems, bench_dir)
-    return read_anomaly_benchmark(bench_dir, report.format)
+    return read_anomaly_benchmark(bench_dir, fmt)  # fmt as given: "auto" keeps the detection's notes
 
 
 def _test_transforms(cfg):
@@ -317,21 +327,8 @@ def _score_benchmark(segmentor, cfg, head_kind: str, benchmark, batch_size: int,
             for r, mask in zip(predict_batch(segmentor, batch), masks):
                 _update_anomaly_scores(scores, r, torch.from_numpy(mask))
             bar.update(len(masks))
-    by_score = {name: metric.compute() for name, metric in scores.items()}
-    primary = PRIMARY_SCORE[head_kind]
-    return {"anomaly": dict(by_score[primary], score=primary), "anomaly_by_score": by_score,
-            "anomaly_data": str(benchmark.root), "anomaly_format": benchmark.fmt,
-            "anomaly_frames": len(benchmark.frames)}
-
-
-def _undefined_anomaly_notes(headline: dict[str, Any], benchmark) -> list[str]:
-    """A note when the benchmark's AUROC / AP / FPR95 are undefined (no anomalous or inlier pixel)."""
-    if headline["num_pos"] and headline["num_neg"]:
-        return []
-    undefined = [k for k in ("auroc", "ap", "fpr95") if headline[k] is None]
-    missing = "anomalous" if headline["num_pos"] == 0 else "inlier"
-    return [f"anomaly {', '.join(undefined)} are null (undefined): {benchmark.root} ({benchmark.fmt}) has no "
-            f"{missing} pixel outside void"]
+    return dict(_anomaly_results(scores, head_kind), anomaly_data=str(benchmark.root),
+                anomaly_format=benchmark.fmt, anomaly_frames=len(benchmark.frames))
 
 
 def evaluate_anomaly(
@@ -361,19 +358,12 @@ def evaluate_anomaly(
         {score name: metrics}, "anomaly_data", "anomaly_format", "anomaly_frames", "head", "model",
         "checkpoint", "notes"}``.
     """
-    from ..models import is_gmm_head, load_segmentor
-    from ..models.inference import decode_head_of
-
     benchmark = _checked_benchmark(bench_dir, fmt)
-    cfg, checkpoint = resolve_model(model, config)
-    if slide is not None:
-        crop, stride = slide
-        cfg.model.test_cfg = dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride))
-    segmentor, cfg = load_segmentor(cfg, checkpoint, device=device)
-    head_kind = "gmm" if is_gmm_head(decode_head_of(segmentor)) else "softmax"
+    segmentor, cfg, checkpoint, _, head_kind = _load_model(model, config, slide, device)
     result = _score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress)
     result.update(head=head_kind, model=str(model), checkpoint=str(checkpoint),
-                  notes=_undefined_anomaly_notes(result["anomaly"], benchmark))
+                  notes=benchmark.notes + _undefined_anomaly_notes(result["anomaly"],
+                                                                   f"{benchmark.root} ({benchmark.fmt})"))
     if out is not None:
         atomic_write_json(out, result)
     return result

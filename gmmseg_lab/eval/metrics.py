@@ -286,9 +286,11 @@ class SegmentationIoU(StreamingMetric):
         Returns:
             dict with ``miou`` (float), ``per_class_iou`` (list of C floats, NaN for absent
             classes), ``acc`` (float), ``macc`` (float), ``per_class_acc`` (list of C floats, NaN
-            for classes without target pixels), ``num_pixels`` (int, scored pixels) and
-            ``confusion`` (``[C, C]`` int64 CPU tensor, rows target, columns prediction). Scalars
-            are ``None`` (with a :class:`MetricUndefinedWarning`) when nothing was scored.
+            for classes without target pixels), ``num_pixels`` (int, scored pixels),
+            ``confusion`` (``[C, C]`` int64 CPU tensor, rows target, columns prediction), and the
+            classes without target pixels: ``absent_never_predicted`` (ints; IoU NaN, left out of
+            miou) and ``absent_predicted`` (ints; IoU 0, false positives). Scalars are ``None``
+            (with a :class:`MetricUndefinedWarning`) when nothing was scored.
         """
         confusion = self.confusion.detach().cpu()
         true_pos = confusion.diagonal().double()
@@ -299,14 +301,14 @@ class SegmentationIoU(StreamingMetric):
         iou = torch.where(union > 0, true_pos / union.clamp_min(1), nan)
         class_acc = torch.where(target_area > 0, true_pos / target_area.clamp_min(1), nan)
         num_pixels = int(confusion.sum())
+        absent = (target_area == 0).nonzero().flatten().tolist()
+        never = [c for c in absent if pred_area[c] == 0]
+        only_pred = [c for c in absent if pred_area[c] > 0]
         if num_pixels == 0:
             _undefined("SegmentationIoU.compute(): no pixel was scored; miou, acc and macc are None")
             miou = acc = macc = None
         else:
-            absent = (target_area == 0).nonzero().flatten().tolist()
             if absent:
-                never = [c for c in absent if pred_area[c] == 0]
-                only_pred = [c for c in absent if pred_area[c] > 0]
                 _undefined(
                     f"SegmentationIoU.compute(): class(es) {absent} have no target pixel: their per_class_acc "
                     f"is NaN; per_class_iou is NaN (left out of miou) for {never} (never predicted) and 0 "
@@ -323,6 +325,8 @@ class SegmentationIoU(StreamingMetric):
             "per_class_acc": class_acc.tolist(),
             "num_pixels": num_pixels,
             "confusion": confusion.clone(),
+            "absent_never_predicted": never,
+            "absent_predicted": only_pred,
         }
 
 
