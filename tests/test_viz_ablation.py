@@ -150,3 +150,27 @@ def test_ablation_widget_metric_and_variant_controls():
     for name in ("variant:default", "variant:m1", "variant:stats"):
         box.controls[name].value = False
     assert box.figure.layout.annotations[0].text == "select at least one variant"
+
+
+def test_runs_without_the_metric_are_counted_honestly():
+    # seed 2 of "em" has no anomaly pixels: AUROC undefined (None) for it
+    results = {"default": RESULTS["default"], "em": [metrics(0.55, 0.70), metrics(0.56, None), metrics(0.54, 0.74)]}
+    results["em"][1]["anomaly"]["auroc"] = None
+    fig = ablation_bars_figure(results, metrics=("AUROC",))
+    assert list(fig.layout.xaxis.ticktext) == ["default<br>(3 seeds)", "em<br>(2 of 3 seeds)"]
+    dots = [t for t in fig.data if t.type == "scatter"]
+    np.testing.assert_allclose(dots[1].y, [0.70, 0.74])
+    assert list(dots[1].customdata) == [1, 3] and "run %{customdata} of 3" in dots[1].hovertemplate
+    bar = [t for t in fig.data if t.type == "bar"][1]
+    assert "2 of 3 seeds" in bar.hovertemplate and f"Δ vs default {0.72 - 0.8:+.4f}" in bar.hovertemplate
+    table = ablation_table(results, metrics=("AUROC",))
+    assert table.loc["em", ("AUROC ↑", "mean ± std")] == f"0.720 ± {np.std([0.70, 0.74], ddof=1):.3f} (2 of 3 seeds)"
+    assert table.loc["em", ("", "seeds")] == 3
+
+
+def test_metrics_are_the_comparison_tables_columns():
+    from gmmseg_lab.demo import COLUMNS
+    from gmmseg_lab.viz.ablation import METRICS
+
+    assert METRICS == COLUMNS
+    assert list(ablation_widget(RESULTS).controls["metric"].options) == [label for label, _, _ in COLUMNS]

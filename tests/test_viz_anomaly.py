@@ -12,7 +12,6 @@ from gmmseg_lab.viz.anomaly import (
     anomaly_table,
     anomaly_widget,
     curves_figure,
-    data_uri_to_array,
     flag_rates,
     flagged_overlay,
     mask_outline,
@@ -20,6 +19,7 @@ from gmmseg_lab.viz.anomaly import (
     score_overlay_figure,
     threshold_figure,
 )
+from gmmseg_lab.viz.common import decode_png_data_uri as data_uri_to_array
 
 H, W = 20, 24
 
@@ -225,3 +225,84 @@ def test_anomaly_widget_controls_change_the_figure(scene):
     assert w.figure.layout.title.text.startswith("shifted, image 2")
     with pytest.raises(ValueError, match="scores and masks must have one entry per image"):
         anomaly_widget(images, masks[:1], {"gmm": scores})
+
+
+def _area_under_steps(x, y, shape):
+    """Area under the path plotly draws through (x, y) with line_shape 'hv' or 'vh'."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    height = y[:-1] if shape == "hv" else y[1:]  # 'hv': across at the previous y; 'vh': up first
+    return float(np.sum(np.diff(x) * height))
+
+
+def test_pr_curve_steps_enclose_the_average_precision():
+    _, scores, masks = _scene(4, separation=1.0)
+    metrics, curve = _streamed(scores, masks, max_points=100_000)
+    fig = curves_figure({"gmm": [curve]}, {"gmm": [metrics]})
+    pr = next(t for t in fig.data if t.meta and t.meta.get("panel") == "pr")
+    assert pr.line.shape == "vh"
+    assert _area_under_steps(pr.x, pr.y, pr.line.shape) == pytest.approx(metrics["ap"], abs=1e-9)
+    assert metrics["ap"] == pytest.approx(_sklearn(scores, masks)["ap"], abs=0.01)
+    # 'hv' would draw the previous precision over each recall step: a different area
+    assert abs(_area_under_steps(pr.x, pr.y, "hv") - metrics["ap"]) > 1e-3
+
+
+def test_curve_metrics_work_without_np_trapezoid(monkeypatch):
+    """numpy 1.x (allowed by pyproject) has np.trapz but no np.trapezoid."""
+    import importlib.util
+
+    import gmmseg_lab.viz.anomaly as anomaly
+
+    used = []
+
+    def trapz(y, x):
+        used.append(True)
+        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+    monkeypatch.delattr(np, "trapezoid", raising=False)
+    monkeypatch.setattr(np, "trapz", trapz, raising=False)
+    spec = importlib.util.spec_from_file_location("gmmseg_lab.viz._anomaly_numpy1", anomaly.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, scores, masks = _scene(3)
+    _, curve = _streamed(scores, masks, max_points=100_000)
+    assert module._curve_metrics(curve)["auroc"] == pytest.approx(_sklearn(scores, masks)["auroc"], abs=1e-3)
+    assert used
+
+
+def test_metrics_check_is_shared_by_curves_and_table(scene):
+    _, scores, masks = scene
+    _, curve = _streamed(scores, masks)
+    whole = {"miou": 0.5, "anomaly": {"auroc": 0.9, "ap": 0.3, "fpr95": 0.2}}
+    for build in (lambda: curves_figure({"gmm": [curve]}, {"gmm": [whole]}), lambda: anomaly_table({"gmm": [whole]})):
+        with pytest.raises(ValueError, match=re.escape("metrics_by_model['gmm'][0] must have auroc, ap and fpr95")):
+            build()
+        with pytest.raises(ValueError, match=r"pass metrics\['anomaly'\]"):
+            build()
+
+
+def test_anomaly_widget_thresholds_are_the_quantile_thresholds(scene):
+    images, scores, masks = scene
+    w = anomaly_widget(images, masks, {"gmm": scores}, num_thresholds=9)
+    values = [v for _, v in w.controls["threshold"].options]
+    np.testing.assert_allclose(values, quantile_thresholds(scores, masks, num=9, low=0.5, high=0.999))
+    assert w.controls["threshold"].options[0][0].endswith("(top 50.0 % of pixels)")
+
+
+def test_anomaly_widget_redraws_once_per_change_and_ranges_once_per_model(scene, monkeypatch):
+    import gmmseg_lab.viz.anomaly as anomaly
+
+    images, scores, masks = scene
+    renders, percentiles = [], []
+    draw, percentile = anomaly.score_overlay_figure, np.percentile
+    monkeypatch.setattr(anomaly, "score_overlay_figure", lambda *a, **k: renders.append(k["threshold"]) or draw(*a, **k))
+    monkeypatch.setattr(np, "percentile", lambda *a, **k: percentiles.append(1) or percentile(*a, **k))
+    w = anomaly_widget(images, masks, {"gmm": scores, "shifted": scores * 10 + 100}, num_thresholds=9)
+    assert len(renders) == 1
+    w.controls["model"].value = "shifted"  # thresholds follow the model: still one redraw
+    assert len(renders) == 2 and renders[-1] == w.controls["threshold"].value > 50
+    w.controls["image"].value = 1
+    w.controls["threshold"].value = w.controls["threshold"].options[0][1]
+    w.controls["model"].value = "gmm"
+    w.controls["image"].value = 2
+    assert len(renders) == 6
+    assert len(percentiles) == 2  # one colour range per model, not per redraw

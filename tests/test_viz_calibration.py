@@ -14,10 +14,10 @@ from gmmseg_lab.viz.calibration import (
     calibration_table,
     calibration_widget,
     confidence_histogram_figure,
-    format_mean_std,
-    mean_and_std,
     reliability_figure,
 )
+from gmmseg_lab.stats import seed_stats
+from gmmseg_lab.viz.common import format_percent as format_mean_std
 
 N_BINS = 10
 
@@ -65,6 +65,12 @@ def runs():
                 metrics["bayes_posterior_calibration"] = {"ece": post["ece"], "mce": post["mce"], "bins": post["bins"]}
             out[label].append((metrics, _numpy_ece_mce(conf, correct)))
     return out
+
+
+def mean_and_std(values):
+    """The (mean, std, n) the calibration module's former ``mean_and_std`` returned."""
+    stat = seed_stats(values)
+    return stat["mean"], stat["std"], stat["n"]
 
 
 def _metrics(runs):
@@ -187,3 +193,37 @@ def test_calibration_widget_controls_change_the_figure(runs):
     w.controls["models"].value = ("softmax",)
     assert "select another model" in w.figure.layout.title.text
     assert "application/vnd.plotly.v1+json" in w.output.outputs[0]["data"]
+
+
+def test_titles_name_the_probability_shown(runs):
+    metrics = _metrics(runs)
+    posterior = bins_by_model(metrics, "Bayes posterior")
+    assert "Bayes" in reliability_figure(posterior, probability="Bayes posterior").layout.title.text
+    assert "class logits" in reliability_figure(bins_by_model(metrics)).layout.title.text
+    hist = confidence_histogram_figure(posterior, probability="Bayes posterior")
+    assert hist.layout.title.text == "Pixels per confidence bin (Bayes posterior)"
+    with pytest.raises(ValueError, match="posterior_models"):
+        reliability_figure(posterior, posterior, probability="Bayes posterior")
+    with pytest.raises(ValueError, match="probability"):
+        confidence_histogram_figure(posterior, probability="temperature-scaled")
+    # The live view's Bayes posterior was titled as the class logits' softmax.
+    w = calibration_widget(bins_by_model(metrics), posterior)
+    w.controls["probability"].value = "Bayes posterior"
+    assert "Bayes" in w.figure.layout.title.text and "class logits" not in w.figure.layout.title.text
+    w.controls["view"].value = "confidence histogram"
+    assert w.figure.layout.title.text.endswith("(Bayes posterior)")
+
+
+def test_bins_by_model_warns_about_seeds_without_bins(runs):
+    metrics = _metrics(runs)
+    mixed = {"gmm": [metrics["gmm"][0], metrics["softmax"][0], metrics["gmm"][2]]}  # seed 1 lacks the posterior
+    with pytest.warns(UserWarning, match=r"'gmm' has no Bayes posterior bins in seeds \[1\]"):
+        posterior = bins_by_model(mixed, "Bayes posterior")
+    assert len(posterior["gmm"]) == 2
+
+
+def test_aggregate_bins_checks_upper_edges_too(runs):
+    good = _metrics(runs)["gmm"][0]["calibration_bins"]
+    shifted = dict(good, upper=[v / 2 for v in good["upper"]])
+    with pytest.raises(ValueError, match=re.escape("has bin edges different from models['gmm'][0] ('upper'")):
+        aggregate_bins([good, shifted], "models['gmm']")

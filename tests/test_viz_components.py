@@ -11,7 +11,7 @@ from gmmseg_lab.viz.components import (
     component_usage_figure, component_widget, pixel_posterior, pixel_posterior_figure,
 )
 from gmmseg_lab.viz.style import component_palette
-from gmmseg_lab.viz.training import decode_png_data_uri
+from gmmseg_lab.viz.common import decode_png_data_uri
 
 C, M, D, N, H, W, h, w = 3, 2, 4, 2, 8, 8, 4, 4
 
@@ -228,3 +228,42 @@ def test_component_widget_redraws_on_control_changes(preds):
     overlay_out, posterior_out = box.children[1:]
     assert overlay_out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["data"][1]["opacity"] == 0.25
     assert "row 1," in posterior_out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]
+
+
+def test_pixel_posterior_examines_the_predicted_class_by_default(preds):
+    other = make_preds()
+    other.pred = (preds.pred + 1) % C  # the head's prediction need not be the Bayes class
+    post = pixel_posterior(other, 1, 5, 2)
+    ll = other.class_log_likelihood[1, :, 5, 2]
+    assert post["class_index"] == post["predicted_class"] == other.pred[1, 5, 2]
+    assert post["bayes_class"] == ll.argmax() != post["class_index"]
+    oracle = oracle_component_log_prob(other, 1)[post["class_index"], :, 2, 1]
+    np.testing.assert_allclose(post["component_posterior"], softmax(oracle), rtol=1e-6)
+    fig = pixel_posterior_figure(post, other.classes, other.palette)
+    assert "predicted class" in fig.layout.xaxis.title.text
+    # the overlay's hover layer names the same class at that pixel
+    hover = component_overlay_figure(other, 1, hover_stride=1).data[2 * N + 1]
+    assert np.asarray(hover.text)[5, 2] == other.classes[post["class_index"]]
+    assert "predicted class" in hover.hovertemplate and "Bayes p(class | x)" in hover.hovertemplate
+
+
+def test_hover_posterior_is_sliced_before_the_softmax(preds):
+    from gmmseg_lab.viz.components import class_posterior
+
+    rows, cols = np.array([1, 5]), np.array([0, 3, 7])
+    full = class_posterior(preds, 0)
+    np.testing.assert_allclose(class_posterior(preds, 0, rows, cols), full[:, rows][:, :, cols], rtol=1e-12)
+
+
+def test_live_overlay_encodes_only_the_shown_overlay(preds, monkeypatch):
+    import gmmseg_lab.viz.components as components
+
+    encoded = []
+    encode = components.png_data_uri
+    monkeypatch.setattr(components, "png_data_uri", lambda image: encoded.append(image.shape) or encode(image))
+    live = component_overlay_figure(preds, 1, 2, image_indices=[1], menus=False)
+    assert encoded == [(H, W, 4), (H, W, 3)]  # the class-2 overlay and the photo, nothing else
+    np.testing.assert_array_equal(decode_png_data_uri(live.data[1].source), component_colours(preds, 1, class_index=2))
+    encoded.clear()
+    component_overlay_figure(preds, 1, 2)  # static: every image x (all classes + each class) for the menus
+    assert len(encoded) == N * (C + 1) + N

@@ -134,3 +134,13 @@ def test_tsne_widget_recolours_and_recomputes(preds):
     box.controls["perplexity"].value = 4
     assert "perplexity 4" in box.figure.layout.title.text
     assert not np.allclose(box.figure.data[-1].x, first.data[-1].x)  # a new t-SNE run moved the means
+
+
+def test_sample_names_the_bayes_class_and_hover_says_so(preds, sample, tsne):
+    x, info = sample
+    assert "pred" not in info  # not preds.pred: the mixture's own class on the embedding grid
+    log_pdf = np.stack([norm.logpdf(x[:, None, :], preds.means[c], preds.stds[c]).sum(-1) for c in range(C)], 1)
+    log_lik = np.log(np.exp(log_pdf + preds.log_weights[None]).sum(-1))  # [n, C] log p(x|c)
+    np.testing.assert_array_equal(info["bayes_class"], log_lik.argmax(1))
+    fig = tsne_figure(tsne[0], info, tsne[1], preds.classes, preds.palette)
+    assert "Bayes class" in fig.data[0].hovertemplate and "predicted" not in fig.data[0].hovertemplate

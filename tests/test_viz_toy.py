@@ -5,15 +5,13 @@ import pytest
 import torch
 
 from gmmseg_lab.gmm import fit_gmm
-from gmmseg_lab.toy import fit_toy_classifier, make_toy_data
+from gmmseg_lab.toy import fit_softmax_classifier, fit_toy_classifier, gmm_open_set_confidence, make_toy_data
 from gmmseg_lab.viz.toy import (
     TOY_PALETTE,
     decision_regions_figure,
     density_contours_figure,
     ellipse_xy,
     fit_iterations,
-    fit_softmax_classifier,
-    gmm_open_set_confidence,
     grid_points,
     iterations_figure,
     snapshot_figure,

@@ -7,8 +7,9 @@ import pytest
 
 from gmmseg_lab.analysis import Predictions
 from gmmseg_lab.viz.style import colourise
+from gmmseg_lab.viz.common import decode_png_data_uri
 from gmmseg_lab.viz.training import (
-    decode_png_data_uri, learning_curves_figure, metrics_table, per_class_iou_figure, pixel_accuracy,
+    learning_curves_figure, metrics_table, per_class_iou_figure, pixel_accuracy,
     predictions_figure, predictions_widget, seed_band, style_metrics_table,
 )
 
@@ -178,3 +179,33 @@ def test_predictions_widget_slider_and_toggles():
     assert sum(t.type == "image" for t in box.figure.data) == 3
     box.controls["model:GMMSeg"].value = False
     assert sum(t.type == "image" for t in box.figure.data) == 2 and "no model" in box.figure.layout.title.text
+
+
+def test_band_hover_names_the_band_kind():
+    runs = [curves([3.0, 2.0, 1.0]), curves([5.0, 2.0, 3.0])]
+    minmax = learning_curves_figure({"GMMSeg": runs}).data[1].hovertemplate
+    std = learning_curves_figure({"GMMSeg": runs}, band="std").data[1].hovertemplate
+    assert "min – max" in minmax and "± sample std" not in minmax
+    assert "mean ± sample std" in std and "min – max" not in std
+
+
+def test_a_model_keeps_its_colour_across_notebooks():
+    from gmmseg_lab.viz.ablation import ablation_bars_figure
+    from gmmseg_lab.viz.anomaly import curves_figure
+    from gmmseg_lab.viz.calibration import reliability_figure
+    from gmmseg_lab.viz.style import model_colours
+
+    expected = model_colours(["gmm", "softmax"])["softmax"]
+    lines = learning_curves_figure({"gmm": [curves([1, 2, 3])], "softmax": [curves([1, 2, 3])]}).data
+    assert lines[3].line.color == expected  # 01: learning curves (band, line per model)
+    bars = per_class_iou_figure({"gmm": {"per_class_iou": {"road": 0.5}}, "softmax": {"per_class_iou": {"road": 0.4}}})
+    assert bars.data[1].marker.color == expected
+    bins = {"lower": [0.0, 0.5], "upper": [0.5, 1.0], "count": [1, 1], "confidence": [0.4, 0.9], "accuracy": [0.5, 1.0]}
+    reliability = reliability_figure({"gmm": [bins], "softmax": [bins]})  # 04
+    assert [t.line.color for t in reliability.data if t.meta and t.meta.get("role") == "curve"][1] == expected
+    curve = {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1], "precision": [1, 0.6, 0.5], "recall": [0, 0.9, 1]}
+    roc = [t for t in curves_figure({"gmm": [curve], "softmax": [curve]}).data if t.meta and t.meta.get("panel") == "roc"]
+    assert roc[1].line.color == expected  # 06
+    results = {"gmm": [{"miou": 0.5}], "softmax": [{"miou": 0.4}]}
+    ablation = ablation_bars_figure(results, metrics=("mIoU",), reference="gmm")
+    assert [t for t in ablation.data if t.type == "bar"][1].marker.color == expected  # 05

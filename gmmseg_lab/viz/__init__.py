@@ -6,9 +6,11 @@ own sliders and menus (no kernel); every ``*_widget`` builder returns an ipywidg
 ``.figure``) whose callbacks redraw from the same functions, live in JupyterLab.
 
 Modules: :mod:`.toy` (notebook 00), :mod:`.training` (01), :mod:`.components` (02), :mod:`.embedding`
-(03), :mod:`.calibration` (04), :mod:`.ablation` (05), :mod:`.anomaly` (06), :mod:`.style` (colours).
+(03), :mod:`.calibration` (04), :mod:`.ablation` (05), :mod:`.anomaly` (06); shared by them:
+:mod:`.style` (colours, image axes), :mod:`.common` (PNG data URIs, mean ± std over seeds) and
+:mod:`._widgets` (the ipywidgets plumbing).
 """
 
-from .style import blend, class_colours, colourise, component_palette, setup_plotly
+from .style import blend, class_colours, colourise, component_palette, model_colours, setup_plotly
 
-__all__ = ["blend", "class_colours", "colourise", "component_palette", "setup_plotly"]
+__all__ = ["blend", "class_colours", "colourise", "component_palette", "model_colours", "setup_plotly"]

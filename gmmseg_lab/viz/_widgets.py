@@ -31,14 +31,18 @@ def show_figure(output, figure: go.Figure) -> None:
 
 
 def figure_box(controls: Mapping[str, object], render: Callable[[], go.Figure],
-               extra_outputs: Sequence[tuple[str, Callable[[], go.Figure]]] = ()):
+               extra_outputs: Sequence[tuple[str, Callable[[], go.Figure]]] = (),
+               redraw_on: Sequence[str] | None = None):
     """An ``ipywidgets.VBox`` of ``controls`` above an ``Output`` showing ``render()``, redrawn on change.
 
     Args:
-        controls: name -> ipywidgets control; any change of a control's ``value`` redraws.
+        controls: name -> ipywidgets control; a change of a control's ``value`` redraws.
         render: returns the main figure (stored as ``box.figure``).
         extra_outputs: ``(attribute, render_fn)`` pairs: further figures redrawn on the same changes,
             shown below the main one and stored as ``box.<attribute>``.
+        redraw_on: names of the controls whose changes redraw (default: all). A control left out
+            has a handler of its own that redraws once, e.g. by changing other controls inside
+            ``box.held()``.
 
     The box has ``controls``, ``figure``, ``output`` (the main ``Output``), ``redraw()`` and
     ``held()``: a context manager deferring redraws while several controls change, then redrawing once.
@@ -72,7 +76,11 @@ def figure_box(controls: Mapping[str, object], render: Callable[[], go.Figure],
 
     box.redraw = redraw
     box.held = held
-    for control in controls.values():
-        control.observe(redraw, names="value")
+    names = list(controls) if redraw_on is None else list(redraw_on)
+    unknown = [name for name in names if name not in controls]
+    if unknown:
+        raise ValueError(f"redraw_on names controls that do not exist: {unknown} (controls: {list(controls)})")
+    for name in names:
+        controls[name].observe(redraw, names="value")
     redraw()
     return box

@@ -19,17 +19,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import FONT
-from .training import MODEL_COLOURS, _panel_note, _widget_box, band_traces, format_mean_std, seed_band
+from ..demo import COLUMNS, metric_value
+from ..stats import format_mean_std, seed_stats
+from ._widgets import figure_box
+from .style import FONT, model_colours, panel_note
+from .training import SCALAR_TITLES, band_traces, seed_band
 
-#: (label, key path in metrics.json, higher is better); "balance" comes from the learning curves.
-METRICS = (
-    ("mIoU", ("miou",), True),
-    ("AUROC", ("anomaly", "auroc"), True),
-    ("AP", ("anomaly", "ap"), True),
-    ("FPR95", ("anomaly", "fpr95"), False),
-    ("ECE", ("ece",), False),
-)
+#: (label, key path in metrics.json, higher is better): the comparison table's columns
+#: (:data:`gmmseg_lab.demo.COLUMNS`); "balance" comes from the learning curves.
+METRICS = COLUMNS
 #: The component balance at the end of training (last logged ``decode.gmm_balance``); no better direction.
 BALANCE = "balance"
 BALANCE_KEY = "decode.gmm_balance"
@@ -38,15 +36,6 @@ CONVERGENCE_KEYS = ("decode.gmm_loglik", "decode.gmm_balance", "decode.gmm_mean_
 
 
 # ----------------------------------------------------------------------------------- numbers
-def _lookup(metrics: Mapping, path: Sequence[str]) -> float:
-    value = metrics
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value or value[key] is None:
-            return float("nan")
-        value = value[key]
-    return float(value)
-
-
 def final_value(runs: Sequence[Mapping], key: str = BALANCE_KEY, kind: str = "train") -> np.ndarray:
     """``[seeds]`` last finite value of ``key`` in each run's learning curves (NaN when never logged)."""
     out = []
@@ -57,25 +46,43 @@ def final_value(runs: Sequence[Mapping], key: str = BALANCE_KEY, kind: str = "tr
     return np.asarray(out, dtype=np.float64)
 
 
-def metric_values(results: Mapping[str, Sequence[Mapping]], metric: str,
-                  curves: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, np.ndarray]:
-    """variant -> ``[seeds]`` values of ``metric`` (one of :data:`METRICS` or ``"balance"``), NaN dropped."""
+def _runs_values(results: Mapping[str, Sequence[Mapping]], metric: str,
+                 curves: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, np.ndarray]:
+    """variant -> ``[N]`` values of ``metric`` over all its runs, NaN where a run lacks it.
+
+    ``N`` is ``len(results[variant])``, or for ``"balance"`` the number of its learning curves.
+    """
     paths = {label: path for label, path, _ in METRICS}
     if metric not in paths and metric != BALANCE:
         raise ValueError(f"metric must be one of {[*paths, BALANCE]}, got {metric!r}")
     out = {}
     for variant, runs in results.items():
         if metric == BALANCE:
-            values = final_value((curves or {}).get(variant, []))
+            out[variant] = final_value((curves or {}).get(variant, []))
         else:
-            values = np.asarray([_lookup(r, paths[metric]) for r in runs], dtype=np.float64)
-        out[variant] = values[np.isfinite(values)]
+            out[variant] = np.asarray([np.nan if (v := metric_value(r, paths[metric])) is None else v for r in runs],
+                                      dtype=np.float64)
     return out
+
+
+def metric_values(results: Mapping[str, Sequence[Mapping]], metric: str,
+                  curves: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, np.ndarray]:
+    """variant -> ``[n]`` values of ``metric`` (one of :data:`METRICS` or ``"balance"``) over its seeds,
+    runs without the metric (NaN, e.g. no anomaly pixels) dropped, so ``n`` can be below the runs."""
+    return {variant: values[np.isfinite(values)] for variant, values in _runs_values(results, metric, curves).items()}
+
+
+def _seeds_text(n: int, total: int) -> str:
+    """``"3 seeds"``, ``"1 seed"``, or ``"2 of 3 seeds"`` when some runs lack the value."""
+    if n < total:
+        return f"{n} of {total} seeds"
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def noise_threshold(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
     """``2 sqrt(std_a²/n_a + std_b²/n_b)``: about two standard errors of a difference of means
-    (NaN when a side has fewer than two seeds: its spread is unknown)."""
+    (NaN when a side has fewer than two seeds: its spread is unknown). ``std_*`` and ``n_*`` are the
+    sample std and count of each side's ``[S]`` values over seeds."""
     if n_a < 2 or n_b < 2:
         return float("nan")
     return 2.0 * math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
@@ -83,6 +90,10 @@ def noise_threshold(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
 
 def compare(values: np.ndarray, reference: np.ndarray) -> dict:
     """Difference of means ``values - reference`` with the noise rule and a Welch t-test.
+
+    Args:
+        values, reference: ``[S]`` and ``[S']`` values of one metric over the seeds of a variant and
+            of the reference variant (NaN-free: :func:`metric_values`).
 
     Returns ``{"delta", "noise", "within_noise", "p_value"}``; ``within_noise`` is ``None`` and
     ``p_value`` NaN when either side has fewer than two seeds (or both have zero spread).
@@ -125,7 +136,8 @@ def ablation_stats(results: Mapping[str, Sequence[Mapping]], curves: Mapping[str
     """Long ``pandas.DataFrame``: one row per (variant, metric).
 
     Columns: ``variant``, ``metric``, ``higher_is_better`` (None for balance), ``mean``, ``std``
-    (sample std, NaN for one seed), ``n``, ``values``, ``delta`` (mean minus the reference's),
+    (sample std, NaN for one seed), ``n`` (seeds with the metric), ``runs`` (seeds in ``results``,
+    or learning curves for balance), ``values``, ``delta`` (mean minus the reference's),
     ``noise`` (:func:`noise_threshold`), ``within_noise`` and ``p_value`` (Welch's t-test); the
     reference's own rows have ``delta = 0`` and no test. ``balance`` rows appear when ``curves`` is given.
     """
@@ -135,17 +147,26 @@ def ablation_stats(results: Mapping[str, Sequence[Mapping]], curves: Mapping[str
     metrics = [(label, up) for label, _, up in METRICS] + ([(BALANCE, None)] if curves else [])
     rows = []
     for metric, up in metrics:
-        by_variant = metric_values(results, metric, curves)
+        all_runs = _runs_values(results, metric, curves)
+        by_variant = {variant: values[np.isfinite(values)] for variant, values in all_runs.items()}
         ref = by_variant[reference]
         for variant, values in by_variant.items():
             test = compare(values, ref) if variant != reference else dict(
                 delta=0.0 if len(values) else float("nan"), noise=float("nan"), within_noise=None,
                 p_value=float("nan"))
-            rows.append(dict(variant=variant, metric=metric, higher_is_better=up,
-                             mean=float(values.mean()) if len(values) else float("nan"),
-                             std=float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                             n=len(values), values=values.tolist(), **test))
+            stat = seed_stats(values)
+            rows.append(dict(variant=variant, metric=metric, higher_is_better=up, mean=stat["mean"],
+                             std=stat["std"] if stat["n"] > 1 else float("nan"), n=stat["n"],
+                             runs=len(all_runs[variant]),
+                             values=values.tolist(), **test))
     return pd.DataFrame(rows)
+
+
+def _mean_std_cell(row, digits: int) -> str:
+    text = format_mean_std({"mean": row["mean"], "std": row["std"], "n": int(row["n"])}, digits)
+    if 0 < row["n"] < row["runs"]:
+        text += f" ({_seeds_text(int(row['n']), int(row['runs']))})"
+    return text
 
 
 def _delta_text(row, digits: int, reference: str) -> str:
@@ -168,8 +189,10 @@ def ablation_table(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str
     The Δ cell reads e.g. ``"+0.012 (p = 0.03; beyond noise)"``: *within noise* when
     ``|Δ| < 2 sqrt(sd1²/n1 + sd2²/n2)`` (:func:`noise_threshold`), with Welch's t-test p-value.
     Columns are a two-level index ``(metric, "mean ± std" | "Δ vs <reference>")``; metrics are
-    mIoU, AUROC, AP, FPR95, ECE and, with ``curves``, the final component balance (``metrics``
-    keeps a subset, e.g. ``("mIoU", "AUROC")``, for a narrower table).
+    mIoU, ECE, AUROC, AP, FPR95 (:data:`METRICS`) and, with ``curves``, the final component balance
+    (``metrics`` keeps a subset, e.g. ``("mIoU", "AUROC")``, for a narrower table). The ``seeds``
+    column counts each variant's runs; a "mean ± std" over fewer of them (a metric some runs lack)
+    says so, e.g. ``"0.612 ± 0.004 (2 of 3 seeds)"``.
     """
     import pandas as pd
 
@@ -188,8 +211,7 @@ def ablation_table(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str
         up = group["higher_is_better"].iloc[0]
         name = f"{metric} {'↑' if up else '↓'}" if up is not None else "final balance"
         group = group.set_index("variant")
-        table[(name, "mean ± std")] = [
-            format_mean_std(group.at[v, "mean"], group.at[v, "std"], group.at[v, "n"], digits) for v in results]
+        table[(name, "mean ± std")] = [_mean_std_cell(group.loc[v], digits) for v in results]
         table[(name, delta_header)] = [_delta_text(group.loc[v].to_dict() | {"variant": v}, digits, reference)
                                        for v in results]
     table.columns = pd.MultiIndex.from_tuples(table.columns)
@@ -197,10 +219,6 @@ def ablation_table(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str
 
 
 # ----------------------------------------------------------------------------------- figures
-def _variant_colours(variants: Sequence[str]) -> dict[str, str]:
-    return {v: MODEL_COLOURS[k % len(MODEL_COLOURS)] for k, v in enumerate(variants)}
-
-
 def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str, str] | None = None,
                          metrics: Sequence[str] = ("mIoU", "AUROC"), reference: str = "default",
                          curves: Mapping[str, Sequence[Mapping]] | None = None,
@@ -209,7 +227,9 @@ def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mappi
     black dot, and the reference variant's mean as a dashed line.
 
     The value axis is zoomed to the data (differences between variants are small next to the
-    values): read the whiskers and dots, not the bar lengths.
+    values): read the whiskers and dots, not the bar lengths. Runs without the metric (NaN) have no
+    dot; the tick then reads e.g. "2 of 3 seeds", and a dot's hover names its run by position in
+    the variant's list of ``results`` (the figure does not know the seed values).
     """
     _check_results(results, None)
     variants = list(results) if variants is None else list(variants)
@@ -219,51 +239,54 @@ def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mappi
     if not metrics:
         raise ValueError("metrics is empty")
     labels = labels or {}
-    colours = _variant_colours(list(results))
+    colours = model_colours(list(results))
     fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.1,
                         subplot_titles=[f"{m} {'↑' if up else '↓'}" if (up := _direction(m)) is not None
                                         else "final component balance" for m in metrics])
     for col, metric in enumerate(metrics, start=1):
-        by_variant = metric_values(results, metric, curves)
-        ref = by_variant.get(reference, np.zeros(0))
+        all_runs = _runs_values(results, metric, curves)
+        ref = seed_stats(all_runs.get(reference, []))
         low, high = np.inf, -np.inf
         for position, variant in enumerate(variants):
-            values = by_variant[variant]
-            mean = float(values.mean()) if len(values) else float("nan")
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            test = compare(values, ref) if variant != reference and len(ref) else None
-            delta = ("" if test is None or not np.isfinite(test["delta"])
-                     else f"<br>Δ vs {reference} {test['delta']:+.4f}")
-            fig.add_bar(x=[position], y=[mean], error_y=dict(type="data", array=[std], visible=len(values) > 1,
+            runs = all_runs[variant]
+            kept = np.flatnonzero(np.isfinite(runs))  # positions of the runs with the metric
+            values = runs[kept]
+            stat = seed_stats(values)
+            mean, std, n = stat["mean"], stat["std"] if stat["n"] else 0.0, stat["n"]
+            delta = (f"<br>Δ vs {reference} {mean - ref['mean']:+.4f}"
+                     if variant != reference and n and ref["n"] else "")
+            fig.add_bar(x=[position], y=[mean], error_y=dict(type="data", array=[std], visible=n > 1,
                                                             thickness=1.5, width=8, color="#333"),
                         marker=dict(color=colours[variant], opacity=0.75), width=0.6,
                         name=f"{variant}: {labels.get(variant, variant)}", legendgroup=variant, showlegend=col == 1,
                         hovertemplate=(f"<b>{variant}</b> ({labels.get(variant, '')})"
                                        f"<br>{metric} {mean:.4f} ± {std:.4f}"
-                                       f"<br>seeds {len(values)}{delta}<extra></extra>"), row=1, col=col)
-            if len(values):
-                offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+                                       f"<br>{_seeds_text(n, len(runs))}{delta}<extra></extra>"), row=1, col=col)
+            if n:
+                offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(1)
                 fig.add_scatter(x=position + offsets, y=values, mode="markers", showlegend=False,
                                 legendgroup=variant, marker=dict(color="black", size=7, symbol="circle-open",
                                                                  line=dict(width=1.5)),
-                                customdata=np.arange(len(values)),
-                                hovertemplate=f"{variant}, seed #%{{customdata}}: %{{y:.4f}}<extra></extra>",
+                                customdata=kept + 1,
+                                hovertemplate=(f"{variant}, run %{{customdata}} of {len(runs)}: "
+                                               "%{y:.4f}<extra></extra>"),
                                 row=1, col=col)
                 low = min(low, values.min(), mean - std)
                 high = max(high, values.max(), mean + std)
-        if len(ref):
-            fig.add_hline(y=float(ref.mean()), line=dict(color="#555", dash="dash", width=1.2), row=1, col=col,
+        if ref["n"]:
+            fig.add_hline(y=ref["mean"], line=dict(color="#555", dash="dash", width=1.2), row=1, col=col,
                           annotation_text=f"{reference} mean", annotation_position="top left",
                           annotation_font=dict(size=FONT["size"] - 2, color="#555"))
         if np.isfinite(low):
             pad = max(0.15 * (high - low), 0.01 * max(abs(high), 1e-3))
             fig.update_yaxes(range=[low - pad, high + 1.5 * pad], row=1, col=col)
         else:
-            _panel_note(fig, 1, col, f"no {metric} values")
+            panel_note(fig, 1, col, f"no {metric} values")
         fig.update_yaxes(title_text=f"{metric} (axis zoomed)", row=1, col=col)
+        counts = {v: _seeds_text(int(np.isfinite(all_runs[v]).sum()), len(all_runs[v])) for v in variants}
         fig.update_xaxes(title_text="variant", tickmode="array", tickvals=list(range(len(variants))),
-                         ticktext=[f"{v}<br>({len(by_variant[v])} seed{'s' if len(by_variant[v]) != 1 else ''})"
-                                   for v in variants], range=[-0.6, len(variants) - 0.4], row=1, col=col)
+                         ticktext=[f"{v}<br>({counts[v]})" for v in variants], range=[-0.6, len(variants) - 0.4],
+                         row=1, col=col)
     fig.update_layout(title=dict(text="Ablation: mean over seeds (bar), sample std (whisker), seeds (circles)", x=0.01),
                       font=FONT, template="plotly_white", height=520, barmode="overlay",
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0.0, title=dict(text="variant: ")),
@@ -292,9 +315,7 @@ def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[s
     if unknown:
         raise ValueError(f"variants not in curves: {unknown}")
     labels = labels or {}
-    colours = _variant_colours(list(curves))
-    from .training import SCALAR_TITLES
-
+    colours = model_colours(list(curves))
     fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.07,
                         subplot_titles=[SCALAR_TITLES.get(k, k) for k in keys])
     shown: set[str] = set()
@@ -307,12 +328,12 @@ def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[s
                 continue
             name = f"{variant}: {labels.get(variant, variant)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             for trace in band_traces(stats, name, colours[variant], show_legend=name not in shown,
-                                     legend_group=variant, hover_name=f"{variant} — {key}"):
+                                     legend_group=variant, hover_name=f"{variant} — {key}", kind=band):
                 fig.add_trace(trace, row=row, col=1)
             shown.add(name)
             drawn = True
         if not drawn:
-            _panel_note(fig, row, 1, f"'{key}' was not logged by these runs")
+            panel_note(fig, row, 1, f"'{key}' was not logged by these runs")
         fig.update_yaxes(title_text=key.replace("decode.", ""), row=row, col=1)
     fig.update_xaxes(title_text="iteration", row=len(keys), col=1)
     fig.update_layout(
@@ -349,7 +370,7 @@ def memory_figure(bytes_by_variant: Mapping[str, float | Sequence[float]], label
         if not len(values) or (values <= 0).any() or not np.isfinite(values).all():
             raise ValueError(f"bytes_by_variant[{v!r}] must be positive byte counts, got {bytes_by_variant[v]!r}")
         sizes.append(float(values.mean()))
-    colours = _variant_colours(variants)
+    colours = model_colours(variants)
     fig = go.Figure(go.Bar(
         y=[f"{v}" for v in variants], x=sizes, orientation="h", marker_color=[colours[v] for v in variants],
         text=[format_bytes(s) for s in sizes], textposition="outside", cliponaxis=False,
@@ -388,4 +409,4 @@ def ablation_widget(results: Mapping[str, Sequence[Mapping]], labels: Mapping[st
         return ablation_bars_figure(results, labels, metrics=(controls["metric"].value,), reference=reference,
                                     curves=curves, variants=chosen)
 
-    return _widget_box(controls, render)
+    return figure_box(controls, render)

@@ -7,14 +7,13 @@ metrics of :class:`gmmseg_lab.eval.metrics.AnomalyScores` (``curves()`` and ``co
 per seed. A pixel is flagged anomalous when its score is ``>=`` the threshold, the convention of
 ``AnomalyScores.curves``.
 
-Images travel inside the figures as PNG data URIs (``go.Image(source=...)``): a slider step then
-carries a few kilobytes per image instead of a list of every pixel value.
+Images travel inside the figures as PNG data URIs (``go.Image(source=...)``,
+:func:`~gmmseg_lab.viz.common.png_data_uri`): a slider step then carries a few kilobytes per image
+instead of a list of every pixel value.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -22,12 +21,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .calibration import figure_box, format_mean_std, mean_and_std, model_colours
-from .style import ANOMALY_COLOUR, FONT, SCORE_COLORSCALE, blend, hex_colour
+from ._widgets import figure_box
+from ..stats import seed_stats
+from .common import format_percent, png_data_uri
+from .style import ANOMALY_COLOUR, FONT, SCORE_COLORSCALE, blend, hex_colour, image_axes, model_colours
 
 __all__ = [
-    "anomaly_table", "anomaly_widget", "curves_figure", "data_uri_to_array", "flag_rates", "flagged_overlay",
-    "mask_outline", "png_data_uri", "quantile_thresholds", "score_overlay_figure", "threshold_figure",
+    "anomaly_table", "anomaly_widget", "curves_figure", "flag_rates", "flagged_overlay", "mask_outline",
+    "quantile_thresholds", "score_overlay_figure", "threshold_figure",
 ]
 
 VOID = 255
@@ -86,25 +87,6 @@ def _check_stack(images, scores, masks) -> tuple[np.ndarray, np.ndarray, np.ndar
     return images, np.stack(out_scores), np.stack(out_masks)
 
 
-def png_data_uri(image: np.ndarray) -> str:
-    """``[H, W, 3]`` uint8 -> ``"data:image/png;base64,..."`` (lossless), for ``go.Image(source=...)``."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(_check_image(image)).save(buffer, format="PNG", optimize=False, compress_level=6)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def data_uri_to_array(uri: str) -> np.ndarray:
-    """Inverse of :func:`png_data_uri`: ``[H, W, 3]`` uint8."""
-    from PIL import Image
-
-    prefix = "data:image/png;base64,"
-    if not uri.startswith(prefix):
-        raise ValueError(f"uri must start with {prefix!r}, got {uri[:40]!r}")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri[len(prefix):]))).convert("RGB"))
-
-
 def _stride(shape: tuple[int, int], max_side: int) -> int:
     """Subsampling step so that no side exceeds ``max_side`` (keeps pages of large images small)."""
     if not isinstance(max_side, int) or max_side < 8:
@@ -113,7 +95,8 @@ def _stride(shape: tuple[int, int], max_side: int) -> int:
 
 
 def mask_outline(mask: np.ndarray, value: int = 1) -> tuple[list, list]:
-    """Outline of the pixels equal to ``value``, in pixel coordinates (x = column, y = row).
+    """Outline of the pixels of ``mask`` (``[H, W]`` ints) equal to ``value``, in pixel coordinates
+    (x = column, y = row).
 
     Returns:
         ``(x, y)`` lists of closed polylines separated by ``None`` (empty when no pixel matches),
@@ -163,11 +146,8 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
-def quantile_thresholds(scores, masks, num: int = 21, low: float = 0.5, high: float = 0.999) -> np.ndarray:
-    """``num`` thresholds at evenly spaced quantiles in ``[low, high]`` of the scored pixels' scores.
-
-    Ties can make quantiles coincide: the result is sorted and unique, so it may be shorter.
-    """
+def _quantile_levels(scores, masks, num: int, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """``([num] quantile levels, [num] scores at them)`` over the scored (non-void) pixels."""
     scores, masks = np.asarray(scores), np.asarray(masks)
     if scores.shape != masks.shape:
         raise ValueError(f"masks must have the shape of scores {scores.shape}, got {masks.shape}")
@@ -176,7 +156,19 @@ def quantile_thresholds(scores, masks, num: int = 21, low: float = 0.5, high: fl
     scored = scores[masks != VOID]
     if scored.size == 0:
         raise ValueError("masks must leave at least one scored (non-void) pixel")
-    return np.unique(np.quantile(scored.astype(np.float64), np.linspace(low, high, num)))
+    levels = np.linspace(low, high, num)
+    return levels, np.quantile(scored.astype(np.float64), levels)
+
+
+def quantile_thresholds(scores, masks, num: int = 21, low: float = 0.5, high: float = 0.999) -> np.ndarray:
+    """``num`` thresholds at evenly spaced quantiles in ``[low, high]`` of the scored pixels' scores.
+
+    Args:
+        scores, masks: ``[..., H, W]`` arrays of the same shape (void = 255 pixels are left out).
+
+    Ties can make quantiles coincide: the result is sorted and unique, so it may be shorter.
+    """
+    return np.unique(_quantile_levels(scores, masks, num, low, high)[1])
 
 
 def _outline_traces(mask: np.ndarray, show_legend: bool) -> list[go.Scatter]:
@@ -191,22 +183,12 @@ def _outline_traces(mask: np.ndarray, show_legend: bool) -> list[go.Scatter]:
 
 
 def flagged_overlay(image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
-    """``image`` with the flagged pixels (``score >= threshold``, not void) tinted in :data:`ANOMALY_COLOUR`."""
+    """``image`` (``[H, W, 3]`` uint8) with the flagged pixels (``score >= threshold`` and ``mask != 255``;
+    ``score`` and ``mask`` are ``[H, W]``) tinted in :data:`ANOMALY_COLOUR`; returns ``[H, W, 3]`` uint8."""
     flagged = (score >= threshold) & (mask != VOID)
     overlay = np.empty_like(image)
     overlay[...] = np.asarray(ANOMALY_COLOUR, dtype=np.uint8)
     return blend(image, overlay, FLAG_OPACITY, flagged)
-
-
-def _image_axes(fig, row: int, col: int, shape: tuple[int, int], axis_index: int) -> None:
-    """Pixel axes, y downwards, square pixels; only the first panel names its y axis (room for the rest)."""
-    h, w = shape
-    anchor = "x" if axis_index == 1 else f"x{axis_index}"
-    fig.update_xaxes(range=[-0.5, w - 0.5], showgrid=False, zeroline=False, title_text="x (pixels)",
-                     constrain="domain", row=row, col=col)
-    fig.update_yaxes(range=[h - 0.5, -0.5], showgrid=False, zeroline=False,
-                     title_text="y (pixels)" if col == 1 else None, scaleanchor=anchor, constrain="domain",
-                     row=row, col=col)
 
 
 def _image_trace(image: np.ndarray, step: int, name: str) -> go.Image:
@@ -278,8 +260,7 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"flagged (score ≥ {threshold:.4g})",
                                  marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR))),
                       row=1, col=3)
-    for col in range(1, len(panels) + 1):
-        _image_axes(fig, 1, col, image.shape[:2], col)
+    image_axes(fig, len(panels), shape=image.shape[:2])
     width = 380 * len(panels) + 160
     fig.update_layout(
         title=dict(text=title or "Anomaly score (higher = more anomalous); void pixels are not scored",
@@ -290,12 +271,16 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
     return fig
 
 
+#: ``np.trapezoid`` (numpy >= 2.0) or its older name ``np.trapz`` (numpy 1.x; removed in 2.x).
+_trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")
+
+
 def _curve_metrics(curves: Mapping[str, np.ndarray]) -> dict[str, float]:
     """AUROC, AP and FPR95 from the curve points (exact when no point was dropped by ``max_points``)."""
     fpr, tpr = np.asarray(curves["fpr"], np.float64), np.asarray(curves["tpr"], np.float64)
     precision, recall = np.asarray(curves["precision"], np.float64), np.asarray(curves["recall"], np.float64)
     above = np.nonzero(tpr >= 0.95)[0]
-    return {"auroc": float(np.trapezoid(tpr, fpr)),
+    return {"auroc": float(_trapezoid(tpr, fpr)),
             "ap": float(np.sum(np.diff(recall) * precision[1:])),
             "fpr95": float(fpr[above[0]]) if above.size else None}
 
@@ -317,6 +302,19 @@ def _check_curves(curves: Mapping, name: str) -> dict[str, np.ndarray]:
 
 def _metric_values(runs: Sequence[Mapping], key: str) -> list[float | None]:
     return [run.get(key) for run in runs]
+
+
+_ANOMALY_KEYS = ("auroc", "ap", "fpr95")
+
+
+def _check_anomaly_metrics(runs: Sequence[Mapping], name: str) -> None:
+    """Each of ``runs`` (one dict per seed) must have auroc, ap and fpr95 (``AnomalyScores.compute()``)."""
+    for i, m in enumerate(runs):
+        missing = [k for k in _ANOMALY_KEYS if k not in m]
+        if missing:
+            hint = " (pass metrics['anomaly'], not the whole metrics.json)" if "anomaly" in m else ""
+            raise ValueError(f"{name}[{i}] must have auroc, ap and fpr95 (AnomalyScores.compute() or "
+                             f"metrics.json['anomaly']), missing {missing}{hint}")
 
 
 def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
@@ -356,17 +354,13 @@ def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
             if len(metrics) != len(runs):
                 raise ValueError(f"metrics_by_model[{label!r}] must have one dict per seed like "
                                  f"curves_by_model[{label!r}] ({len(runs)}), got {len(metrics)}")
-            for i, m in enumerate(metrics):
-                missing = [k for k in ("auroc", "ap", "fpr95") if k not in m]
-                if missing:
-                    raise ValueError(f"metrics_by_model[{label!r}][{i}] must have auroc, ap and fpr95 "
-                                     f"(AnomalyScores.compute() or metrics.json['anomaly']), missing {missing}")
+            _check_anomaly_metrics(metrics, f"metrics_by_model[{label!r}]")
         else:
             metrics = [_curve_metrics(c) for c in checked]
         seeds = len(runs)
-        name = (f"{label}: AUROC {format_mean_std(_metric_values(metrics, 'auroc'))} %, "
-                f"AP {format_mean_std(_metric_values(metrics, 'ap'))} %, "
-                f"FPR95 {format_mean_std(_metric_values(metrics, 'fpr95'))} % "
+        name = (f"{label}: AUROC {format_percent(_metric_values(metrics, 'auroc'))} %, "
+                f"AP {format_percent(_metric_values(metrics, 'ap'))} %, "
+                f"FPR95 {format_percent(_metric_values(metrics, 'fpr95'))} % "
                 f"({seeds} seed{'s' if seeds > 1 else ''})")
         colour = colours[label]
         for i, (curve, metric) in enumerate(zip(checked, metrics)):
@@ -376,7 +370,9 @@ def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
                 hovertemplate=f"<b>{label}</b> seed {i}<br>FPR %{{x:.4f}}<br>TPR %{{y:.4f}}<extra></extra>",
                 **common), row=1, col=1)
             fig.add_trace(go.Scatter(
-                x=curve["recall"], y=curve["precision"], showlegend=False, line_shape="hv",
+                # "vh": AP = sum_k (R_k - R_{k-1}) P_k gives P_k to (R_{k-1}, R_k] (recall increases
+                # along the points), so the area under the drawn steps is the AP.
+                x=curve["recall"], y=curve["precision"], showlegend=False, line_shape="vh",
                 meta={"model": label, "seed": i, "panel": "pr"},
                 hovertemplate=f"<b>{label}</b> seed {i}<br>recall %{{x:.4f}}<br>precision %{{y:.4f}}<extra></extra>",
                 **common), row=1, col=2)
@@ -459,7 +455,7 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
         image_traces.append(len(fig.data) - 1)
         for trace in _outline_traces(masks[i], show_legend=i == 0):
             fig.add_trace(trace, row=1, col=i + 1)
-        _image_axes(fig, 1, i + 1, images.shape[1:3], i + 1)
+    image_axes(fig, n, shape=images.shape[1:3])
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="flagged pixels (score ≥ threshold)",
                              marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR))), row=1, col=1)
     steps = []
@@ -484,18 +480,14 @@ def _anomaly_rows(metrics_by_model: Mapping[str, Sequence[Mapping]]) -> list[dic
     for label, runs in metrics_by_model.items():
         if isinstance(runs, Mapping) or not runs:
             raise ValueError(f"metrics_by_model[{label!r}] must be a non-empty list of dicts (one per seed)")
-        for i, m in enumerate(runs):
-            missing = [k for k in ("auroc", "ap", "fpr95") if k not in m]
-            if missing:
-                hint = " (pass metrics['anomaly'], not the whole metrics.json)" if "anomaly" in m else ""
-                raise ValueError(f"metrics_by_model[{label!r}][{i}] must have auroc, ap and fpr95, "
-                                 f"missing {missing}{hint}")
+        _check_anomaly_metrics(runs, f"metrics_by_model[{label!r}]")
         row = {"model": label}
         for key, column in (("auroc", "AUROC (%)"), ("ap", "AP (%)"), ("fpr95", "FPR95 (%)")):
-            row[column] = format_mean_std(_metric_values(runs, key))
+            row[column] = format_percent(_metric_values(runs, key))
         row["seeds"] = len(runs)
-        for key in ("auroc", "ap", "fpr95"):
-            row[f"{key}_mean"], row[f"{key}_std"], _ = mean_and_std(_metric_values(runs, key))
+        for key in _ANOMALY_KEYS:
+            stat = seed_stats(_metric_values(runs, key))
+            row[f"{key}_mean"], row[f"{key}_std"] = stat["mean"], stat["std"]
         rows.append(row)
     return rows
 
@@ -517,9 +509,9 @@ def anomaly_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
 
 
 def _threshold_options(scores: np.ndarray, masks: np.ndarray, num: int) -> list[tuple[str, float]]:
-    quantiles = np.linspace(0.5, 0.999, num)
-    scored = scores[masks != VOID].astype(np.float64)
-    values = np.quantile(scored, quantiles)
+    """The thresholds of :func:`quantile_thresholds` (quantiles 0.5..0.999), each labelled with the
+    share of pixels it flags."""
+    quantiles, values = _quantile_levels(scores, masks, num, 0.5, 0.999)
     options, seen = [], set()
     for q, t in zip(quantiles, values):
         if float(t) in seen:
@@ -578,16 +570,21 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
             slider.value = middle(change["new"])
 
     controls["model"].observe(on_model, names="value")
+    # One colour range per model, over all its images (images of one model compare directly),
+    # computed once per model rather than per redraw.
+    score_ranges: dict[str, tuple[float, float]] = {}
 
     def render() -> go.Figure:
         label, i = controls["model"].value, controls["image"].value
         threshold = controls["threshold"].value
         scores = checked[label]
-        # One colour range per model, over all its images: images of one model compare directly.
-        score_range = tuple(np.percentile(scores[masks != VOID], [1, 99]).tolist())
+        if label not in score_ranges:
+            score_ranges[label] = tuple(np.percentile(scores[masks != VOID], [1, 99]).tolist())
         title = f"{label}, image {i}: anomaly score and pixels flagged at score ≥ {threshold:.4g}"
         return score_overlay_figure(images[i], scores[i], masks[i], threshold=threshold, max_side=max_side,
-                                    score_range=score_range, title=title)
+                                    score_range=score_ranges[label], title=title)
 
-    box = figure_box(controls, render)
+    # The model's own handler (on_model) redraws once after the thresholds follow; observing the
+    # model here as well would redraw a second time.
+    box = figure_box(controls, render, redraw_on=("image", "threshold"))
     return box

@@ -8,76 +8,33 @@ one per seed; several seeds are summarised by their mean ± sample standard devi
 
 ECE and MCE are recomputed from the bins (``ece = sum_b count_b / N |acc_b - conf_b|``, ``mce`` the
 largest gap over non-empty bins), the evaluator's own definitions, so a figure needs nothing else.
-
-The module also holds the small helpers that the anomaly views share: :func:`model_colours`,
-:func:`mean_and_std`, :func:`format_mean_std` and :func:`figure_box` (the ipywidgets plumbing).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
-from ._widgets import figure_box, mime_bundle  # noqa: F401  (re-exported: used by toy and anomaly)
-
-from .style import FONT
+from ._widgets import figure_box
+from ..stats import seed_stats
+from .common import format_percent
+from .style import FONT, model_colours, model_symbols, rgba
 
 __all__ = [
-    "OKABE_ITO", "PROBABILITIES", "aggregate_bins", "bins_by_model", "calibration_bins_from_metrics",
-    "calibration_errors", "calibration_table", "calibration_widget", "check_bins", "confidence_histogram_figure",
-    "figure_box", "format_mean_std", "mean_and_std", "mime_bundle", "model_colours", "model_symbols",
-    "reliability_figure",
+    "PROBABILITIES", "aggregate_bins", "bins_by_model", "calibration_bins_from_metrics", "calibration_errors",
+    "calibration_table", "calibration_widget", "check_bins", "confidence_histogram_figure", "reliability_figure",
 ]
 
-#: Okabe-Ito colours (distinguishable with the common colour-vision deficiencies); yellow comes
-#: late because it is hard to see on white, black last.
-OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-#: A marker shape per model as well as a colour, so series stay apart in grey-scale prints too.
-MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "x", "star", "hexagon")
 #: The probabilities whose calibration the evaluator measures: the class logits' softmax
 #: (``calibration_bins``) and, for GMM heads, Bayes' posterior (``bayes_posterior_calibration``).
 PROBABILITIES = ("class logits", "Bayes posterior")
 _BIN_KEYS = ("lower", "upper", "count", "confidence", "accuracy")
-
-
-# --------------------------------------------------------------------------------------------------
-# Helpers shared with the anomaly views.
-
-
-def model_colours(labels: Sequence[str]) -> dict[str, str]:
-    """One Okabe-Ito colour per model label, in order (cycling after 8 models)."""
-    return {label: OKABE_ITO[i % len(OKABE_ITO)] for i, label in enumerate(labels)}
-
-
-def model_symbols(labels: Sequence[str]) -> dict[str, str]:
-    """One plotly marker symbol per model label, in order (cycling after 8 models)."""
-    return {label: MODEL_SYMBOLS[i % len(MODEL_SYMBOLS)] for i, label in enumerate(labels)}
-
-
-def mean_and_std(values: Sequence[float | None]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (ddof=1; 0 for a single value) and count of the non-None values.
-
-    Returns ``(nan, nan, 0)`` when every value is ``None`` (e.g. a metric undefined for every seed).
-    """
-    kept = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if kept.size == 0:
-        return math.nan, math.nan, 0
-    std = float(kept.std(ddof=1)) if kept.size > 1 else 0.0
-    return float(kept.mean()), std, int(kept.size)
-
-
-def format_mean_std(values: Sequence[float | None], scale: float = 100.0, digits: int = 2) -> str:
-    """``"mean ± std"`` of ``values * scale`` (just the mean for one value, ``"n/a"`` for none)."""
-    mean, std, n = mean_and_std(values)
-    if n == 0:
-        return "n/a"
-    if n == 1:
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+#: Default titles per probability (what "confidence" means in the figure).
+_RELIABILITY_TITLES = {"class logits": "Reliability diagram: confidence = max softmax of the class logits",
+                       "Bayes posterior": "Reliability diagram: confidence = max of Bayes' posterior p(c|x)"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +83,8 @@ def check_bins(bins: Mapping, name: str = "bins") -> dict[str, np.ndarray]:
 
 
 def calibration_errors(bins: Mapping, name: str = "bins") -> tuple[float | None, float | None]:
-    """``(ece, mce)`` of one bins dict, as the evaluator defines them; ``(None, None)`` if all empty."""
+    """``(ece, mce)`` of one bins dict (``B`` equally long lists, see :func:`check_bins`), as the
+    evaluator defines them; ``(None, None)`` when every bin is empty."""
     b = check_bins(bins, name)
     filled = b["count"] > 0
     total = int(b["count"].sum())
@@ -155,13 +113,20 @@ def bins_by_model(metrics_by_model: Mapping[str, Sequence[Mapping]], probability
                   ) -> dict[str, list[dict]]:
     """``{label: [metrics.json per seed]}`` -> ``{label: [bins per seed]}`` for ``probability``.
 
-    Models without bins for ``probability`` (softmax heads have no Bayes posterior) are left out.
+    Models without bins for ``probability`` in any seed (softmax heads have no Bayes posterior) are
+    left out. A model with bins in some seeds only keeps those seeds, with a ``UserWarning`` naming
+    the seeds dropped (by position in its list), since its mean ± std then covers fewer seeds.
     """
     out = {}
     for label, runs in metrics_by_model.items():
         bins = [calibration_bins_from_metrics(m, probability) for m in runs]
-        if any(b is not None for b in bins):
-            out[label] = [b for b in bins if b is not None]
+        missing = [i for i, b in enumerate(bins) if b is None]
+        if len(missing) == len(bins):
+            continue
+        if missing:
+            warnings.warn(f"bins_by_model: {label!r} has no {probability} bins in seeds {missing} (positions in "
+                          f"its list of {len(bins)}); they are left out of its mean ± std", UserWarning, stacklevel=2)
+        out[label] = [b for b in bins if b is not None]
     return out
 
 
@@ -184,8 +149,10 @@ def aggregate_bins(bins_per_seed: Sequence[Mapping], name: str = "bins") -> dict
     checked = [check_bins(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]
     first = checked[0]
     for i, b in enumerate(checked[1:], start=1):
-        if b["lower"].shape != first["lower"].shape or not np.allclose(b["lower"], first["lower"]):
-            raise ValueError(f"{name}[{i}] has bin edges different from {name}[0]: seeds must share their bins")
+        for edge in ("lower", "upper"):
+            if b[edge].shape != first[edge].shape or not np.allclose(b[edge], first[edge]):
+                raise ValueError(f"{name}[{i}] has bin edges different from {name}[0] ({edge!r} differs): "
+                                 "seeds must share their bins")
     count = np.stack([b["count"] for b in checked]).astype(np.float64)  # [S, B]
     filled = count > 0
     confidence = np.stack([b["confidence"] for b in checked])
@@ -198,7 +165,7 @@ def aggregate_bins(bins_per_seed: Sequence[Mapping], name: str = "bins") -> dict
         acc_std = np.where(seeds > 1, np.sqrt(squares / np.maximum(seeds - 1, 1)), 0.0)
         totals = count.sum(axis=1, keepdims=True)
         share = np.where(totals > 0, count / np.maximum(totals, 1), 0.0)
-    errors = [calibration_errors(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]
+    errors = [calibration_errors(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]  # checks again: cheap
     return {
         "lower": first["lower"], "upper": first["upper"],
         "confidence": conf_mean, "accuracy": acc_mean, "accuracy_std": acc_std,
@@ -217,16 +184,21 @@ def _check_models(models: Mapping, name: str) -> None:
 
 def _legend_label(label: str, summary: Mapping) -> str:
     seeds = len(summary["ece"])
-    ece = format_mean_std([None if math.isnan(v) else v for v in summary["ece"]])
-    mce = format_mean_std([None if math.isnan(v) else v for v in summary["mce"]])
     runs = f"{seeds} seeds" if seeds > 1 else "1 seed"
-    return f"{label}: ECE {ece} %, MCE {mce} % ({runs})"
+    return f"{label}: ECE {format_percent(summary['ece'])} %, MCE {format_percent(summary['mce'])} % ({runs})"
 
 
-def _views(models: Mapping, posterior_models: Mapping | None) -> list[tuple[str, Mapping]]:
+def _views(models: Mapping, posterior_models: Mapping | None, probability: str = PROBABILITIES[0]
+           ) -> list[tuple[str, Mapping]]:
+    """``[(probability, models)]``: what ``models`` holds, then Bayes' posterior's view if given."""
     _check_models(models, "models")
-    views = [(PROBABILITIES[0], models)]
+    if probability not in PROBABILITIES:
+        raise ValueError(f"probability must be one of {PROBABILITIES}, got {probability!r}")
+    views = [(probability, models)]
     if posterior_models is not None:
+        if probability != PROBABILITIES[0]:
+            raise ValueError("posterior_models goes with models of the class logits; with "
+                             f"probability={probability!r} pass those bins as models alone")
         _check_models(posterior_models, "posterior_models")
         views.append((PROBABILITIES[1], posterior_models))
     return views
@@ -248,7 +220,8 @@ def _view_menu(views: list[tuple[str, Mapping]], trace_views: list[int], titles:
 
 
 def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None, *,
-                       colours: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+                       probability: str = PROBABILITIES[0], colours: Mapping[str, str] | None = None,
+                       title: str | None = None) -> go.Figure:
     """Reliability diagram: accuracy against confidence per bin, one series per model.
 
     Each point is a non-empty bin at (mean confidence, mean accuracy) over seeds, with the seeds'
@@ -257,16 +230,20 @@ def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models
     The legend gives ECE and MCE (mean ± std over seeds, in %).
 
     Args:
-        models: ``{label: [bins dict per seed]}`` for the class logits' softmax.
-        posterior_models: the same for Bayes' posterior ``softmax_c log p(x|c)`` (GMM heads only);
-            when given, a dropdown in the figure (static, no kernel) switches between the two.
-        colours: ``{label: colour}``; default Okabe-Ito in order of first appearance.
+        models: ``{label: [bins dict per seed]}`` for ``probability``.
+        posterior_models: the same for Bayes' posterior ``softmax_c log p(x|c)`` (GMM heads only),
+            with ``models`` of the class logits; when given, a dropdown in the figure (static, no
+            kernel) switches between the two.
+        probability: which of :data:`PROBABILITIES` ``models`` holds (default the class logits);
+            the default title names it.
+        colours: ``{label: colour}``; default :func:`~gmmseg_lab.viz.style.model_colours` in order
+            of first appearance.
         title: figure title (default says which probability is shown).
 
     Returns:
         A ``go.Figure``; the traces of view ``v`` carry ``meta={"view": v, "model": label}``.
     """
-    views = _views(models, posterior_models)
+    views = _views(models, posterior_models, probability)
     labels = list(dict.fromkeys(label for _, ms in views for label in ms))
     colours = {**model_colours(labels), **(colours or {})}
     symbols = model_symbols(labels)
@@ -274,10 +251,8 @@ def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(color="#555555", dash="dash", width=1.5), hoverinfo="skip"))
     trace_views, titles = [-1], []
-    for v, (probability, view_models) in enumerate(views):
-        default = ("Reliability diagram: confidence = max softmax of the class logits" if v == 0 else
-                   "Reliability diagram: confidence = max of Bayes' posterior p(c|x)")
-        titles.append(title or default)
+    for v, (shown, view_models) in enumerate(views):
+        titles.append(title or _RELIABILITY_TITLES[shown])
         for label, bins in view_models.items():
             summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
             filled = summary["seeds"] > 0
@@ -286,7 +261,7 @@ def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models
             # Gap band: along the curve, back along the diagonal.
             fig.add_trace(go.Scatter(
                 x=np.concatenate([conf, conf[::-1]]), y=np.concatenate([acc, conf[::-1]]), fill="toself",
-                fillcolor=_with_alpha(colour, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                fillcolor=rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
                 legendgroup=f"{v}:{label}", visible=v == 0, meta={"view": v, "model": label, "role": "gap"}))
             custom = np.stack([summary["lower"][filled], summary["upper"][filled], 100 * summary["share"][filled],
                                summary["seeds"][filled], summary["accuracy_std"][filled]], axis=1)
@@ -324,8 +299,8 @@ def _bin_names(lower: np.ndarray, upper: np.ndarray) -> list[str]:
 
 
 def confidence_histogram_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None,
-                                *, log_y: bool = True, colours: Mapping[str, str] | None = None,
-                                title: str | None = None) -> go.Figure:
+                                *, probability: str = PROBABILITIES[0], log_y: bool = True,
+                                colours: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
     """Share of pixels per confidence bin, one bar group per bin, one bar per model.
 
     Bars are the mean over seeds of ``count_b / sum(count)`` in %, with the seeds' standard
@@ -334,19 +309,19 @@ def confidence_histogram_figure(models: Mapping[str, Sequence[Mapping]], posteri
     class logits and Bayes' posterior) in the static figure.
 
     Args:
-        models, posterior_models, colours: as in :func:`reliability_figure`.
+        models, posterior_models, probability, colours, title: as in :func:`reliability_figure`.
         log_y: start with a logarithmic y axis.
 
     Returns:
         A ``go.Figure`` of ``go.Bar`` traces (``meta={"view": v, "model": label}``).
     """
-    views = _views(models, posterior_models)
+    views = _views(models, posterior_models, probability)
     labels = list(dict.fromkeys(label for _, ms in views for label in ms))
     colours = {**model_colours(labels), **(colours or {})}
     fig = go.Figure()
     trace_views, titles = [], []
-    for v, (probability, view_models) in enumerate(views):
-        titles.append(title or f"Pixels per confidence bin ({probability})")
+    for v, (shown, view_models) in enumerate(views):
+        titles.append(title or f"Pixels per confidence bin ({shown})")
         for label, bins in view_models.items():
             summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
             fig.add_trace(go.Bar(
@@ -379,13 +354,11 @@ def _calibration_rows(models: Mapping[str, Sequence[Mapping]], posterior_models:
     for v, (probability, view_models) in enumerate(_views(models, posterior_models)):
         for label, bins in view_models.items():
             summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
-            ece = [None if math.isnan(e) else e for e in summary["ece"]]
-            mce = [None if math.isnan(m) else m for m in summary["mce"]]
-            ece_mean, ece_std, _ = mean_and_std(ece)
-            mce_mean, mce_std, _ = mean_and_std(mce)
+            ece, mce = seed_stats(summary["ece"]), seed_stats(summary["mce"])
             rows.append({"model": label, "probability": probability,
-                         "ECE (%)": format_mean_std(ece), "MCE (%)": format_mean_std(mce), "seeds": len(bins),
-                         "ece_mean": ece_mean, "ece_std": ece_std, "mce_mean": mce_mean, "mce_std": mce_std})
+                         "ECE (%)": format_percent(summary["ece"]), "MCE (%)": format_percent(summary["mce"]),
+                         "seeds": len(bins), "ece_mean": ece["mean"], "ece_std": ece["std"],
+                         "mce_mean": mce["mean"], "mce_std": mce["std"]})
     return rows
 
 
@@ -434,14 +407,7 @@ def calibration_widget(models: Mapping[str, Sequence[Mapping]], posterior_models
         if not chosen:
             return _empty_figure(f"No selected model has {probability} bins: select another model")
         if controls["view"].value == "reliability diagram":
-            return reliability_figure(chosen, colours=colours)
-        return confidence_histogram_figure(chosen, colours=colours)
+            return reliability_figure(chosen, probability=probability, colours=colours)
+        return confidence_histogram_figure(chosen, probability=probability, colours=colours)
 
     return figure_box(controls, render)
-
-
-def _with_alpha(colour: str, alpha: float) -> str:
-    """``'#rrggbb'`` -> ``'rgba(r, g, b, alpha)'``."""
-    colour = colour.lstrip("#")
-    r, g, b = (int(colour[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r}, {g}, {b}, {alpha})"

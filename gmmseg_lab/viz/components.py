@@ -4,7 +4,8 @@ A GMMSeg head models each class ``c`` by ``M`` diagonal Gaussians; a pixel embed
 component log-densities ``log w_cm + log N(x; mu_cm, sigma_cm)`` (:meth:`Predictions.component_log_prob`,
 ``[C, M, h, w]`` at feature resolution). This module turns them into:
 
-- :func:`component_assignment`: the most likely component of the predicted (or a chosen) class;
+- :func:`component_assignment`: the most likely component (``argmax_m``) of the predicted (or a
+  chosen) class;
 - :func:`component_overlay_figure` / :func:`component_widget`: the image with component shades on top;
 - :func:`pixel_posterior` / :func:`pixel_posterior_figure`: Bayes' posterior over classes and the
   responsibilities of the chosen class's components at one pixel;
@@ -13,6 +14,14 @@ component log-densities ``log w_cm + log N(x; mu_cm, sigma_cm)`` (:meth:`Predict
 
 Image and feature grids are linked the way ``torch.nn.functional.interpolate(mode="nearest")`` links
 them (image row ``r`` reads feature row ``r * h // H``), the same rule that made ``gt_small``.
+
+Which component a pixel "belongs to" is always the most likely one, ``argmax_m component_log_prob``
+(hard maximum a posteriori), not the training E-step's assignment: the head's default E-step is
+Sinkhorn, which balances the components over a batch and can assign a pixel to a less likely one.
+
+"Predicted class" means ``preds.pred``, the head's own prediction at image resolution (what
+:func:`component_overlay_figure` colours by); the Bayes class ``argmax_c p(c|x)`` of
+``class_log_likelihood`` is named as such where it is used.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy.special import logsumexp, softmax
 
-from .style import FONT, class_colours, component_palette, hex_colour
-from .training import _image_axes, _png_data_uri, _widget_box, add_menus
+from ._widgets import figure_box
+from .common import png_data_uri
+from .style import FONT, class_colours, component_palette, hex_colour, image_axes
+from .training import add_menus
 
 #: Opacity levels of the overlay's buttons in static HTML.
 OPACITY_LEVELS = (0.3, 0.6, 0.9)
@@ -76,10 +87,12 @@ def component_assignment(preds, index: int, class_index: int | None = None, reso
         class_index: ``None``: at each pixel, the components of the class predicted there;
             an int: that class's components at every pixel (mask with ``pred == class_index`` to keep
             only the class's own pixels).
-        resolution: ``"image"``: ``[H, W]``; the class is ``preds.pred`` (image resolution) and the
-            component is the argmax of ``component_log_prob`` at the feature cell the pixel reads
-            (nearest-neighbour upsampling). ``"feature"``: ``[h, w]`` on the embedding grid; the class
-            is the mixture's own prediction there, ``argmax_c logsumexp_m component_log_prob``.
+        resolution: ``"image"``: ``[H, W]``; the class is ``preds.pred`` (the head's prediction at
+            image resolution) and the component is the argmax of ``component_log_prob`` at the
+            feature cell the pixel reads (nearest-neighbour upsampling). ``"feature"``: ``[h, w]`` on
+            the embedding grid, where ``preds.pred`` does not exist; the class is the Bayes class of
+            the cell, ``argmax_c logsumexp_m component_log_prob`` (it can differ from ``preds.pred``
+            at the pixels the cell is resized to).
 
     Returns:
         int64 component indices in ``[0, M)``, ``[H, W]`` or ``[h, w]``.
@@ -105,23 +118,38 @@ def _assign_on_image(best: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return best[labels.astype(np.int64), rows[:, None], cols[None, :]].astype(np.int64)
 
 
-def class_posterior(preds, index: int) -> np.ndarray:
-    """``[C, H, W]`` Bayes posterior ``p(c|x)`` with a uniform class prior: softmax of ``class_log_likelihood``."""
+def class_posterior(preds, index: int, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
+    """``[C, H, W]`` Bayes posterior ``p(c|x)`` with a uniform class prior: softmax of ``class_log_likelihood``.
+
+    With ``rows`` ``[r]`` and ``cols`` ``[k]`` (pixel indices), only that grid: ``[C, r, k]``
+    (the softmax runs on the selected pixels only).
+    """
     _require_gmm(preds, "class_posterior")
     index = _check_index(preds, index)
-    return softmax(preds.class_log_likelihood[index].astype(np.float64), axis=0)
+    log_lik = preds.class_log_likelihood[index]
+    if rows is not None or cols is not None:
+        height, width = log_lik.shape[1:]
+        rows = np.arange(height) if rows is None else np.asarray(rows)
+        cols = np.arange(width) if cols is None else np.asarray(cols)
+        log_lik = log_lik[:, rows[:, None], cols[None, :]]
+    return softmax(log_lik.astype(np.float64), axis=0)
 
 
 def pixel_posterior(preds, index: int, row: int, col: int, class_index: int | None = None) -> dict:
     """Posterior over classes and over one class's components at image pixel ``(row, col)``.
 
+    Args:
+        class_index: the class whose components are examined; ``None``: the predicted class
+            ``preds.pred`` at the pixel (the class :func:`component_overlay_figure` colours it by).
+
     Returns:
         dict with ``class_posterior`` ``[C]`` (softmax of ``class_log_likelihood`` at the pixel: Bayes
         with a uniform prior), ``class_log_likelihood`` ``[C]``, ``class_index`` (``class_index``, or the
-        class of highest posterior), ``component_posterior`` ``[M]`` (responsibilities: softmax over
-        ``m`` of that class's ``component_log_prob`` at the feature cell the pixel reads),
-        ``component_log_prob`` ``[M]``, ``component`` (its argmax), ``row``, ``col``,
-        ``feature_row``, ``feature_col``.
+        predicted class), ``predicted_class`` (``preds.pred`` at the pixel), ``bayes_class`` (the class
+        of highest posterior; it can differ from the predicted class, which comes from the head's
+        logits), ``component_posterior`` ``[M]`` (responsibilities: softmax over ``m`` of that class's
+        ``component_log_prob`` at the feature cell the pixel reads), ``component_log_prob`` ``[M]``,
+        ``component`` (its argmax), ``row``, ``col``, ``feature_row``, ``feature_col``.
     """
     _require_gmm(preds, "pixel_posterior")
     index = _check_index(preds, index)
@@ -132,12 +160,13 @@ def pixel_posterior(preds, index: int, row: int, col: int, class_index: int | No
             raise ValueError(f"{name} must be a pixel index in [0, {size}), got {value!r}")
     log_lik = preds.class_log_likelihood[index, :, row, col].astype(np.float64)
     posterior = softmax(log_lik)
-    chosen = int(posterior.argmax()) if class_index is None else class_index
+    predicted = int(preds.pred[index, row, col])
+    chosen = predicted if class_index is None else class_index
     feature_row, feature_col = _feature_cell(preds, int(row), int(col))
     comp_log_prob = preds.component_log_prob(index)[chosen, :, feature_row, feature_col]
     responsibilities = softmax(comp_log_prob)
     return dict(class_posterior=posterior, class_log_likelihood=log_lik, class_index=chosen,
-                component_posterior=responsibilities, component_log_prob=comp_log_prob,
+                predicted_class=predicted, bayes_class=int(posterior.argmax()), component_posterior=responsibilities, component_log_prob=comp_log_prob,
                 component=int(responsibilities.argmax()), row=int(row), col=int(col),
                 feature_row=int(feature_row), feature_col=int(feature_col))
 
@@ -148,9 +177,9 @@ def component_colours(preds, index: int, class_index: int | None = None, dim_oth
     """``[H, W, 4]`` uint8 RGBA overlay: each pixel in the shade of its component
     (:func:`component_assignment`, image resolution).
 
-    With ``class_index=None`` every pixel is opaque in its predicted class's shades. With a class,
-    its predicted pixels are opaque and the others are white with alpha ``dim_others`` (washed out,
-    so the class stands out even where its shades resemble the photo).
+    With ``class_index=None`` every pixel is opaque in its predicted class's shades (``preds.pred``).
+    With a class, its predicted pixels are opaque and the others are white with alpha ``dim_others``
+    (washed out, so the class stands out even where its shades resemble the photo).
     """
     index = _check_index(preds, index)
     class_index = _check_class(preds, class_index)
@@ -171,13 +200,13 @@ def component_colours(preds, index: int, class_index: int | None = None, dim_oth
 
 
 def _hover_grid(preds, index: int, stride: int, log_prob: np.ndarray) -> dict:
-    """Class, component and posteriors sampled every ``stride`` pixels, for a hover layer
+    """Predicted class, component and posteriors sampled every ``stride`` pixels, for a hover layer
     (``log_prob``: the image's ``component_log_prob``, ``[C, M, h, w]``)."""
     height, width = preds.gt.shape[1:]
     rows = np.arange(stride // 2, height, stride)
     cols = np.arange(stride // 2, width, stride)
     labels = preds.pred[index][np.ix_(rows, cols)]
-    posterior = class_posterior(preds, index)[:, rows][:, :, cols]
+    posterior = class_posterior(preds, index, rows, cols)  # [C, gh, gw]: softmax of the samples only
     h, w = log_prob.shape[2:]
     frows, fcols = rows * h // height, cols * w // width
     cell = log_prob[:, :, frows][:, :, :, fcols]  # [C, M, gh, gw]
@@ -199,21 +228,24 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
     Args:
         preds: :class:`~gmmseg_lab.analysis.Predictions` of a GMM head.
         index: the image shown first.
-        class_index: ``None`` colours every pixel by its predicted class's components; an int keeps
-            only the pixels predicted as that class (the rest shows the plain image).
+        class_index: ``None`` colours every pixel by its predicted class's components (``preds.pred``);
+            an int colours only the pixels predicted as that class and washes the others out (white
+            at alpha 0.55 in the overlay, times ``opacity``: the photo shows through, paler).
         opacity: overlay opacity in ``[0, 1]``.
         image_indices: images the image dropdown offers (default: all; must contain ``index``).
         pixel: ``(row, col)`` to mark with a cross (the pixel :func:`pixel_posterior` looks at).
         hover_stride: pixels between hover samples (default: the feature stride ``H // h``, one
             sample per embedding cell).
         panel_px: height of the image panel in pixels.
-        menus: add the static-HTML menus below (off in :func:`component_widget`, whose controls
-            replace them).
+        menus: add the static-HTML menus above the plot (off in :func:`component_widget`, whose
+            controls replace them). Without menus only the overlay on show is encoded, not one per
+            class choice: what keeps a live redraw fast.
 
     Static HTML controls: an image dropdown, a class dropdown ("all classes" or one class) and
     opacity buttons; they change independent trace properties, so any combination works. The
     right panel is the colour key (class × component, dark = component 0). Hover gives the pixel's
-    predicted class with ``p(c|x)`` and its component with its responsibility.
+    predicted class (``preds.pred``) with its Bayes posterior ``p(c|x)``, and its most likely
+    component of that class with its responsibility.
     """
     _require_gmm(preds, "component_overlay_figure")
     index = _check_index(preds, index)
@@ -235,13 +267,16 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
                         subplot_titles=["image with component shades", "colour key (class × component)"])
     n_img = len(image_indices)
     log_probs = {i: preds.component_log_prob(i) for i in image_indices}  # [C, M, h, w] each
-    overlays = {i: {k: _png_data_uri(component_colours(preds, i, None if k < 0 else k, _best=log_probs[i].argmax(1)))
-                    for k in range(-1, num_c)} for i in image_indices}
+    shown_class = -1 if class_index is None else class_index
+    # The class menu needs every class's overlay; without menus only the one on show is encoded.
+    choices = range(-1, num_c) if menus else [shown_class]
+    overlays = {i: {k: png_data_uri(component_colours(preds, i, None if k < 0 else k, _best=log_probs[i].argmax(1)))
+                    for k in choices} for i in image_indices}
     for i in image_indices:  # traces [0, n_img): photos
-        fig.add_trace(go.Image(source=_png_data_uri(preds.images[i]), visible=i == index, hoverinfo="skip",
+        fig.add_trace(go.Image(source=png_data_uri(preds.images[i]), visible=i == index, hoverinfo="skip",
                                name=preds.names[i]), row=1, col=1)
-    for i in image_indices:  # [n_img, 2 n_img): overlays (RGBA: transparent outside the class)
-        fig.add_trace(go.Image(source=overlays[i][-1 if class_index is None else class_index], opacity=opacity,
+    for i in image_indices:  # [n_img, 2 n_img): overlays (RGBA: others washed out with a class chosen)
+        fig.add_trace(go.Image(source=overlays[i][shown_class], opacity=opacity,
                                visible=i == index, hoverinfo="skip", name=f"components {preds.names[i]}"),
                       row=1, col=1)
     names = np.asarray(classes, dtype=object)
@@ -252,9 +287,9 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
             text=names[grid["labels"]], customdata=grid["customdata"], opacity=0.0, showscale=False,
             hoverongaps=False, visible=i == index, name=preds.names[i], colorscale="Greys",
             hovertemplate=("pixel (row %{customdata[0]:.0f}, col %{customdata[1]:.0f})<br>"
-                           "class <b>%{text}</b>, p(class | x) = %{customdata[3]:.3f}<br>"
-                           "component <b>%{customdata[2]:.0f}</b>, responsibility %{customdata[4]:.3f}"
-                           "<extra></extra>")), row=1, col=1)
+                           "predicted class <b>%{text}</b>, Bayes p(class | x) = %{customdata[3]:.3f}<br>"
+                           "most likely component <b>%{customdata[2]:.0f}</b>, responsibility "
+                           "%{customdata[4]:.3f}<extra></extra>")), row=1, col=1)
     if pixel is not None:
         r, c = pixel
         if not (0 <= r < height and 0 <= c < width):
@@ -273,17 +308,19 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
                     customdata=np.exp(preds.log_weights).ravel(),
                     hovertemplate="class %{y}, component %{x}<br>mixture weight %{customdata:.3f}<extra></extra>",
                     row=1, col=2)
-    _image_axes(fig, 1)
+    image_axes(fig, 1)
     fig.update_xaxes(title_text="component (dark → light)", tickmode="array", tickvals=list(range(num_m)),
                      range=[-0.6, num_m - 0.4], showgrid=False, zeroline=False, row=1, col=2)
     fig.update_yaxes(title_text=None, autorange="reversed", showgrid=False, row=1, col=2)
 
     height_px, top, bottom = panel_px + 200, (150 if menus else 80), 50
     fig.update_layout(
-        title=dict(text="Which Gaussian component explains each pixel (shades of the predicted class's colour)",
+        title=dict(text="Most likely Gaussian component of each pixel (shades of its predicted class's colour)",
                    x=0.01, y=0.98, yanchor="top"),
         font=FONT, template="plotly_white", height=height_px, margin=dict(l=70, r=70, t=top, b=bottom),
         hovermode="closest", plot_bgcolor="white")
+    if not menus:
+        return fig
     overlay_ids = list(range(n_img, 2 * n_img))
     image_ids = list(range(3 * n_img))
     image_buttons = [dict(label=f"image: {preds.names[i]} (#{i})", method="restyle",
@@ -296,17 +333,22 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
                             args=[{"opacity": level}, overlay_ids]) for level in opacity_levels]
     active_opacity = int(np.argmin([abs(level - opacity) for level in opacity_levels])) \
         if any(abs(level - opacity) < 1e-9 for level in opacity_levels) else -1
-    active_class = 0 if class_index is None else class_index + 1
-    if menus:
-        add_menus(fig, [(image_buttons, image_indices.index(index)), (class_buttons, active_class),
-                        (opacity_buttons, active_opacity, "buttons")][0 if n_img > 1 else 1:],
-                  height_px, top, bottom, spacing=0.26)
+    add_menus(fig, [(image_buttons, image_indices.index(index)), (class_buttons, shown_class + 1),
+                    (opacity_buttons, active_opacity, "buttons")][0 if n_img > 1 else 1:],
+              height_px, top, bottom, spacing=0.26)
     return fig
 
 
 def pixel_posterior_figure(posterior: dict, classes: Sequence[str], palette,
                            image_name: str | None = None) -> go.Figure:
-    """Two bar charts of :func:`pixel_posterior`'s output: ``p(class | x)`` and ``p(component | x, class)``."""
+    """Two bar charts of :func:`pixel_posterior`'s output: ``p(class | x)`` and ``p(component | x, class)``.
+
+    Args:
+        posterior: :func:`pixel_posterior`'s dict (``class_posterior`` ``[C]``, ``component_posterior``
+            ``[M]``, ``class_index``, ``row``, ``col``; the log-densities for the hover if present).
+        classes: ``C`` class names; ``palette``: ``[C, 3]`` uint8 class colours.
+        image_name: named in the title.
+    """
     for key in ("class_posterior", "component_posterior", "class_index", "row", "col"):
         if key not in posterior:
             raise ValueError(f"posterior lacks {key!r}; pass the dict pixel_posterior returns")
@@ -333,7 +375,9 @@ def pixel_posterior_figure(posterior: dict, classes: Sequence[str], palette,
                 row=1, col=2)
     fig.update_yaxes(title_text="posterior probability", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="responsibility", range=[0, 1.05], row=1, col=2)
-    fig.update_xaxes(title_text="class (outlined: the class examined)", tickangle=-30, row=1, col=1)
+    examined = ("the predicted class" if posterior.get("predicted_class") == chosen
+                else "the class examined")
+    fig.update_xaxes(title_text=f"class (outlined: {examined})", tickangle=-30, row=1, col=1)
     fig.update_xaxes(title_text=f"component of {classes[chosen]} (dark → light)", row=1, col=2)
     fig.update_layout(title=dict(text=f"Posteriors at {where}", x=0.01), font=FONT, template="plotly_white",
                       height=430, margin=dict(l=70, r=30, t=90, b=110))
@@ -347,11 +391,13 @@ def _luminance(rgb) -> float:
 
 
 def component_usage(preds, image_indices: Sequence[int] | None = None) -> np.ndarray:
-    """``[C, M]`` int64: labelled pixels assigned to each component of their ground-truth class.
+    """``[C, M]`` int64: labelled pixels whose most likely component of their ground-truth class is ``m``.
 
     Counted on the embedding grid (``gt_small``, ignore = 255 and out-of-range labels skipped); a
-    pixel of class ``c`` goes to ``argmax_m component_log_prob[c, m]``, the assignment the E-step makes
-    when the label is known.
+    pixel of class ``c`` goes to ``argmax_m component_log_prob[c, m]``. That is the hard maximum a
+    posteriori component, not the training E-step's assignment: the head's default Sinkhorn E-step
+    balances the components over each batch and can give a pixel a less likely component, so this
+    usage is typically less even than training achieved.
     """
     _require_gmm(preds, "component_usage")
     if preds.gt_small is None:
@@ -373,7 +419,10 @@ def component_balance(usage: np.ndarray) -> np.ndarray:
     """``[C]`` normalised entropy of each class's component usage, ``H(p) / log M`` in ``[0, 1]``.
 
     1 = components used evenly, 0 = one component takes every pixel; NaN for a class without pixels;
-    1 when ``M == 1`` (as the head's ``gmm_balance`` log).
+    1 when ``M == 1``. The head's ``gmm_balance`` log uses the same formula and conventions but on the
+    training E-step's assignment (Sinkhorn by default) of training batches, averaged over classes;
+    applied to :func:`component_usage` (argmax assignment, evaluation images) the numbers are not
+    the same quantity.
     """
     usage = np.asarray(usage, dtype=np.float64)
     if usage.ndim != 2:
@@ -392,9 +441,15 @@ def component_balance(usage: np.ndarray) -> np.ndarray:
 
 
 def component_usage_figure(usage: np.ndarray, classes: Sequence[str], palette,
-                           title: str = "How each class uses its mixture components (labelled pixels)") -> go.Figure:
+                           title: str = "How each class uses its mixture components (labelled pixels, most "
+                                        "likely component)") -> go.Figure:
     """Stacked horizontal bars: each class's share of pixels per component, in the component shades,
-    with the normalised entropy (:func:`component_balance`) written after each bar."""
+    with the normalised entropy (:func:`component_balance`) written after each bar.
+
+    Args:
+        usage: ``[C, M]`` pixel counts (:func:`component_usage`).
+        classes: ``C`` class names; ``palette``: ``[C, 3]`` uint8 class colours.
+    """
     usage = np.asarray(usage)
     if usage.ndim != 2 or usage.shape[0] != len(classes):
         raise ValueError(f"usage must be [C, M] with C = len(classes) = {len(classes)}, got shape {usage.shape}")
@@ -468,4 +523,4 @@ def component_widget(preds, panel_px: int = 460):
         post = pixel_posterior(preds, i, controls["row"].value, controls["col"].value, chosen_class())
         return pixel_posterior_figure(post, preds.classes, preds.palette, image_name=preds.names[i])
 
-    return _widget_box(controls, overlay, extra_outputs=[("posterior_figure", posterior)])
+    return figure_box(controls, overlay, extra_outputs=[("posterior_figure", posterior)])

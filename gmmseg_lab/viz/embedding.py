@@ -14,8 +14,9 @@ import numpy as np
 import plotly.graph_objects as go
 from scipy.special import logsumexp
 
+from ._widgets import figure_box
 from .style import FONT, SCORE_COLORSCALE, class_colours, component_palette, hex_colour
-from .training import _widget_box, add_menus
+from .training import add_menus
 
 #: What :func:`tsne_figure` can colour the points by.
 COLOUR_BY = ("class", "component", "anomaly")
@@ -30,10 +31,13 @@ def sample_pixels(preds, n_per_class: int = 60, seed: int = 0, image_indices: Se
     Returns:
         ``(x, info)``: ``x`` ``[n, D]`` float32 embeddings and ``info``, a dict of ``[n]`` arrays:
         ``label`` (ground-truth class), ``component`` (the most likely component of that class,
-        ``argmax_m component_log_prob``: the E-step's assignment of a labelled pixel),
-        ``pred`` (the mixture's class, ``argmax_c log p(x|c)``), ``anomaly_score`` (``preds.anomaly_score``
-        at the image pixel the cell was resized from, ``[r * H // h, c * W // w]`` as for ``gt_small``),
-        ``image``, ``row``, ``col`` (cell on the embedding grid) and ``name`` (image file name).
+        ``argmax_m component_log_prob``; not the training E-step's assignment, which with the
+        default Sinkhorn E-step is balanced over a batch and can pick a less likely component),
+        ``bayes_class`` (the cell's Bayes class with a uniform prior, ``argmax_c log p(x|c)`` on the
+        embedding grid; not ``preds.pred``, the head's prediction at image resolution),
+        ``anomaly_score`` (``preds.anomaly_score`` at the image pixel the cell was resized from,
+        ``[r * H // h, c * W // w]`` as for ``gt_small``), ``image``, ``row``, ``col`` (cell on the
+        embedding grid) and ``name`` (image file name).
     """
     if not preds.is_gmm or preds.embeddings is None or preds.gt_small is None:
         raise ValueError(f"sample_pixels needs a GMM head's embeddings and gt_small; preds.head is {preds.head!r}")
@@ -60,17 +64,17 @@ def sample_pixels(preds, n_per_class: int = 60, seed: int = 0, image_indices: Se
     row, col, label = row[chosen], col[chosen], label[chosen]
     x = preds.embeddings[img, :, row, col].astype(np.float32)  # [n, D]
 
-    # component (of the labelled class) and predicted class from the mixture itself, per sampled cell
-    component, pred = np.empty(len(x), dtype=np.int64), np.empty(len(x), dtype=np.int64)
+    # component (of the labelled class) and Bayes class from the mixture itself, per sampled cell
+    component, bayes_class = np.empty(len(x), dtype=np.int64), np.empty(len(x), dtype=np.int64)
     for i in np.unique(img):
         at = np.flatnonzero(img == i)
         log_prob = preds.component_log_prob(int(i))[:, :, row[at], col[at]]  # [C, M, k]
         component[at] = log_prob[label[at], :, np.arange(len(at))].argmax(-1)
-        pred[at] = logsumexp(log_prob, axis=1).argmax(0)
+        bayes_class[at] = logsumexp(log_prob, axis=1).argmax(0)
     height, width = preds.gt.shape[1:]
     h, w = preds.embeddings.shape[2:]
     score = preds.anomaly_score[img, row * height // h, col * width // w]
-    info = dict(label=label.astype(np.int64), component=component.astype(np.int64), pred=pred.astype(np.int64),
+    info = dict(label=label.astype(np.int64), component=component.astype(np.int64), bayes_class=bayes_class,
                 anomaly_score=score.astype(np.float64), image=img.astype(np.int64), row=row.astype(np.int64),
                 col=col.astype(np.int64), name=np.asarray([preds.names[i] for i in img], dtype=object))
     return x, info
@@ -108,8 +112,9 @@ def tsne_embedding(x: np.ndarray, means: np.ndarray, seed: int = 0, perplexity: 
 def _hover_data(info: Mapping, classes: Sequence[str]) -> tuple[np.ndarray, str]:
     names = np.asarray(classes, dtype=object)
     customdata = np.stack([info["name"], info["row"], info["col"], names[info["label"]], info["component"],
-                           info["anomaly_score"], names[info["pred"]]], axis=-1)
-    template = ("<b>%{customdata[3]}</b> (predicted %{customdata[6]})<br>component %{customdata[4]}"
+                           info["anomaly_score"], names[info["bayes_class"]]], axis=-1)
+    template = ("<b>%{customdata[3]}</b> (ground truth; Bayes class argmax p(x|c): %{customdata[6]})"
+                "<br>most likely component %{customdata[4]}"
                 "<br>%{customdata[0]}, cell (row %{customdata[1]}, col %{customdata[2]})"
                 "<br>anomaly score %{customdata[5]:.3g}<extra></extra>")
     return customdata, template
@@ -129,7 +134,8 @@ def tsne_figure(coords: np.ndarray, info: Mapping, mean_coords: np.ndarray, clas
             of the class colour, dark = component 0) or ``"anomaly"`` (anomaly score, colour bar).
 
     Each colouring is its own group of traces; the menu (static HTML) switches their visibility.
-    Hover gives image name, embedding-grid cell, class, component and anomaly score.
+    Hover gives image name, embedding-grid cell, ground-truth class, the cell's Bayes class, the
+    most likely component and the anomaly score.
     """
     if colour_by not in COLOUR_BY:
         raise ValueError(f"colour_by must be one of {COLOUR_BY}, got {colour_by!r}")
@@ -138,7 +144,7 @@ def tsne_figure(coords: np.ndarray, info: Mapping, mean_coords: np.ndarray, clas
     n = len(coords)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"coords must be [n, 2], got shape {coords.shape}")
-    for key in ("label", "component", "anomaly_score", "name", "row", "col", "pred"):
+    for key in ("label", "component", "anomaly_score", "name", "row", "col", "bayes_class"):
         if key not in info or len(info[key]) != n:
             raise ValueError(f"info[{key!r}] must have one entry per point ({n}); pass sample_pixels' info")
     num_c = len(classes)
@@ -233,6 +239,6 @@ def tsne_widget(preds, n_per_class: int = 60, seed: int = 0, perplexity: int = 3
         return tsne_figure(coords, info, mean_coords, preds.classes, preds.palette, controls["colour_by"].value,
                            title=f"t-SNE of pixel embeddings and mixture means (perplexity {p})")
 
-    box = _widget_box(controls, render)
+    box = figure_box(controls, render)
     box.samples = (x, info)
     return box

@@ -24,15 +24,14 @@ from torch import nn
 
 from ..gmm import GMMClassifier, diag_gaussian_log_prob, fit_gmm, sinkhorn
 from ..gmm.fit import E_STEPS, em_responsibilities
-from ..toy import ToyData
-from .calibration import figure_box
+from ..toy import ToyData, background_log_density, fit_softmax_classifier, gmm_open_set_confidence
+from ._widgets import figure_box
 from .style import FONT, class_colours, component_palette, hex_colour
 
 __all__ = [
-    "E_STEP_NAMES", "TOY_PALETTE", "FitSnapshots", "GridEvaluation", "background_log_density",
-    "decision_regions_figure", "default_extent", "density_contours_figure", "ellipse_xy", "fit_iterations",
-    "fit_softmax_classifier", "gmm_on_grid", "gmm_open_set_confidence", "grid_points", "iterations_figure",
-    "snapshot_figure", "softmax_on_grid", "toy_palette", "toy_widget",
+    "E_STEP_NAMES", "TOY_PALETTE", "FitSnapshots", "GridEvaluation", "decision_regions_figure",
+    "default_extent", "density_contours_figure", "ellipse_xy", "fit_iterations", "gmm_on_grid", "grid_points",
+    "iterations_figure", "snapshot_figure", "softmax_on_grid", "toy_palette", "toy_widget",
 ]
 
 #: Okabe-Ito colours (orange, sky blue, bluish green, ...): distinguishable with colour-vision deficiencies.
@@ -127,56 +126,6 @@ def _polylines(xy_pairs) -> tuple[list, list]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The discriminative baseline.
-
-
-def fit_softmax_classifier(data: ToyData, hidden: int = 32, num_layers: int = 2, steps: int = 400,
-                           lr: float = 0.02, seed: int = 0) -> tuple[nn.Module, list[float]]:
-    """Train a small softmax classifier on the toy data, full batch with Adam and cross-entropy.
-
-    Args:
-        data: the toy data (any dimension D).
-        hidden: units per hidden layer (ReLU); ``0`` gives a linear softmax (logistic regression).
-        num_layers: hidden layers when ``hidden > 0``.
-        steps: Adam steps on the whole data set.
-        lr: Adam learning rate.
-        seed: initialisation seed; the result is deterministic for a seed and leaves torch's global
-            random state untouched.
-
-    Returns:
-        ``(model, accuracy)``: the model in eval mode, mapping ``[N, D]`` float32 to ``[N, C]``
-        logits, and the training accuracy after each step.
-    """
-    if not isinstance(data, ToyData):
-        raise TypeError(f"data must be a ToyData, got {type(data).__name__}")
-    if hidden < 0 or num_layers < 1 or steps < 1 or not lr > 0:
-        raise ValueError(f"need hidden >= 0, num_layers >= 1, steps >= 1 and lr > 0, got hidden={hidden}, "
-                         f"num_layers={num_layers}, steps={steps}, lr={lr}")
-    x, labels = data.x.float(), data.labels.long()
-    num_classes, dim = int(labels.max()) + 1, x.shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if hidden == 0:
-            model = nn.Linear(dim, num_classes)
-        else:
-            layers, width = [], dim
-            for _ in range(num_layers):
-                layers += [nn.Linear(width, hidden), nn.ReLU()]
-                width = hidden
-            model = nn.Sequential(*layers, nn.Linear(width, num_classes))
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    with torch.enable_grad():  # also when called under no_grad (e.g. from a notebook cell that set it)
-        for _ in range(steps):
-            optimiser.zero_grad()
-            logits = model(x)
-            nn.functional.cross_entropy(logits, labels).backward()
-            optimiser.step()
-            history.append(float((logits.argmax(dim=1) == labels).float().mean()))
-    return model.eval(), history
-
-
-# --------------------------------------------------------------------------------------------------
 # Evaluating both classifiers on a grid.
 
 
@@ -200,42 +149,6 @@ def softmax_on_grid(model: nn.Module, extent, resolution: int = 160) -> GridEval
     confidence, predicted = probs.max(dim=1)
     shape = (len(ys), len(xs))
     return GridEvaluation(xs, ys, predicted.numpy().reshape(shape), confidence.numpy().reshape(shape))
-
-
-def gmm_open_set_confidence(class_log_likelihood: torch.Tensor, background_log_density: float
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bayes' posterior of the predicted class with a "none of these" class of constant density.
-
-    ``conf(x) = p(x|c*) / (sum_c p(x|c) + b)`` with ``b = exp(background_log_density)``, computed
-    as a softmax over ``[log p(x|1), ..., log p(x|C), log b]`` (equal priors). Near the data the
-    background is negligible and this is the plain posterior ``max_c p(c|x)``; where every class
-    density falls below ``b`` it falls to 0, at the rate the densities fall.
-
-    Args:
-        class_log_likelihood: ``[N, C]`` ``log p(x|c)``.
-        background_log_density: ``log b``.
-
-    Returns:
-        ``(confidence [N] float64, predicted [N] int64)``.
-    """
-    ll = class_log_likelihood.double()
-    background = torch.full((ll.shape[0], 1), float(background_log_density), dtype=torch.float64)
-    log_post = ll - torch.logsumexp(torch.cat([ll, background], dim=1), dim=1, keepdim=True)
-    confidence, predicted = log_post.max(dim=1)
-    return confidence.exp(), predicted
-
-
-def background_log_density(gmm: GMMClassifier, data: ToyData, quantile: float = 0.01) -> float:
-    """The ``quantile`` of ``max_c log p(x_n|c)`` over the training points.
-
-    As the background density of :func:`gmm_open_set_confidence`, it puts the confidence at about
-    one half on the level set that leaves out the ``quantile`` least typical training points.
-    """
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    with torch.no_grad():
-        best = gmm.class_log_likelihood(data.x.float()).amax(dim=1).double()
-    return float(torch.quantile(best, quantile))
 
 
 def gmm_on_grid(gmm: GMMClassifier, extent, background: float, resolution: int = 160) -> GridEvaluation:

@@ -7,29 +7,23 @@
 - :func:`per_class_iou_figure`: per-class IoU, grouped by model, error bars over seeds.
 - :func:`predictions_figure` / :func:`predictions_widget`: image | ground truth | each model's
   prediction, an image dropdown for static HTML, an image slider and model toggles live.
-
-The helpers at the bottom (``_show``, ``_widget_box``, ``_png_data_uri``, ``_image_axes``) are shared
-by the other ``viz`` modules of the notebooks.
+- :func:`add_menus`: a row of static-HTML menus above the plot, shared with the other notebooks' views.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-
-from ._widgets import figure_box as _widget_box, show_figure as _show  # noqa: F401
 from plotly.subplots import make_subplots
 
 from ..demo import COLUMNS
-from .style import FONT, class_colours, colourise, hex_colour
-
-#: Line colours of models / variants (Okabe–Ito: tells lines apart for colour-blind readers too).
-MODEL_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+from ..stats import format_mean_std, seed_stats
+from ._widgets import figure_box
+from .common import png_data_uri
+from .style import FONT, class_colours, colourise, hex_colour, image_axes, model_colours, panel_note, rgba
 
 #: Axis titles of the scalars mmengine logs (others are shown under their log key).
 SCALAR_TITLES = {
@@ -100,26 +94,35 @@ def seed_band(runs: Sequence[Mapping], key: str, kind: str = "train", band: str 
     return dict(step=steps, mean=mean, low=low, high=high, count=count)
 
 
-def _rgba(hex_colour_: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour_[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
+#: How :func:`band_traces` names the band in the hover text, per :func:`seed_band` ``band``.
+_BAND_HOVER = {"minmax": "seed range (min – max)", "std": "mean ± sample std"}
 
 
 def band_traces(band: Mapping[str, np.ndarray], name: str, colour: str, show_legend: bool = True,
-                legend_group: str | None = None, hover_name: str | None = None) -> list[go.Scatter]:
-    """A shaded band (low–high) and the mean line of :func:`seed_band`'s output, as two traces."""
+                legend_group: str | None = None, hover_name: str | None = None,
+                kind: str = "minmax") -> list[go.Scatter]:
+    """A shaded band (low–high) and the mean line of :func:`seed_band`'s output, as two traces.
+
+    Args:
+        band: :func:`seed_band`'s dict: ``step``, ``mean``, ``low``, ``high``, ``count``, each ``[S]``.
+        name: legend name; ``colour``: ``'#rrggbb'`` of the line (the band is that colour, translucent).
+        kind: the ``band`` :func:`seed_band` was called with (``"minmax"`` or ``"std"``), named in
+            the hover text.
+    """
+    if kind not in _BAND_HOVER:
+        raise ValueError(f"kind must be one of {list(_BAND_HOVER)}, got {kind!r}")
     group = legend_group or name
     steps = band["step"]
     shade = go.Scatter(
         x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([band["high"], band["low"][::-1]]),
-        mode="lines", fill="toself", fillcolor=_rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip",
+        mode="lines", fill="toself", fillcolor=rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip",
         legendgroup=group, showlegend=False, name=f"{name} spread")
     line = go.Scatter(
         x=steps, y=band["mean"], mode="lines+markers" if len(steps) < 12 else "lines",
         line=dict(color=colour, width=2.2), marker=dict(size=6), name=name, legendgroup=group,
         showlegend=show_legend, customdata=np.stack([band["low"], band["high"], band["count"]], -1),
         hovertemplate=(f"<b>{hover_name or name}</b><br>iteration %{{x:.0f}}<br>mean %{{y:.4g}}"
-                       "<br>range %{customdata[0]:.4g} – %{customdata[1]:.4g}"
+                       f"<br>{_BAND_HOVER[kind]}: %{{customdata[0]:.4g}} – %{{customdata[1]:.4g}}"
                        "<br>seeds %{customdata[2]:.0f}<extra></extra>"))
     return [shade, line]
 
@@ -127,21 +130,6 @@ def band_traces(band: Mapping[str, np.ndarray], name: str, colour: str, show_leg
 def _grid_shape(panels: int, max_cols: int) -> tuple[int, int]:
     cols = min(panels, max_cols)
     return math.ceil(panels / cols), cols
-
-
-def _panel_note(fig: go.Figure, row: int, col: int, text: str) -> None:
-    """A grey note in the middle of an empty panel (e.g. a scalar these runs did not log).
-
-    plotly.js draws no axes for a subplot without traces and resolves ``"x3 domain"`` references
-    to the first axes then, so the note is placed in paper coordinates from the subplot's domain.
-    """
-    subplot = fig.get_subplot(row, col)
-    x, y = np.mean(subplot.xaxis.domain), np.mean(subplot.yaxis.domain)
-    subplot.yaxis.update(visible=False)
-    subplot.xaxis.update(showgrid=False, showticklabels=False, zeroline=False)
-    fig.add_annotation(text=text, x=x, y=y, xref="paper", yref="paper", xanchor="center", yanchor="middle",
-                       showarrow=False,
-                       font=dict(color="#777777", size=FONT["size"]))
 
 
 def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], keys: Sequence[str] = ("loss",),
@@ -172,22 +160,22 @@ def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], key
                         subplot_titles=[f"{'validation' if kind == 'val' else 'training'}: {key}"
                                         for kind, key in panels])
     in_legend: set[str] = set()
+    colours = model_colours(list(curves_by_model))
     for p, (kind, key) in enumerate(panels):
         row, col = p // cols + 1, p % cols + 1
         drawn = False
-        for m, (label, runs) in enumerate(curves_by_model.items()):
+        for label, runs in curves_by_model.items():
             stats = seed_band(runs, key, kind, band)
             if not len(stats["step"]):
                 continue  # e.g. a softmax run has no gmm_* scalars
-            colour = MODEL_COLOURS[m % len(MODEL_COLOURS)]
             name = f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-            for trace in band_traces(stats, name, colour, show_legend=name not in in_legend,
-                                     hover_name=f"{label} — {key}"):
+            for trace in band_traces(stats, name, colours[label], show_legend=name not in in_legend,
+                                     hover_name=f"{label} — {key}", kind=band):
                 fig.add_trace(trace, row=row, col=col)
             in_legend.add(name)
             drawn = True
         if not drawn:
-            _panel_note(fig, row, col, f"'{key}' was not logged by these runs")
+            panel_note(fig, row, col, f"'{key}' was not logged by these runs")
         fig.update_xaxes(title_text="iteration", row=row, col=col)
         fig.update_yaxes(title_text=SCALAR_TITLES.get(key, key), row=row, col=col)
     fig.update_layout(
@@ -203,15 +191,6 @@ def _aggregate_of(summary_aggregate: Mapping) -> Mapping:
     if "aggregate" in summary_aggregate and isinstance(summary_aggregate["aggregate"], Mapping):
         return summary_aggregate["aggregate"]
     return summary_aggregate
-
-
-def format_mean_std(mean: float | None, std: float | None, n: int, digits: int = 3) -> str:
-    """``"0.553 ± 0.004"`` (``"0.553"`` for one seed, ``"n/a"`` when missing)."""
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    if n > 1 and std is not None and np.isfinite(std):
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}"
 
 
 def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
@@ -251,7 +230,7 @@ def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
             for label, _, _ in columns:
                 stats = cols.get(label)
                 row.append("n/a" if stats is None else
-                           format_mean_std(stats.get("mean"), stats.get("std"), int(stats.get("n", 1)), digits))
+                           format_mean_std({"n": 1, **stats}, digits))
                 flag.append(best.get(label) == head)
             seeds = max((int(s.get("n", 0)) for s in cols.values()), default=0)
             cells.append(row + [str(seeds)])
@@ -282,20 +261,19 @@ def per_class_iou_figure(metrics_by_model: Mapping[str, Sequence[Mapping] | Mapp
     if not metrics_by_model:
         raise ValueError("metrics_by_model is empty")
     fig = go.Figure()
+    colours = model_colours(list(metrics_by_model))
     classes: list[str] | None = None
-    for m, (label, runs) in enumerate(metrics_by_model.items()):
+    for label, runs in metrics_by_model.items():
         runs = [runs] if isinstance(runs, Mapping) else list(runs)
         if not runs or any("per_class_iou" not in r for r in runs):
             raise ValueError(f"metrics_by_model[{label!r}]: every metrics dict needs 'per_class_iou'")
         if classes is None:
             classes = list(runs[0]["per_class_iou"])
-        values = np.array([[np.nan if r["per_class_iou"].get(c) is None else r["per_class_iou"][c]
-                            for c in classes] for r in runs], dtype=np.float64)  # [seeds, C]
-        counts = np.isfinite(values).sum(0)
-        mean = np.array([np.nanmean(v) if n else np.nan for v, n in zip(values.T, counts)])
-        std = np.array([np.nanstd(v, ddof=1) if n > 1 else 0.0 for v, n in zip(values.T, counts)])
+        stats = [seed_stats(r["per_class_iou"].get(c) for r in runs) for c in classes]  # per class, over seeds
+        mean, std, counts = (np.array([s[key] for s in stats], dtype=np.float64) for key in ("mean", "std", "n"))
+        std[counts == 0] = 0.0  # a class no seed reports: no bar, no whisker
         fig.add_bar(x=classes, y=mean, name=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
-                    marker_color=MODEL_COLOURS[m % len(MODEL_COLOURS)],
+                    marker_color=colours[label],
                     error_y=dict(type="data", array=std, visible=len(runs) > 1, thickness=1.5, width=4),
                     customdata=np.stack([std, counts], -1),
                     hovertemplate=f"<b>{label}</b><br>%{{x}}: IoU %{{y:.3f}} ± %{{customdata[0]:.3f}}"
@@ -309,37 +287,6 @@ def per_class_iou_figure(metrics_by_model: Mapping[str, Sequence[Mapping] | Mapp
 
 
 # ----------------------------------------------------------------------------------- predictions
-def _png_data_uri(rgb: np.ndarray) -> str:
-    """``[H, W, 3|4]`` uint8 -> ``data:image/png;base64,...`` (lossless and far smaller than ``z``)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_png_data_uri(uri: str) -> np.ndarray:
-    """Inverse of the figures' PNG encoding: ``data:image/png;base64,...`` -> ``[H, W, 3|4]`` uint8."""
-    from PIL import Image
-
-    head = "data:image/png;base64,"
-    if not uri.startswith(head):
-        raise ValueError("uri is not a base64 PNG data URI")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri[len(head):]))))
-
-
-def _image_axes(fig: go.Figure, n_panels: int, label_first: bool = True) -> None:
-    """Square pixels, rows growing downwards, tick labels only on the first panel."""
-    for k in range(1, n_panels + 1):
-        suffix = "" if k == 1 else str(k)
-        first = label_first and k == 1
-        fig.layout[f"xaxis{suffix}"].update(showgrid=False, zeroline=False, showticklabels=first,
-                                            title_text="column (px)" if first else None, constrain="domain")
-        fig.layout[f"yaxis{suffix}"].update(showgrid=False, zeroline=False, showticklabels=first,
-                                            title_text="row (px)" if first else None, autorange="reversed",
-                                            scaleanchor=f"x{suffix}", constrain="domain")
-
-
 def _class_legend(fig: go.Figure, classes: Sequence[str], palette, extra: Sequence[tuple[str, tuple]] = ()) -> None:
     """Legend entries (square markers, no data) for the class colours of label maps drawn as images."""
     for name, colour in list(zip(classes, class_colours(palette))) + [(n, hex_colour(c)) for n, c in extra]:
@@ -348,7 +295,8 @@ def _class_legend(fig: go.Figure, classes: Sequence[str], palette, extra: Sequen
 
 
 def pixel_accuracy(pred: np.ndarray, gt: np.ndarray, ignore_index: int = 255) -> float:
-    """Share of ground-truth-labelled pixels predicted right (NaN when none is labelled)."""
+    """Share of ground-truth-labelled pixels predicted right (NaN when none is labelled); ``pred`` and
+    ``gt`` are int label maps of one shape, e.g. ``[H, W]``."""
     labelled = gt != ignore_index
     return float((pred[labelled] == gt[labelled]).mean()) if labelled.any() else float("nan")
 
@@ -400,10 +348,10 @@ def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4
         maps = [ref.images[i], colourise(ref.gt[i], ref.palette, ignore_colour=IGNORE_COLOUR)]
         maps += [colourise(preds_by_model[label].pred[i], ref.palette) for label in labels]
         for col, rgb in enumerate(maps, start=1):
-            fig.add_trace(go.Image(source=_png_data_uri(rgb), visible=k == 0, name=ref.names[i],
+            fig.add_trace(go.Image(source=png_data_uri(rgb), visible=k == 0, name=ref.names[i],
                                    hovertemplate="row %{y}, column %{x}<extra></extra>"), row=1, col=col)
     _class_legend(fig, ref.classes, ref.palette, extra=[("ignore (GT 255)", IGNORE_COLOUR)])
-    _image_axes(fig, n_panels)
+    image_axes(fig, n_panels)
     n_legend = len(ref.classes) + 1
 
     def heading(i: int) -> str:
@@ -447,16 +395,16 @@ def predictions_widget(preds_by_model: Mapping[str, object], max_images: int = 8
             return _image_and_gt_figure(ref, controls["image"].value, panel_px)
         return predictions_figure(shown, image_indices=[controls["image"].value], panel_px=panel_px)
 
-    return _widget_box(controls, render)
+    return figure_box(controls, render)
 
 
 def _image_and_gt_figure(ref, index: int, panel_px: int) -> go.Figure:
     # predictions_figure with every model toggled off: image and ground truth only
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.015, subplot_titles=["image", "ground truth"])
-    fig.add_trace(go.Image(source=_png_data_uri(ref.images[index])), row=1, col=1)
-    fig.add_trace(go.Image(source=_png_data_uri(colourise(ref.gt[index], ref.palette, IGNORE_COLOUR))), row=1, col=2)
+    fig.add_trace(go.Image(source=png_data_uri(ref.images[index])), row=1, col=1)
+    fig.add_trace(go.Image(source=png_data_uri(colourise(ref.gt[index], ref.palette, IGNORE_COLOUR))), row=1, col=2)
     _class_legend(fig, ref.classes, ref.palette, extra=[("ignore (GT 255)", IGNORE_COLOUR)])
-    _image_axes(fig, 2)
+    image_axes(fig, 2)
     fig.update_layout(title=dict(text=f"{ref.names[index]} (#{index}): no model selected", x=0.01), font=FONT,
                       template="plotly_white", height=panel_px + 190, margin=dict(l=70, r=20, t=130, b=50),
                       legend=dict(title=dict(text="class"), x=1.01, y=1.0))
