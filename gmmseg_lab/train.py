@@ -9,23 +9,36 @@
     work_dir = train(cfg)                       # IterBasedTrainLoop, IoUMetric validation, checkpoints
     train(cfg, resume=True)                     # continue from work_dir/last_checkpoint
 
-The work dir holds ``config.py`` (the full config as run), the checkpoints (``iter_N.pth``,
-``last_checkpoint`` naming the newest) and the logs. The GMM state (means, standard deviations, FIFO
-memory, counters) is made of buffers, so it is saved in every checkpoint and restored on load/resume.
-:func:`gmmseg_lab.models.load_segmentor` turns a work dir back into a model.
+The work dir holds ``config.py`` (the config as given: without what :func:`train` adds to run it,
+i.e. resume / ``load_from``, the distributed backend, model wrapper and per-rank seeding), the
+checkpoints (``iter_N.pth``, ``last_checkpoint`` naming the newest) and the logs. The GMM state
+(means, standard deviations, FIFO memory, counters) is made of buffers, so it is saved in every
+checkpoint and restored on load/resume. :func:`gmmseg_lab.models.load_segmentor` turns a work dir
+back into a model.
+
+Checkpoints are written atomically (:class:`AtomicCheckpointHook` replaces mmengine's
+``CheckpointHook``): each file goes to a temporary sibling renamed into place, ``last_checkpoint``
+is replaced the same way once the new checkpoint is complete, and the oldest checkpoint
+(``max_keep_ckpts``) is removed only after that; a run killed at any moment leaves a resumable work
+dir. :func:`last_checkpoint` treats a missing, empty or garbled pointer as none and falls back to the
+newest intact checkpoint.
 
 Exact resume: :class:`RNGStateHook` (added by :func:`train`) saves the Python / NumPy / torch RNG
 states in every checkpoint and restores them on resume, and gives the data loaders their own seeded
 generator, so a run killed and resumed ends bit-identical to an uninterrupted one (CPU, data loading in
 the main process, ``num_workers=0`` as in the shipped presets). A truncated or corrupt checkpoint is
-refused with a :class:`CheckpointError` naming the file (no silent fallback).
+refused with a :class:`CheckpointError` naming the file (no silent fallback to an older one; only an
+unusable ``last_checkpoint`` pointer makes :func:`last_checkpoint` look for the newest intact file).
 
 Distributed (``torchrun --nproc_per_node N -m gmmseg_lab train ... --launcher pytorch``): the
 backend follows the device (:func:`choose_dist_backend`: NCCL with CUDA, gloo without), DDP wraps the
 model on CPU too, only rank 0 writes checkpoints, logs and ``config.py``, and every rank holds the
 same GMM: its update gathers the pixels of all ranks (:func:`gmmseg_lab.gmm.all_gather_rows`), so the
 buffers are identical by construction and are not broadcast (the FIFO memory can be hundreds of MB).
-:class:`SyncNormStatsHook` averages BatchNorm running statistics across ranks after every iteration
+Each rank draws its own random numbers (``randomness.diff_rank_seed`` defaults to True under a
+launcher: different augmentations and dropout per rank; the model starts from rank 0's weights,
+which mmengine broadcasts). :class:`SyncNormStatsHook` averages BatchNorm running statistics across
+ranks whenever they are used or saved: before validation, before each checkpoint and at the end
 (plain BN otherwise keeps per-rank statistics; SyncBN is GPU-only). For debugging,
 :class:`DumpGMMStateHook` (``GMMSEG_LAB_DUMP_STATE=DIR``) writes each rank's GMM buffers and weight
 hashes.
@@ -39,7 +52,9 @@ import hashlib
 import inspect
 import os
 import random
+import re
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -47,14 +62,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
-from mmengine.hooks import Hook
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 
+from .io_utils import atomic_open, atomic_write_text
 from .models.inference import quiet_mmengine
 
 __all__ = ["train", "TqdmProgressHook", "RNGStateHook", "SyncNormStatsHook", "DumpGMMStateHook",
-           "CheckpointError", "check_checkpoint", "choose_dist_backend", "last_checkpoint",
-           "quiet_mmengine", "DUMP_STATE_ENV"]
+           "AtomicCheckpointHook", "AtomicLocalBackend", "CheckpointError", "check_checkpoint",
+           "choose_dist_backend", "last_checkpoint", "quiet_mmengine", "DUMP_STATE_ENV"]
 
 #: Environment variable: when set to a directory, :func:`train` adds :class:`DumpGMMStateHook` there.
 DUMP_STATE_ENV = "GMMSEG_LAB_DUMP_STATE"
@@ -123,13 +141,56 @@ class TqdmProgressHook(Hook):
             self._bar = None
 
 
-def last_checkpoint(work_dir: str | Path) -> Path | None:
-    """The checkpoint named by ``work_dir/last_checkpoint`` (written by CheckpointHook), or None."""
-    pointer = Path(work_dir) / "last_checkpoint"
+def _read_pointer(work_dir: Path) -> tuple[Path | None, str | None]:
+    """``(checkpoint named by work_dir/last_checkpoint, None)``, or ``(None, what is wrong with the
+    pointer)``: ``"missing"``, ``"empty"`` or ``"garbled (...)"``."""
+    pointer = work_dir / "last_checkpoint"
     if not pointer.is_file():
-        return None
-    path = Path(pointer.read_text().strip())
-    return path if path.is_absolute() else Path(work_dir) / path
+        return None, "missing"
+    try:
+        text = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"garbled ({type(exc).__name__})"
+    if not text:
+        return None, "empty"
+    if "\n" in text or "\x00" in text:
+        return None, "garbled (not a single path)"
+    path = Path(text)
+    return (path if path.is_absolute() else work_dir / path), None
+
+
+def _checkpoint_files(work_dir: Path) -> list[Path]:
+    """The work dir's ``iter_N.pth`` / ``epoch_N.pth``, newest first."""
+    names = re.compile(r"(iter|epoch)_\d+\.pth")
+    found = [p for p in work_dir.glob("*.pth") if names.fullmatch(p.name) and p.is_file()]
+    return sorted(found, key=_checkpoint_iter, reverse=True)
+
+
+def last_checkpoint(work_dir: str | Path) -> Path | None:
+    """The checkpoint to resume ``work_dir`` from, or None when it has none.
+
+    Normally the one ``work_dir/last_checkpoint`` names (as named, even when that file is missing or
+    damaged: :func:`check_checkpoint` then says so). When the pointer is missing, empty or garbled
+    (written by an older, non-atomic writer and cut short, or a run killed between saving its first
+    checkpoint and pointing to it), the newest intact ``iter_N.pth`` / ``epoch_N.pth`` of the work dir
+    instead (a warning names it when the pointer exists but is unusable); None when there is no intact
+    one (:func:`train` refuses to resume, or start afresh over, a work dir whose checkpoints are all
+    damaged).
+    """
+    work_dir = Path(work_dir)
+    path, problem = _read_pointer(work_dir)
+    if path is not None:
+        return path
+    for candidate in _checkpoint_files(work_dir):
+        try:
+            check_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        if problem != "missing":
+            warnings.warn(f"{work_dir / 'last_checkpoint'} is {problem}: using the newest intact checkpoint "
+                          f"there, {candidate.name}", RuntimeWarning, stacklevel=2)
+        return candidate
+    return None
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -140,6 +201,109 @@ class CheckpointError(ValueError):
 def _checkpoint_iter(path: Path) -> int:
     stem = path.stem
     return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
+
+
+#: Name under which :class:`AtomicLocalBackend` is registered with mmengine's file backends.
+ATOMIC_BACKEND = "gmmseg_atomic_local"
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, but ``put`` / ``put_text`` write a temporary sibling and rename
+    it into place (:func:`gmmseg_lab.io_utils.atomic_open`): a reader, or a run killed mid-write, sees
+    the old file or the new one, never a truncated one. Everything else is :class:`LocalBackend`'s."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        with atomic_open(filepath, "wb") as fh:
+            fh.write(obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        with atomic_open(filepath, "wb") as fh:
+            fh.write(obj.encode(encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` with crash-safe files; :func:`train` uses it in place of
+    ``CheckpointHook`` (same arguments, same schedule).
+
+    mmengine removes the oldest checkpoint (``max_keep_ckpts``) *before* saving the new one, writes the
+    file in place and then ``last_checkpoint`` with a plain ``open('w')``: a run killed in between
+    loses a checkpoint, leaves a truncated one, or leaves an empty pointer. Here, for a local
+    ``out_dir`` (other storage backends are left as configured):
+
+    1. the checkpoint is written through :class:`AtomicLocalBackend` (``backend_args``), so it appears
+       complete or not at all (also best checkpoints);
+    2. ``last_checkpoint`` is replaced atomically once the checkpoint is in place;
+    3. only then is the checkpoint that fell out of ``max_keep_ckpts`` removed.
+
+    The bookkeeping (``keep_ckpt_ids`` and ``last_ckpt`` in the message hub, saved in the checkpoint)
+    is mmengine's, in that order. Temporary files left by a killed run are removed at the start.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if (self.file_client_args is None and not (self.backend_args or {}).get("backend")
+                and type(self.file_backend) is LocalBackend):
+            self.backend_args = {**(self.backend_args or {}), "backend": ATOMIC_BACKEND}
+            from mmengine.fileio import get_file_backend
+
+            self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
+        if is_main_process():  # temporaries of a run killed mid-write (atomic_open's names)
+            for folder, pattern in ((self.out_dir, ".*.pth.*.tmp"), (runner.work_dir, ".last_checkpoint.*.tmp")):
+                if isinstance(self.file_backend, LocalBackend) and Path(folder).is_dir():
+                    for stale in Path(folder).glob(pattern):
+                        stale.unlink(missing_ok=True)
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        expired = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                expired = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, ckpt_filename, self.file_client_args,
+                               save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta,
+                               by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        if not is_main_process():
+            return
+        atomic_write_text(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt))
+        if expired is not None and expired != step:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(expired))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # checkpoints saved by deepspeed are directories
+                self.file_backend.rmtree(path)
+
+
+def _saves_checkpoint(runner, stage: str) -> bool:
+    """Whether a ``CheckpointHook`` of ``runner`` saves a checkpoint at this point of the loop: stage
+    ``"iter"`` (``after_train_iter``), ``"epoch"`` (``after_train_epoch``) or ``"val"``
+    (``after_val_epoch``: best checkpoints). The same on every rank (iteration counters only)."""
+    for hook in getattr(runner, "hooks", ()):
+        if not isinstance(hook, CheckpointHook):
+            continue
+        try:
+            if stage == "iter" and not hook.by_epoch:
+                if hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
+                        hook.save_last and hook.is_last_train_iter(runner)):
+                    return True
+            elif stage == "epoch" and hook.by_epoch:
+                if hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                        hook.save_last and hook.is_last_train_epoch(runner)):
+                    return True
+            elif stage == "val" and hook.save_best:
+                return True
+        except AttributeError:  # a checkpoint hook unlike mmengine's: assume it may save
+            return True
+    return False
 
 
 def check_checkpoint(path: str | Path) -> Path:
@@ -228,11 +392,15 @@ class RNGStateHook(Hook):
 
     - saves every rank's Python / NumPy / torch (and CUDA) RNG state and the train loader's generator
       in each checkpoint (``checkpoint["rng_state"]``), and restores them on resume, just before the
-      first resumed iteration (``before_train_epoch``, after every other hook has set up);
-    - gives every data loader its own generator seeded from the run's seed: a ``DataLoader`` otherwise
-      draws its worker base seed from the global torch RNG each time an iterator is created, and the
-      resumed run creates its train iterator (and the uninterrupted one its validation iterators) at
-      other points of the stream.
+      first resumed iteration (``before_train_epoch``, after every other hook has set up). Checkpoints
+      are written by rank 0 only, so in a process group the ranks' states are gathered first, only at
+      the points where a ``CheckpointHook`` saves (its interval, the last iteration or epoch, and
+      after validation for best checkpoints), not at every iteration;
+    - gives every data loader its own generator seeded from the run's seed (``runner.seed``, which
+      includes the rank under ``randomness.diff_rank_seed``, the default under a launcher): a
+      ``DataLoader`` otherwise draws its worker base seed from the global torch RNG each time an
+      iterator is created, and the resumed run creates its train iterator (and the uninterrupted one
+      its validation iterators) at other points of the stream.
 
     Exactness needs the augmentations drawn in the main process (``num_workers=0``, the shipped
     presets): workers re-seed from ``worker_init_fn`` when their iterator is created, so with workers
@@ -243,7 +411,7 @@ class RNGStateHook(Hook):
     priority = "LOW"  # after NORMAL hooks, before CheckpointHook (VERY_LOW) saves
 
     def __init__(self) -> None:
-        self._gathered: list | None = None
+        self._gathered: tuple[tuple[int, int], list] | None = None  # ((iter, epoch), every rank's state)
         self._pending: dict | None = None
 
     # -- generators
@@ -260,9 +428,12 @@ class RNGStateHook(Hook):
         return loaders
 
     def before_train(self, runner) -> None:
+        # mmengine's runner.seed is the configured seed plus the rank under diff_rank_seed: each rank
+        # then has its own loader streams; without it every rank shares them (as the user asked).
+        seed = int(runner.seed)
         for loader in self._loaders(runner):
             if loader.generator is None:
-                loader.generator = torch.Generator().manual_seed(int(runner.seed))
+                loader.generator = torch.Generator().manual_seed(seed)
 
     # -- saving
     def _state(self, runner) -> dict:
@@ -272,22 +443,41 @@ class RNGStateHook(Hook):
             state["train_loader_generator"] = loader.generator.get_state()
         return state
 
+    @staticmethod
+    def _when(runner) -> tuple[int, int]:
+        return int(runner.iter), int(runner.epoch)
+
     def _gather(self, runner) -> None:
         # CheckpointHook saves on rank 0 only: collect every rank's state first (a few tens of kB).
-        if _world()[1] > 1:
-            states: list = [None] * _world()[1]
+        # A collective: every rank decides the same way (_saves_checkpoint reads the counters only).
+        world = _world()[1]
+        if world > 1:
+            states: list = [None] * world
             dist.all_gather_object(states, self._state(runner))
-            self._gathered = states
+            self._gathered = (self._when(runner), states)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        self._gather(runner)
+        if _saves_checkpoint(runner, "iter"):
+            self._gather(runner)
 
     def after_train_epoch(self, runner) -> None:
-        self._gather(runner)
+        if _saves_checkpoint(runner, "epoch"):
+            self._gather(runner)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if _saves_checkpoint(runner, "val"):
+            self._gather(runner)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        world = _world()[1]
-        ranks = self._gathered if world > 1 and self._gathered is not None else [self._state(runner)]
+        if _world()[1] == 1:
+            ranks = [self._state(runner)]
+        elif self._gathered is not None and self._gathered[0] == self._when(runner):
+            ranks = self._gathered[1]
+        else:  # saved outside CheckpointHook's schedule: the other ranks' states are unknown here
+            runner.logger.warning("RNGStateHook: this checkpoint is saved where no CheckpointHook saves, so the"
+                                  " ranks' RNG states were not gathered: it holds none, and a run resumed from"
+                                  " it restarts the random streams from the seed")
+            return
         checkpoint["rng_state"] = {"world_size": len(ranks), "ranks": ranks}
 
     # -- restoring
@@ -391,20 +581,29 @@ def _prepare_distributed(cfg) -> bool:
 
 @HOOKS.register_module()
 class SyncNormStatsHook(Hook):
-    """Average BatchNorm running statistics over the ranks after every training iteration.
+    """Average BatchNorm running statistics over the ranks wherever they are used or saved.
 
     With plain BN (the quick / cpu presets; SyncBN runs on GPUs only) each rank's running mean and
     variance follow its own batches, and since buffers are not broadcast the ranks would validate and
-    save different models. The running statistics are linear in the batch statistics, so the average
-    is the running statistic of the per-rank batch statistics' mean; all-reduce gives every rank the
-    same result. SyncBN layers are already global and skipped. A no-op outside a process group.
+    save different models. Training never reads the running statistics (train-mode BN normalises
+    with the batch's; frozen BN does not update them), and they are linear in the batch statistics
+    (``r <- (1 - m) r + m b``, with the same ``m`` on every rank), so averaging the ranks' statistics
+    once equals averaging them after every iteration. They are therefore all-reduced only before
+    they are used or saved: after an iteration that ends with a checkpoint (before CheckpointHook),
+    at the end of each training epoch, before validation and at the end of training. All-reduce gives
+    every rank the same result. SyncBN layers are already global and skipped. A no-op outside a
+    process group.
     """
 
     priority = "NORMAL"  # before CheckpointHook (VERY_LOW) and before validation
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if _world()[1] < 2:
+    def __init__(self) -> None:
+        self._dirty = False  # trained since the last sync (the same on every rank)
+
+    def _sync(self, runner) -> None:
+        if not self._dirty or _world()[1] < 2:
             return
+        self._dirty = False
         from mmengine.dist import all_reduce_params
         from torch.nn.modules.batchnorm import SyncBatchNorm, _NormBase
 
@@ -413,6 +612,22 @@ class SyncNormStatsHook(Hook):
                  for t in (m.running_mean, m.running_var) if t is not None]
         if stats:
             all_reduce_params(stats, op="mean")
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if _world()[1] < 2:
+            return
+        self._dirty = True
+        if _saves_checkpoint(runner, "iter"):
+            self._sync(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        self._sync(runner)
+
+    def before_val_epoch(self, runner) -> None:
+        self._sync(runner)
+
+    def after_train(self, runner) -> None:
+        self._sync(runner)
 
 
 def _tensor_digest(named) -> str:
@@ -480,16 +695,27 @@ def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = Tr
             file path.
         resume: ``True``: continue from the work dir's ``last_checkpoint`` (model, GMM buffers,
             optimizer, LR schedule, iteration, data order and RNG states, so the run ends as an
-            uninterrupted one would); starts afresh when there is none. A checkpoint path: continue
-            from that one. A truncated or corrupt checkpoint raises :class:`CheckpointError` naming it
-            (see :func:`check_checkpoint`).
+            uninterrupted one would); when that pointer is missing, empty or garbled, from the newest
+            intact checkpoint (:func:`last_checkpoint`); starts afresh when the work dir has no
+            checkpoint, and raises :class:`CheckpointError` when all of them are damaged. A
+            checkpoint path: continue from that one. A truncated or corrupt checkpoint raises
+            :class:`CheckpointError` naming it (see :func:`check_checkpoint`).
         progress: show a tqdm progress bar (``tqdm.auto``; rank 0 only).
         work_dir: override ``cfg.work_dir``.
         log_level: override the config's ``log_level`` (e.g. ``"WARNING"`` for a quiet console).
 
     With ``cfg.launcher`` set (``--launcher pytorch`` under torchrun) the run is distributed: see the
-    module docstring. :class:`RNGStateHook` and :class:`SyncNormStatsHook` are always registered (the
-    latter is a no-op in one process); :class:`DumpGMMStateHook` when ``GMMSEG_LAB_DUMP_STATE`` is set.
+    module docstring; ``randomness.diff_rank_seed`` defaults to True then (set it False in the config
+    to give every rank the same random streams), and a process group this function creates is
+    destroyed when it returns or raises. :class:`RNGStateHook` and :class:`SyncNormStatsHook` are
+    always registered (the latter is a no-op in one process); :class:`DumpGMMStateHook` when
+    ``GMMSEG_LAB_DUMP_STATE`` is set. mmengine's ``CheckpointHook`` becomes
+    :class:`AtomicCheckpointHook`.
+
+    ``work_dir/config.py`` records the config as given (with ``work_dir``, ``log_level``,
+    ``experiment_name`` and the progress hook as run), not the edits made here to run it: resume /
+    ``load_from``, the process group's backend and model wrapper, ``diff_rank_seed``, the checkpoint
+    hook's class. It is written atomically, by rank 0.
     """
     from mmengine.runner import Runner
 
@@ -507,36 +733,56 @@ def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = Tr
         # Unique per call: mmengine keeps one logger / visualizer / message hub per experiment name,
         # and two runs of one config in the same second would otherwise share (and mix) them.
         cfg.experiment_name = f"{Path(cfg.filename or 'run').stem}_{uuid.uuid4().hex[:6]}"
+    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "TqdmProgressHook"]
+    if progress:
+        hooks.append(dict(type="TqdmProgressHook"))
+    cfg.custom_hooks = hooks
+    as_given = copy.deepcopy(cfg)  # for config.py: before the edits below, which only serve this run
+
     resume_from = None
     if isinstance(resume, (str, Path)):
         resume_from = Path(resume).expanduser().absolute()
     elif resume:
-        resume_from = last_checkpoint(cfg.work_dir)  # None: nothing to resume, start afresh
+        resume_from = last_checkpoint(cfg.work_dir)  # None: no intact checkpoint there
+        damaged = _checkpoint_files(Path(cfg.work_dir)) if resume_from is None else []
+        if damaged:  # never start afresh over them
+            raise CheckpointError(f"cannot resume {cfg.work_dir}: its last_checkpoint is "
+                                  f"{_read_pointer(Path(cfg.work_dir))[1]} and none of its checkpoints "
+                                  f"({', '.join(p.name for p in damaged)}) is intact; start afresh in a new work dir "
+                                  "(or remove them)")
     if resume_from is not None:
         check_checkpoint(resume_from)
         cfg.resume = True
         cfg.load_from = str(resume_from)  # mmengine resumes from load_from when resume=True
     else:
         cfg.resume = False
-    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "TqdmProgressHook"]
-    if progress:
-        hooks.append(dict(type="TqdmProgressHook"))
-    cfg.custom_hooks = hooks
-    created_group = _prepare_distributed(cfg) if cfg.get("launcher", "none") != "none" else False
-
-    out = Path(cfg.work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runner = Runner.from_cfg(cfg)
-    if runner.rank == 0:  # one writer per file
-        cfg.dump(str(out / "config.py"))
-    registered = {type(h).__name__ for h in runner.hooks}
-    extra = [RNGStateHook(), SyncNormStatsHook()]
-    if os.environ.get(DUMP_STATE_ENV):
-        extra.append(DumpGMMStateHook(os.environ[DUMP_STATE_ENV]))
-    for hook in extra:
-        if type(hook).__name__ not in registered:
-            runner.register_hook(hook)
-    runner.train()
-    if created_group:
-        dist.destroy_process_group()
+    default_hooks = dict(cfg.get("default_hooks") or {})
+    checkpoint_hook = default_hooks.get("checkpoint", dict(type="CheckpointHook", interval=1))  # mmengine's default
+    if isinstance(checkpoint_hook, dict) and checkpoint_hook.get("type") in ("CheckpointHook", CheckpointHook):
+        default_hooks["checkpoint"] = {**checkpoint_hook, "type": "AtomicCheckpointHook"}
+        cfg.default_hooks = default_hooks
+    distributed = cfg.get("launcher", "none") != "none"
+    if distributed:
+        # Own random streams per rank (augmentations, dropout); mmengine broadcasts rank 0's weights.
+        randomness = dict(cfg.get("randomness") or {})
+        randomness.setdefault("diff_rank_seed", True)
+        cfg.randomness = randomness
+    created_group = _prepare_distributed(cfg) if distributed else False
+    try:
+        out = Path(cfg.work_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        runner = Runner.from_cfg(cfg)
+        if runner.rank == 0:  # one writer per file
+            atomic_write_text(out / "config.py", as_given.pretty_text)
+        registered = {type(h).__name__ for h in runner.hooks}
+        extra = [RNGStateHook(), SyncNormStatsHook()]
+        if os.environ.get(DUMP_STATE_ENV):
+            extra.append(DumpGMMStateHook(os.environ[DUMP_STATE_ENV]))
+        for hook in extra:
+            if type(hook).__name__ not in registered:
+                runner.register_hook(hook)
+        runner.train()
+    finally:
+        if created_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return out

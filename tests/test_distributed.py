@@ -10,8 +10,11 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
+from mmengine.config import Config
 
 from gmmseg_lab.cli import main
 from gmmseg_lab.models import build_config
@@ -83,6 +86,78 @@ def test_only_rank_zero_writes_and_the_checkpoint_is_the_ranks_state(two_ranks):
     state = torch.load(work_dir / f"iter_{ITERS}.pth", map_location="cpu", weights_only=False)["state_dict"]
     for name, value in r0["gmm"].items():
         assert torch.equal(state[name], value), name
+    # config.py is the config as given, not what train() set up for this machine and launcher.
+    recorded = Config.fromfile(str(work_dir / "config.py"))
+    assert "model_wrapper_cfg" not in recorded and recorded.env_cfg.dist_cfg.backend == "nccl"
+    assert "diff_rank_seed" not in recorded.randomness and recorded.resume is False
+
+
+@pytest.mark.slow
+def test_every_rank_draws_its_own_random_numbers(two_ranks):
+    """diff_rank_seed under a launcher: augmentations, dropout and loader streams differ per rank
+    (the mixtures and weights stay identical: see above)."""
+    work_dir, _, _ = two_ranks
+    rng = torch.load(work_dir / f"iter_{ITERS}.pth", map_location="cpu", weights_only=False)["rng_state"]
+    assert rng["world_size"] == 2
+    r0, r1 = rng["ranks"]
+    assert not torch.equal(r0["torch"], r1["torch"])
+    assert not torch.equal(r0["numpy"]["keys"], r1["numpy"]["keys"])
+    assert not torch.equal(r0["train_loader_generator"], r1["train_loader_generator"])
+
+
+def _head_worker(rank, world, init_file, out_dir, case):
+    """A GMM decode head in training mode on 2 gloo ranks; one rank gets a bad batch."""
+    import datetime
+
+    import torch.distributed as dist
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from gmmseg_lab.models.gmm_head import gmm_head_class
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        torch.manual_seed(0)
+        head = gmm_head_class("FCNHead")(in_channels=8, channels=8, num_convs=1, concat_input=False,
+                                         num_classes=3, num_components=2, embed_dim=4,
+                                         gmm_cfg=dict(memory_size=20, update_interval=1)).train()
+        g = torch.Generator().manual_seed(rank)
+        feat = torch.randn(2, 8, 6, 6, generator=g)
+        labels = torch.randint(0, 3, (2, 1, 6, 6), generator=g)
+        if case == "nan" and rank == 1:
+            feat[0, :, 2, 2] = float("nan")
+        if case == "labels" and rank == 0:
+            labels[1, 0, 0, 0] = 7
+        samples = [SegDataSample(gt_sem_seg=PixelData(data=lab)) for lab in labels]
+        try:
+            head.loss_by_feat(head.forward([feat]), samples)
+            outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - recorded for the test
+            outcome = f"{type(exc).__name__}: {exc}"
+        (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case, bad_rank, own", [
+    ("nan", 1, "ValueError: x must be finite"),
+    ("labels", 0, "ValueError: gt_sem_seg must be in [0, 3) or 255 (ignore), found [7]"),
+])
+def test_a_bad_batch_in_the_head_stops_every_rank_together(case, bad_rank, own, tmp_path):
+    """Non-finite embeddings (cls_seg) or labels out of range (loss_by_feat) on one rank: in training
+    every rank raises, none is left waiting in the GMM update's gathers (gloo: until the timeout)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_head_worker, args=(2, str(tmp_path / "init"), str(tmp_path), case), nprocs=2, join=True)
+    for rank in range(2):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        if rank == bad_rank:
+            assert outcome.startswith(own), outcome
+        else:
+            assert outcome.startswith("ValueError: GMMFCNHead's GMM input is invalid on rank "
+                                      f"{bad_rank} (rank {bad_rank}: {own}"), outcome
 
 
 def test_backend_follows_the_device_unless_the_config_says_otherwise():

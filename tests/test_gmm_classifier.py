@@ -292,3 +292,70 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(memory, 
     for name, value in single.state_dict().items():
         assert torch.equal(rank0[name], rank1[name]), f"ranks differ in {name}"
         assert torch.equal(rank0[name], value), f"2-process run differs from 1 process in {name}"
+
+
+def _bad_input_worker(rank, world, init_file, out_dir, case):
+    """One rank gets a bad batch; every rank records what its update raised, then all go on."""
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # A short timeout: without the agreement the good rank would wait in the gather until it expires.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        torch.manual_seed(0)
+        clf = GMMClassifier(memory="fifo", **CLF_KWARGS)
+        x, labels = (t.clone() for t in _batches(1)[0][rank])
+        if case == "nan" and rank == 1:
+            x[3, 0] = math.nan
+        if case == "labels" and rank == 0:
+            labels[0] = 99
+        before = {k: v.clone() for k, v in clf.state_dict().items()}
+        try:
+            clf.update(x, labels)
+            outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - recorded for the test
+            outcome = f"{type(exc).__name__}: {exc}"
+        unchanged = all(torch.equal(v, before[k]) for k, v in clf.state_dict().items())
+        clf.update(*_batches(1)[0][rank])  # the ranks are still in step: a clean update goes through
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as fh:
+            fh.write(f"{unchanged}\n{outcome}\n{int(clf.num_updates)}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case, bad_rank, own", [
+    ("nan", 1, "ValueError: x must be finite, found 1 NaN or infinite value(s) in 1 of"),
+    ("labels", 0, "ValueError: labels must be in [0, 3) or 255 (ignore), found [99]"),
+])
+def test_a_bad_batch_on_one_rank_stops_every_rank_together(case, bad_rank, own, tmp_path):
+    """update is collective (it gathers every rank's pixels): a batch refused on one rank must make
+    every rank raise, not leave the others blocked in the gather (gloo until its timeout, NCCL for ever)."""
+    mp.spawn(_bad_input_worker, args=(2, str(tmp_path / "init"), str(tmp_path), case), nprocs=2, join=True)
+    results = {r: (tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(2)}
+    for rank, (unchanged, outcome, updates) in results.items():
+        assert unchanged == "True", f"rank {rank} changed its mixture although it raised"
+        assert updates == "1", f"rank {rank}: the clean update after the error did not run"
+        if rank == bad_rank:
+            assert outcome.startswith(own), outcome
+        else:
+            assert outcome.startswith(f"ValueError: GMMClassifier.update's input is invalid on rank {bad_rank} "
+                                      f"(rank {bad_rank}: {own}"), outcome
+
+
+def test_the_float32_range_check_runs_once_per_call_not_once_per_class(monkeypatch):
+    """The float64 fallback's min/max passes (and host sync) run once per batch in the public entry
+    points, not in every per-class scoring of the E-step."""
+    calls = []
+    real = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, labels, _ = multimodal_sphere_data(num_classes=3, modes=2, dim=8, n_per_mode=10)
+    clf = GMMClassifier(3, num_components=2, embed_dim=8, update_interval=1)
+    for name, call in (("update", lambda: clf.update(x, labels)),
+                       ("assign_components", lambda: clf.assign_components(x, labels)),
+                       ("component_log_prob", lambda: clf.component_log_prob(x))):
+        calls.clear()
+        call()
+        assert len(calls) == 2, f"{name}: {len(calls)} aminmax passes for 3 classes (x and the means: 2)"

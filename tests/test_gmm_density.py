@@ -116,3 +116,25 @@ def test_never_exceeds_the_normaliser():
 def test_bad_input_names_the_argument(x, means, stds, match):
     with pytest.raises(ValueError, match=match):
         diag_gaussian_log_prob(x, means, stds)
+
+
+def test_the_float32_range_check_runs_only_when_asked(monkeypatch):
+    """``validate=False`` (hot loops that checked once) does no min/max pass and no host sync."""
+    calls = []
+    real = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, means, stds = _random_params(50, 4, 3, dtype=torch.float32)
+    diag_gaussian_log_prob(x, means, stds, validate=False)
+    assert calls == []
+    diag_gaussian_log_prob(x, means, stds)
+    assert len(calls) == 2
+    calls.clear()
+    diag_gaussian_log_prob(x, means, stds, validate=False, range_check=True)
+    assert len(calls) == 2
+
+
+def test_float32_near_its_limit_is_scored_in_float64_when_checked():
+    x = torch.tensor([[3e38, -3e38]])
+    means, stds = torch.zeros(2, 2), torch.ones(2, 2)
+    got = diag_gaussian_log_prob(x, means, stds)
+    assert got.dtype == torch.float32 and not torch.isnan(got).any() and torch.isneginf(got).all()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from gmmseg_lab.models import ARCHS, build_config, build_dataloader, decode_head_of, load_segmentor, predict_batch
 from gmmseg_lab.train import TqdmProgressHook, last_checkpoint, train
@@ -48,6 +50,11 @@ def test_train_writes_config_checkpoints_and_validates(trained):
     assert (work_dir / "config.py").is_file()
     assert (work_dir / "iter_5.pth").is_file() and (work_dir / "iter_10.pth").is_file()
     assert last_checkpoint(work_dir) == work_dir / "iter_10.pth"
+    # Checkpoints and the pointer were written atomically: the crash-safe hook ran, no temporaries left.
+    log = next(work_dir.glob("*/*.log")).read_text()
+    assert "AtomicCheckpointHook" in log and not re.search(r"(?<!Atomic)CheckpointHook", log)
+    assert not list(work_dir.glob(".*.tmp"))
+    assert Config.fromfile(str(work_dir / "config.py")).default_hooks.checkpoint.type == "CheckpointHook"
     rows = scalars(work_dir)
     train_rows = [r for r in rows if "decode.loss_component" in r]
     assert len(train_rows) == 10 and all(r["decode.gmm_pixels"] > 0 for r in train_rows)
@@ -85,6 +92,10 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
                        cfg_options={"default_hooks.checkpoint.interval": 5})
     train(cfg, resume=True, progress=False)
     assert last_checkpoint(resumed_dir) == resumed_dir / "iter_15.pth"
+    # config.py is the config as given: what train() set to resume this run is not recorded in it.
+    recorded = Config.fromfile(str(resumed_dir / "config.py"))
+    assert recorded.resume is False and recorded.load_from is None
+    assert recorded.train_cfg.max_iters == 15
     ckpt = torch.load(resumed_dir / "iter_15.pth", map_location="cpu", weights_only=False)
     assert ckpt["meta"]["iter"] == 15
     # 10 updates before the checkpoint + 5 after: the GMM state was restored, not restarted

@@ -10,8 +10,8 @@ Public API:
 """
 
 from .classifier import MEMORIES, GMMClassifier
-from .density import diag_gaussian_log_prob, mixture_log_prob
-from .distributed import all_gather_rows, is_distributed
+from .density import diag_gaussian_log_prob, float32_overflow_risk, mixture_log_prob
+from .distributed import all_gather_rows, is_distributed, raise_together
 from .fit import E_STEPS, fit_gmm
 from .memory import FIFOMemory, StatsMemory
 from .sinkhorn import normalized_sinkhorn_assign, sinkhorn
@@ -25,8 +25,10 @@ __all__ = [
     "all_gather_rows",
     "diag_gaussian_log_prob",
     "fit_gmm",
+    "float32_overflow_risk",
     "is_distributed",
     "mixture_log_prob",
     "normalized_sinkhorn_assign",
+    "raise_together",
     "sinkhorn",
 ]

@@ -13,7 +13,9 @@ Prediction is Bayes' rule with a uniform class prior, ``argmax_c log p(x|c)``; t
 
 Everything is a buffer, so the mixture and its memory are saved and restored with a checkpoint.
 Under ``torch.distributed`` the pixels are gathered from every rank before the E-step, so every rank
-holds the identical mixture.
+holds the identical mixture; ``update`` is a collective call (every rank must make it), and when one
+rank's input is refused every rank raises (:func:`~gmmseg_lab.gmm.distributed.raise_together`), so
+no rank is left waiting in the gather.
 
 Non-finite input: ``update``, ``assign_components``, ``component_log_prob`` (and so
 ``class_log_likelihood``, ``predict``, ``anomaly_score``) raise ``ValueError`` naming ``x`` and the
@@ -33,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_finite, check_float_matrix
-from .density import diag_gaussian_log_prob
-from .distributed import all_gather_rows
+from .density import diag_gaussian_log_prob, float32_overflow_risk
+from .distributed import all_gather_rows, raise_together
 from .fit import E_STEPS
 from .memory import FIFOMemory, StatsMemory
 from .sinkhorn import normalized_sinkhorn_assign
@@ -167,9 +169,11 @@ class GMMClassifier(nn.Module):
         """
         check_float_matrix(x, "x", cols=self.embed_dim)
         c, m, d = self.num_classes, self.num_components, self.embed_dim
-        flat = diag_gaussian_log_prob(
-            x, self._current_means().reshape(c * m, d), self.stds.reshape(c * m, d), validate=False
-        )
+        means, stds = self._current_means().reshape(c * m, d), self.stds.reshape(c * m, d)
+        if float32_overflow_risk(x, means, stds):  # huge inputs: float64, -inf below float32's range
+            flat = diag_gaussian_log_prob(x.double(), means.double(), stds.double(), validate=False).float()
+        else:
+            flat = diag_gaussian_log_prob(x, means, stds, validate=False, range_check=False)
         return flat.view(-1, c, m)
 
     def class_log_likelihood(self, x: Tensor) -> Tensor:
@@ -201,9 +205,20 @@ class GMMClassifier(nn.Module):
             )
         return labels.long()
 
-    def _assign_class(self, x_c: Tensor, cls: int) -> Tensor:
-        """Hard component index ``[n]`` for the ``n`` pixels ``x_c`` of class ``cls``."""
-        log_prob = diag_gaussian_log_prob(x_c, self._current_means()[cls], self.stds[cls], validate=False)
+    def _wide(self, x: Tensor) -> bool:
+        """Whether the E-step must score ``x`` in float64 (float32 could overflow): checked once per
+        batch against every class's Gaussians, not once per class."""
+        d = self.embed_dim
+        return float32_overflow_risk(x, self._current_means().reshape(-1, d), self.stds.reshape(-1, d))
+
+    def _assign_class(self, x_c: Tensor, cls: int, wide: bool = False) -> Tensor:
+        """Hard component index ``[n]`` for the ``n`` pixels ``x_c`` of class ``cls``; ``wide``: score
+        in float64 (see :meth:`_wide`)."""
+        means, stds = self._current_means()[cls], self.stds[cls]
+        if wide:
+            log_prob = diag_gaussian_log_prob(x_c.double(), means.double(), stds.double(), validate=False).float()
+        else:
+            log_prob = diag_gaussian_log_prob(x_c, means, stds, validate=False, range_check=False)
         # Huge inputs can overflow float32 to -inf; keep the E-step finite and NaN-free.
         lowest = torch.finfo(log_prob.dtype).min / 4
         log_prob = torch.nan_to_num(log_prob, nan=lowest, neginf=lowest, posinf=-lowest)
@@ -226,9 +241,11 @@ class GMMClassifier(nn.Module):
         labels = self._check_labels(labels, x.shape[0])
         x = x.detach()
         out = torch.full_like(labels, -1)
-        for cls in torch.unique(labels[labels != self.ignore_index]).tolist():
+        classes = torch.unique(labels[labels != self.ignore_index]).tolist()
+        wide = bool(classes) and self._wide(x)
+        for cls in classes:
             idx = (labels == cls).nonzero(as_tuple=True)[0]
-            out[idx] = self._assign_class(x[idx], cls)
+            out[idx] = self._assign_class(x[idx], cls, wide)
         return out
 
     # ------------------------------------------------------------------ memory and M-step
@@ -253,27 +270,40 @@ class GMMClassifier(nn.Module):
 
         Returns:
             ``{"pixels": int, "classes": int, "m_step": bool}`` for logging (pixels over all ranks).
+
+        Raises:
+            ValueError (TypeError for a non-tensor): bad ``x``, ``labels`` or ``correct``, before any
+            state changes. Under ``torch.distributed`` every rank raises when one rank's input is bad
+            (that rank its own error, the others one naming it), instead of leaving them waiting.
         """
-        check_float_matrix(x, "x", cols=self.embed_dim)
-        labels = self._check_labels(labels, x.shape[0])
-        use = labels != self.ignore_index
-        if correct is not None:
-            if not isinstance(correct, Tensor) or correct.dtype != torch.bool or correct.shape != labels.shape:
-                raise ValueError(f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
-                                 f"{getattr(correct, 'dtype', type(correct))} {tuple(getattr(correct, 'shape', ()))}")
-            use = use & correct
-        x_local = x.detach()[use].to(self.means.dtype)
-        # Finite float64 beyond float32's range turns to inf here; in the statistics memory one such
-        # sample would freeze its component for good: refuse it like any non-finite x.
-        check_finite(x_local, f"x (the used rows, cast to the mixture's {self.means.dtype})")
+        error = None
+        try:
+            check_float_matrix(x, "x", cols=self.embed_dim)
+            labels = self._check_labels(labels, x.shape[0])
+            use = labels != self.ignore_index
+            if correct is not None:
+                if not isinstance(correct, Tensor) or correct.dtype != torch.bool or correct.shape != labels.shape:
+                    raise ValueError(f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
+                                     f"{getattr(correct, 'dtype', type(correct))} "
+                                     f"{tuple(getattr(correct, 'shape', ()))}")
+                use = use & correct
+            x_local = x.detach()[use].to(self.means.dtype)
+            # Finite float64 beyond float32's range turns to inf here; in the statistics memory one such
+            # sample would freeze its component for good: refuse it like any non-finite x.
+            check_finite(x_local, f"x (the used rows, cast to the mixture's {self.means.dtype})")
+        except (TypeError, ValueError) as exc:
+            error = exc
+        # The gathers below need every rank: agree first, so a bad batch on one rank stops them all.
+        raise_together(error, self.means.device, what="GMMClassifier.update's input")
         x_used = all_gather_rows(x_local)
         labels_used = all_gather_rows(labels[use])
 
         classes = torch.unique(labels_used).tolist()
         m = self.num_components
+        wide = bool(classes) and self._wide(x_used)  # same decision on every rank (gathered rows)
         for cls in classes:
             x_c = x_used[labels_used == cls]
-            assignment = self._assign_class(x_c, cls)
+            assignment = self._assign_class(x_c, cls, wide)
             for comp in range(m):
                 self.memory.push(cls * m + comp, self._subsample(x_c[assignment == comp]))
             self.seen[cls] = True
@@ -283,6 +313,10 @@ class GMMClassifier(nn.Module):
         if m_step:
             self.m_step()
         return {"pixels": int(labels_used.numel()), "classes": len(classes), "m_step": m_step}
+
+    def m_step_due(self) -> bool:
+        """True when the next :meth:`update` ends with the M-step (every ``update_interval`` updates)."""
+        return (int(self.num_updates) + 1) % self.update_interval == 0
 
     @torch.no_grad()
     def m_step(self) -> None:

@@ -30,6 +30,27 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+#: Largest ``(max|x| + max|mu|) / min(std)`` scored in float32 (its terms stay below ~1e30).
+FLOAT32_REACH = 1e15
+
+
+def float32_overflow_risk(x: Tensor, means: Tensor, stds: Tensor) -> bool:
+    """True when :func:`diag_gaussian_log_prob` must not score these float32 inputs in float32.
+
+    Every term of the expanded quadratic is at most ``((|x| + |mu|) / std)^2``. Past ~3e38 float32
+    overflows, and ``-inf`` (quadratic) + ``inf`` (linear) would be NaN: such inputs are scored in
+    float64 (and cast back). False when the computation is float64 anyway or an input is empty.
+    Costs a min/max pass over ``x`` and ``means`` and one host sync: call it once per batch, not
+    once per class.
+    """
+    if _compute_dtype(x, means, stds) != torch.float32 or not x.numel() or not means.numel():
+        return False
+    x_lo, x_hi = torch.aminmax(x.detach().float())
+    m_lo, m_hi = torch.aminmax(means.detach().float())
+    reach = (torch.maximum(-x_lo, x_hi) + torch.maximum(-m_lo, m_hi)) / stds.detach().float().min()
+    return not bool(reach <= FLOAT32_REACH)
+
+
 def diag_gaussian_log_prob(
     x: Tensor,
     means: Tensor,
@@ -37,6 +58,7 @@ def diag_gaussian_log_prob(
     *,
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     validate: bool = True,
+    range_check: bool | None = None,
 ) -> Tensor:
     """Log-density of every point under every diagonal Gaussian.
 
@@ -47,6 +69,10 @@ def diag_gaussian_log_prob(
         chunk_rows: rows of ``x`` per block when no gradient is needed (bounds temporaries); ``None``
             processes all rows at once.
         validate: check shapes and finiteness (set ``False`` in hot loops that already checked).
+        range_check: with float32 inputs, score in float64 (then cast back) when float32 could
+            overflow (:func:`float32_overflow_risk`: a pass over ``x`` and a host sync). ``None``
+            (default): the same as ``validate``. Hot loops that skip it check once themselves and
+            pass float64 inputs when needed, as :class:`~gmmseg_lab.gmm.GMMClassifier` does.
 
     Returns:
         ``[N, K]`` tensor ``log N(x_n; means_k, diag(stds_k^2))``, float32 (float64 if any input is
@@ -60,16 +86,10 @@ def diag_gaussian_log_prob(
         check_float_matrix(x, "x", cols=means.shape[1])
         check_positive(stds, "stds")
     dtype = _compute_dtype(x, means, stds)
-    if dtype == torch.float32 and x.numel() and means.numel():
-        # Every term of the expansion is at most ((|x| + |mu|) / std)^2. Past ~3e38 float32 overflows,
-        # and -inf (quadratic) + inf (linear) would be NaN: score such inputs in float64 and cast back
-        # (-inf where the density is below float32's range).
-        x_lo, x_hi = torch.aminmax(x.detach().float())
-        m_lo, m_hi = torch.aminmax(means.detach().float())
-        reach = (torch.maximum(-x_lo, x_hi) + torch.maximum(-m_lo, m_hi)) / stds.detach().float().min()
-        if not bool(reach <= 1e15):
-            return diag_gaussian_log_prob(x.double(), means.double(), stds.double(), chunk_rows=chunk_rows,
-                                          validate=False).float()
+    if (validate if range_check is None else range_check) and float32_overflow_risk(x, means, stds):
+        # -inf where the density is below float32's range, never NaN.
+        return diag_gaussian_log_prob(x.double(), means.double(), stds.double(), chunk_rows=chunk_rows,
+                                      validate=False, range_check=False).float()
     # Autocast would silently run the matmul in half precision; the quadratic needs full precision.
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)

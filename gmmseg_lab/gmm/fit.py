@@ -109,7 +109,9 @@ def fit_gmm(
     # scikit-learn adds this to every component's mass: a component with no points stays finite.
     mass_eps = 10 * torch.finfo(dtype).eps
     for _ in range(n_iters):
-        log_prob = diag_gaussian_log_prob(x, means, stds, validate=False)
+        # The means and stds change every iteration: keep the float32 overflow check (cheap next to
+        # the E- and M-steps of a batch fit).
+        log_prob = diag_gaussian_log_prob(x, means, stds, validate=False, range_check=True)
         if e_step == "em":
             resp = em_responsibilities(log_prob, weights.clamp_min(torch.finfo(dtype).tiny).log())
         else:

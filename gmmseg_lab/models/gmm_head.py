@@ -26,6 +26,14 @@ feed the memory; the M-step runs every ``update_interval`` updates. ``gmm_pixels
 ``gmm_m_step``, ``gmm_num_m_steps`` and the convergence statistics ``gmm_loglik``, ``gmm_balance`` and
 ``gmm_mean_step`` are logged beside the losses.
 
+Distributed (DDP): ``gmm.update`` gathers every rank's pixels, so every rank must reach it. An input
+the GMM refuses (non-finite embeddings, labels out of range) therefore stops every rank together: in
+training under a multi-rank process group, :meth:`GMMHeadMixin.cls_seg` (embeddings) and
+``loss_by_feat`` (labels) agree on their checks with one scalar all-reduce each (:func:`~gmmseg_lab.gmm.distributed.raise_together`)
+before the rank-local checks could raise on one rank only. In eval mode (validation, inference) no
+collective is made, so a rank that raises there stops alone (under torchrun the agent then stops the
+others).
+
 Inference: ``predict`` is mmseg's (class logits). :meth:`GMMHeadMixin.predict_gmm` also returns
 ``log p(x|c)`` (the class mixtures' log-likelihood, for the anomaly score ``-max_c log p(x|c)``) and the
 embeddings; see :mod:`gmmseg_lab.models.inference` for the segmentor-level (whole / slide) version.
@@ -47,6 +55,8 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 from ..gmm import GMMClassifier
+from ..gmm._checks import check_float_matrix
+from ..gmm.distributed import is_distributed, raise_together
 
 __all__ = ["GMMHeadMixin", "GMMSegHead", "gmm_head_class", "is_gmm_head", "GMM_HEAD_KEYS"]
 
@@ -131,16 +141,32 @@ class GMMHeadMixin:
 
         The flat embeddings ``[N, D]`` and component log-densities ``[N, C, M]`` are kept for the
         loss of the same forward pass (``loss_by_feat``) and for :meth:`predict_gmm`.
+
+        Non-finite embeddings raise ``ValueError`` (``component_log_prob``). In training under a
+        multi-rank process group the ranks first agree on that check (one scalar all-reduce), so every
+        rank raises together rather than the others waiting in the GMM update's gathers; in eval mode
+        the check is rank-local (no collective: a rank may run inference alone).
         """
         emb = self.embed(feat)
         b, d, h, w = emb.shape
         x = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        if self.training and is_distributed():
+            self._check_together(lambda: check_float_matrix(x.detach(), "x", cols=self.embed_dim))
         with _full_precision(x):
             comp = self.gmm.component_log_prob(x)  # [N, C, M]
             scores = self.gmm_score_norm(comp.amax(dim=-1))  # [N, C]
         logits = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
         self._gmm_cache = dict(x=x, component_log_prob=comp, shape=(b, h, w))
         return logits
+
+    def _check_together(self, check) -> None:
+        """Run ``check`` (raises ``ValueError`` / ``TypeError``) on every rank; raise on all if any fails."""
+        error = None
+        try:
+            check()
+        except (TypeError, ValueError) as exc:
+            error = exc
+        raise_together(error, self.gmm.means.device, what=f"{type(self).__name__}'s GMM input")
 
     def _pop_cache(self, logits: Tensor) -> dict:
         cache, self._gmm_cache = self._gmm_cache, None
@@ -154,10 +180,14 @@ class GMMHeadMixin:
     def loss_by_feat(self, seg_logits: Tensor, batch_data_samples) -> dict:
         """mmseg's decode loss on the class logits + the component loss; then the online EM step."""
         cache = self._pop_cache(seg_logits)
+        gt = self._stack_batch_gt(batch_data_samples)  # [B, 1, H, W]
+        if self.training and is_distributed():
+            # Labels out of range would fail the decode loss or the GMM on one rank only: stop every rank.
+            self._check_together(lambda: self.gmm._check_labels(gt.reshape(-1), gt.numel(), "gt_sem_seg"))
         losses = super().loss_by_feat(seg_logits, batch_data_samples)
 
         b, h, w = cache["shape"]
-        labels = self._stack_batch_gt(batch_data_samples).to(seg_logits.device)  # [B, 1, H, W]
+        labels = gt.to(seg_logits.device)
         labels = F.interpolate(labels.float(), size=(h, w), mode="nearest").long().view(-1)
         x, comp = cache["x"], cache["component_log_prob"]
         m = self.num_components
@@ -174,7 +204,8 @@ class GMMHeadMixin:
         if self.training:
             pred = seg_logits.detach().argmax(dim=1).view(-1)
             correct = (pred == labels) if self.update_correct_only else None
-            means_before = self.gmm.means.detach().clone()
+            # The means move only in an M-step: copy them only when this update ends with one.
+            means_before = self.gmm.means.detach().clone() if self.gmm.m_step_due() else None
             info = self.gmm.update(x.detach(), labels, correct=correct)
             dev = seg_logits.device
             losses["gmm_pixels"] = torch.tensor(float(info["pixels"]), device=dev)
@@ -186,13 +217,24 @@ class GMMHeadMixin:
 
     @torch.no_grad()
     def _convergence_stats(self, comp: Tensor, labels: Tensor, assigned: Tensor, valid: Tensor,
-                           means_before: Tensor, info: dict) -> dict[str, Tensor]:
+                           means_before: Tensor | None, info: dict) -> dict[str, Tensor]:
         """How the mixture converges, logged beside the losses (no effect on training).
+
+        Args:
+            comp: ``[N, C, M]`` component log-densities of the batch's N pixels (detached).
+            labels: ``[N]`` labels at the embeddings' resolution (``ignore_index`` allowed).
+            assigned: ``[N]`` E-step component within the label's class, ``-1`` where ignored.
+            valid: ``[N]`` bool, ``assigned >= 0``.
+            means_before: ``[C, M, D]`` copy of the means before the update, or ``None`` when the
+                update ran no M-step (no copy is made then).
+            info: what ``gmm.update`` returned (``m_step``).
 
         ``gmm_loglik``: mean ``log p(x|y)`` of the batch's labelled pixels under the current mixture;
         ``gmm_balance``: mean over the batch's classes of the normalised entropy of the component
         assignment (1 = components used evenly, 0 = one component takes every pixel);
         ``gmm_mean_step`` (M-step iterations only): mean L2 distance the component means moved.
+        Under DDP ``gmm_loglik`` and ``gmm_balance`` are per rank (this rank's pixels; the log shows
+        rank 0's), while ``gmm_mean_step`` is global (every rank holds the same mixture).
         """
         dev = comp.device
         stats: dict[str, Tensor] = {}
@@ -211,7 +253,7 @@ class GMMHeadMixin:
                 stats["gmm_balance"] = entropy.mean().float().to(dev)
             else:
                 stats["gmm_balance"] = torch.tensor(1.0, device=dev)
-        if info["m_step"]:
+        if info["m_step"] and means_before is not None:
             step = (self.gmm.means.detach() - means_before).double().norm(dim=-1)
             stats["gmm_mean_step"] = step.mean().float().to(dev)
         return stats
