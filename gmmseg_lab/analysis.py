@@ -98,10 +98,12 @@ def _cache_path(run_dir: Path, split: str, max_images: int) -> Path:
 
 
 def _checkpoint_of(run_dir: Path) -> str:
-    pointer = run_dir / "last_checkpoint"
-    if not pointer.is_file():
-        raise FileNotFoundError(f"{run_dir}: no last_checkpoint; train this run first")
-    return pointer.read_text().strip()
+    from .train import last_checkpoint
+
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no last_checkpoint and no intact checkpoint; train this run first")
+    return str(checkpoint)
 
 
 def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_images: int = 8,

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow,
 
 NOTEBOOK = "02_component_assignments.ipynb"
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-PARAMETERS = ("arch", "seed", "max_images", "work_dir", "data_dir", "preset", "results_path", "live")
+PARAMETERS = ("arch", "seed", "max_images", "work_dir", "data_dir", "preset", "data_seed", "results_path", "live")
 
 SERVER_START_S = 180     # jupyter lab answering /api/status
 KERNEL_IDLE_S = 240      # page loaded, notebook open, kernel started and idle
@@ -65,7 +65,7 @@ def _write_notebook(folder: Path, work_dir: Path, data_dir: Path) -> Path:
     missing = [name for name in PARAMETERS if f"{name} =" not in source]
     assert not missing, f"{NOTEBOOK}'s parameters cell lacks {missing}; update this test:\n{source}"
     values = dict(arch="segformer", seed=0, max_images=4, work_dir=str(work_dir), data_dir=str(data_dir),
-                  preset="quick", results_path=None, live=True)
+                  preset="quick", data_seed=0, results_path=None, live=True)
     cells[0]["source"] = "\n".join(f"{name} = {values[name]!r}" for name in PARAMETERS)
     for cell in nb["cells"]:  # start clean, as a fresh copy of the notebook
         if cell["cell_type"] == "code":

@@ -43,10 +43,13 @@ def resolve_model(model: str | Path, config: str | Path | None = None):
     if model.is_dir():
         if not (model / "config.py").is_file():
             raise FileNotFoundError(f"{model}: a work dir must hold config.py (written by `gmmseg-lab train`)")
-        pointer = model / "last_checkpoint"
-        if not pointer.is_file():
-            raise FileNotFoundError(f"{model}: no last_checkpoint; train first or pass a .pth file")
-        return Config.fromfile(str(config or model / "config.py")), Path(pointer.read_text().strip())
+        from ..train import last_checkpoint  # the pointer, or the newest intact checkpoint without one
+
+        checkpoint = last_checkpoint(model)
+        if checkpoint is None:
+            raise FileNotFoundError(f"{model}: no last_checkpoint and no intact checkpoint; train first or pass "
+                                    "a .pth file")
+        return Config.fromfile(str(config or model / "config.py")), checkpoint
     if not model.is_file():
         raise FileNotFoundError(f"{model}: no such checkpoint file or work dir")
     if config is not None:

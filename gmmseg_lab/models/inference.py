@@ -180,8 +180,9 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     if checkpoint == "last":
         work_dir = work_dir or (Path(cfg.work_dir) if cfg.get("work_dir") else None)
-        pointer = work_dir / "last_checkpoint" if work_dir else None
-        checkpoint = pointer.read_text().strip() if pointer and pointer.exists() else None
+        from ..train import last_checkpoint  # the pointer, or the newest intact checkpoint without one
+
+        checkpoint = last_checkpoint(work_dir) if work_dir else None
     init_default_scope(cfg.get("default_scope", "mmseg"))
     model = MODELS.build(copy.deepcopy(cfg.model))
     if checkpoint is not None:
