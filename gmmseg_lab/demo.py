@@ -17,16 +17,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .io_utils import atomic_write_json
-from .stats import seed_stats
+from .stats import headline, seed_stats
 
 #: Columns of the comparison table: (label, key path in metrics.json, higher is better).
-COLUMNS = (
-    ("mIoU", ("miou",), True),
-    ("ECE", ("ece",), False),
-    ("AUROC", ("anomaly", "auroc"), True),
-    ("AP", ("anomaly", "ap"), True),
-    ("FPR95", ("anomaly", "fpr95"), False),
-)
+COLUMNS = tuple((m.label, m.path, m.higher_is_better) for m in headline("miou", "ece", "auroc", "ap", "fpr95"))
 
 
 def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:

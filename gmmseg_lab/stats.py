@@ -1,9 +1,38 @@
-"""Spread over seeds: the one place where results are summarised as mean ± sample standard deviation."""
+"""The headline metrics and their spread over seeds: the one place where an evaluator's
+``metrics.json`` is named and summarised as mean ± sample standard deviation."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
+
+
+class HeadlineMetric(NamedTuple):
+    """One headline number of an evaluator ``metrics.json``."""
+
+    key: str  # short name used in records and summary.json
+    label: str  # column heading
+    path: tuple[str, ...]  # key path in metrics.json
+    higher_is_better: bool
+
+
+#: Every headline metric, in the order tables show them.
+HEADLINE_METRICS = (
+    HeadlineMetric("miou", "mIoU", ("miou",), True),
+    HeadlineMetric("acc", "pixel acc.", ("acc",), True),
+    HeadlineMetric("ece", "ECE", ("ece",), False),
+    HeadlineMetric("mce", "MCE", ("mce",), False),
+    HeadlineMetric("bayes_ece", "ECE (Bayes)", ("bayes_posterior_calibration", "ece"), False),
+    HeadlineMetric("auroc", "AUROC", ("anomaly", "auroc"), True),
+    HeadlineMetric("ap", "AP", ("anomaly", "ap"), True),
+    HeadlineMetric("fpr95", "FPR95", ("anomaly", "fpr95"), False),
+)
+
+
+def headline(*keys: str) -> tuple[HeadlineMetric, ...]:
+    """The :data:`HEADLINE_METRICS` named by ``keys``, in that order."""
+    by_key = {m.key: m for m in HEADLINE_METRICS}
+    return tuple(by_key[k] for k in keys)
 
 
 def seed_stats(values: Iterable[float | None]) -> dict[str, Any]:

@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..io_utils import atomic_write_text
+from ..stats import headline
 from .results import format_mean_std
 
 #: Columns of the summary table: (metric, label, higher is better).
-SUMMARY_COLUMNS = (("miou", "mIoU", True), ("ece", "ECE", False), ("bayes_ece", "ECE (Bayes)", False),
-                   ("auroc", "AUROC", True), ("ap", "AP", True), ("fpr95", "FPR95", False))
+SUMMARY_COLUMNS = tuple((m.key, m.label, m.higher_is_better)
+                        for m in headline("miou", "ece", "bayes_ece", "auroc", "ap", "fpr95"))
 STATUS_COLOUR = {"ok": "#1a7f37", "reused": "#0969da", "failed": "#cf222e", "skipped": "#9a6700",
                  "pending": "#57606a", "running": "#57606a"}
 

@@ -13,19 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..io_utils import atomic_write_json
-from ..stats import format_mean_std, seed_stats
+from ..stats import HEADLINE_METRICS, format_mean_std, seed_stats
 
 #: Headline metrics taken from an evaluator ``metrics.json``: name -> key path.
-METRIC_PATHS = {
-    "miou": ("miou",),
-    "acc": ("acc",),
-    "ece": ("ece",),
-    "mce": ("mce",),
-    "bayes_ece": ("bayes_posterior_calibration", "ece"),
-    "auroc": ("anomaly", "auroc"),
-    "ap": ("anomaly", "ap"),
-    "fpr95": ("anomaly", "fpr95"),
-}
+METRIC_PATHS = {m.key: m.path for m in HEADLINE_METRICS}
 
 
 def flatten_metrics(metrics: dict) -> dict[str, float]:
