@@ -1,8 +1,10 @@
-"""The EM-versus-Sinkhorn ablation: named variants of the GMM head, each changing one factor.
+"""The ablation: named variants of the GMMSeg model, each changing one factor of the release's recipe.
 
 Every variant is the shipped GMMSeg config of an architecture with one factor changed from the
-paper's settings (Sinkhorn E-step, M=5 components per class, mean momentum 0.999, FIFO memory), so
-each comparison against ``default`` isolates one choice. Runs are cached by name under a runs folder
+paper's settings and the release's training recipe (Sinkhorn E-step, M=5 components per class, mean
+momentum 0.999, FIFO memory sized for the schedule, projection conv+BN+ReLU, decode head at 10x the
+encoder's learning rate, class-balanced sampling, the preset's backbone), so each comparison against
+``default`` isolates one choice. Runs are cached by name under a runs folder
 (:func:`gmmseg_lab.demo.run_one`), so the ablation notebook and the comparison notebook share the
 ``default`` runs, and an interrupted ablation resumes where it stopped.
 """
@@ -10,16 +12,38 @@ each comparison against ``default`` isolates one choice. Runs are cached by name
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-#: name -> (label, gmm_head overrides, gmm_cfg overrides)
-VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "default": ("Sinkhorn E-step, M=5, momentum 0.999, FIFO (paper)", {}, {}),
-    "em": ("standard EM E-step", {}, {"e_step": "em"}),
-    "m1": ("M=1 (one Gaussian per class)", {"num_components": 1}, {}),
-    "m10": ("M=10 components per class", {"num_components": 10}, {}),
-    "momentum0.99": ("mean momentum 0.99", {}, {"mean_momentum": 0.99}),
-    "stats": ("streaming statistics memory", {}, {"memory": "stats"}),
+
+class Variant(NamedTuple):
+    """One ablation row: a label and the overrides of :func:`gmmseg_lab.models.build_config`."""
+
+    label: str
+    gmm_head: dict = {}
+    gmm_cfg: dict = {}
+    cfg_options: dict = {}
+    #: ``"native"``: the architecture's own backbone (from scratch in the quick / cpu presets);
+    #: ``None``: the preset's default.
+    backbone: str | None = None
+
+
+#: name -> :class:`Variant`
+VARIANTS: dict[str, Variant] = {
+    "default": Variant("the release's recipe (Sinkhorn E-step, M=5, momentum 0.999, FIFO)"),
+    "em": Variant("standard EM E-step", gmm_cfg={"e_step": "em"}),
+    "m1": Variant("M=1 (one Gaussian per class)", gmm_head={"num_components": 1}),
+    "m10": Variant("M=10 components per class", gmm_head={"num_components": 10}),
+    "momentum0.99": Variant("mean momentum 0.99", gmm_cfg={"mean_momentum": 0.99}),
+    "stats": Variant("streaming statistics memory", gmm_cfg={"memory": "stats"}),
+    "memory32000": Variant("the release's memory size, 32000 per component", gmm_cfg={"memory_size": 32000}),
+    "linear_projection": Variant("projection: 1x1 conv with bias (no BN, no ReLU)",
+                                 gmm_head={"projection": "linear"}),
+    "head_lr1": Variant("decode head at the encoder's learning rate (x1, not x10)",
+                        cfg_options={"optim_wrapper.paramwise_cfg.custom_keys.head.lr_mult": 1.0}),
+    "uniform_sampler": Variant("uniform image sampling (no class balancing)",
+                               cfg_options={"train_dataloader.sampler": {"type": "InfiniteSampler",
+                                                                         "shuffle": True}}),
+    "scratch": Variant("the architecture's own backbone from scratch (no ImageNet weights)", backbone="native"),
 }
 
 
@@ -32,9 +56,25 @@ def check_variants(names: Iterable[str]) -> list[str]:
     return names
 
 
-def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "default") -> str:
-    """Folder name of one training run: ``<arch>_<head>_<preset>_s<seed>`` (+ ``_<variant>``)."""
+def resolve_backbone(arch: str, backbone: str | None) -> str | None:
+    """``"native"`` -> the architecture's own backbone name; anything else unchanged."""
+    if backbone != "native":
+        return backbone
+    from .models.presets import BACKBONES
+
+    return BACKBONES[arch][0]
+
+
+def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "default",
+             backbone: str | None = None) -> str:
+    """Folder name of one training run: ``<arch>_<head>_<preset>_s<seed>``, then ``_<backbone>`` when a
+    backbone other than the preset's default is asked for, and ``_<variant>`` for a GMM variant."""
     base = f"{arch}_{head}_{preset}_s{seed}"
+    if backbone is not None:
+        from .models.presets import default_backbone
+
+        if resolve_backbone(arch, backbone) != default_backbone(arch, preset):
+            base += f"_{resolve_backbone(arch, backbone)}"
     return base if variant == "default" or head != "gmm" else f"{base}_{variant}"
 
 
@@ -44,7 +84,9 @@ def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: in
     from .demo import run_one
 
     check_variants([variant])
-    _, gmm_head, gmm_cfg = VARIANTS[variant]
+    v = VARIANTS[variant]
+    backbone = resolve_backbone(arch, v.backbone)
     name = run_name(arch, "gmm", preset, seed, variant)
     return run_one(Path(data_dir), Path(runs_dir) / name, arch, "gmm", preset, seed,
-                   gmm_cfg=gmm_cfg or None, gmm_head=gmm_head or None, progress=progress)
+                   gmm_cfg=v.gmm_cfg or None, gmm_head=v.gmm_head or None, progress=progress,
+                   backbone=backbone, cfg_options=v.cfg_options or None)

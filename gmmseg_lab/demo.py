@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
-from .io_utils import atomic_write_json
+from .io_utils import atomic_write_json, source_digest
 from .stats import headline, seed_stats
 
 #: Columns of the comparison table: (label, key path in metrics.json, higher is better).
@@ -34,14 +34,21 @@ def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
 
 
 def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
-    """Generate the embedded data set at ``data_dir`` unless one made with the same preset is there."""
-    from .data.scenes import make_dataset
+    """Generate the embedded data set at ``data_dir`` unless one made with the same preset is there.
+
+    A set made by another version of the generator (``meta.json``'s ``version``) is made again.
+    """
+    from .data.scenes import GENERATOR_VERSION, make_dataset
 
     meta = data_dir / "meta.json"
     if meta.is_file():
         info = json.loads(meta.read_text())
         if info.get("preset") == preset and info.get("seed") == seed:
-            return data_dir
+            if str(info.get("version")) == GENERATOR_VERSION:
+                return data_dir
+            print(f"{data_dir}: made by generator version {info.get('version')}, not {GENERATOR_VERSION}; "
+                  "making it again", flush=True)
+            return make_dataset(data_dir, preset=preset, seed=seed, overwrite=True, progress=True)
         raise FileExistsError(f"{data_dir} holds a data set made with preset {info.get('preset')!r} "
                               f"seed {info.get('seed')}, not {preset!r} seed {seed}; choose another --out")
     return make_dataset(data_dir, preset=preset, seed=seed, progress=True)
@@ -51,6 +58,17 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
 RUN_RECORD = "run.json"
 #: Set by the report runner: the file where :func:`run_one` notes every run a notebook used.
 RUNS_USED_ENV = "GMMSEG_LAB_RUNS_USED"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: The parts of the package whose code decides what a training run learns (model, GMM, data loading
+#: and sampling, the training loop, the shipped configs); a change in any of them retrains.
+TRAIN_CODE = ("gmm", "models", "data", "train.py", "configs")
+#: The parts that decide what ``metrics.json`` says about a trained model; a change re-evaluates.
+EVAL_CODE = ("eval",)
+
+
+def code_digest(parts: tuple[str, ...]) -> str:
+    """SHA-256 of the package's source files under ``parts`` (see :data:`TRAIN_CODE`, :data:`EVAL_CODE`)."""
+    return source_digest(_PACKAGE_DIR, parts)
 
 
 def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
@@ -66,13 +84,16 @@ def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
 
 
 def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
-            gmm_cfg: dict | None = None, progress: bool = True, gmm_head: dict | None = None) -> dict:
+            gmm_cfg: dict | None = None, progress: bool = True, gmm_head: dict | None = None, *,
+            backbone: str | None = None, cfg_options: dict | None = None) -> dict:
     """Train (or resume) one model and evaluate it; ``run_dir/metrics.json`` marks it done.
 
-    ``gmm_cfg`` / ``gmm_head`` override the GMM classifier's / the GMM head's settings (see
-    :func:`gmmseg_lab.models.build_config`). A finished run is reused only while its config is the
-    same (``run_dir/run.json`` holds the digest); a run made from another config is discarded and
-    trained again, so changed code or settings never serve old numbers under the same name.
+    ``backbone``, ``gmm_cfg``, ``gmm_head`` and ``cfg_options`` are passed to
+    :func:`gmmseg_lab.models.build_config`. A finished run is reused only while its config and the
+    code that trained it are the same (``run_dir/run.json`` holds a digest of each: the config, and
+    the package's training code :data:`TRAIN_CODE`); otherwise it is discarded and trained again, so
+    changed code or settings never serve old numbers under the same name. When only the evaluation
+    code (:data:`EVAL_CODE`) changed, the trained model is kept and evaluated again.
 
     Returns:
         the run's ``metrics.json`` as a dict.
@@ -81,39 +102,48 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
 
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
-                       gmm_head=gmm_head)
-    record = {"arch": arch, "head": head, "preset": preset, "seed": seed, "gmm_cfg": gmm_cfg,
-              "gmm_head": gmm_head, "config_sha256": config_digest(cfg, data_dir, run_dir)}
+                       gmm_head=gmm_head, backbone=backbone, cfg_options=cfg_options)
+    record = {"arch": arch, "head": head, "preset": preset, "seed": seed, "backbone": backbone,
+              "gmm_cfg": gmm_cfg, "gmm_head": gmm_head, "cfg_options": cfg_options,
+              "config_sha256": config_digest(cfg, data_dir, run_dir), "train_code_sha256": code_digest(TRAIN_CODE)}
+    eval_code = code_digest(EVAL_CODE)
     metrics_file = run_dir / "metrics.json"
     with _run_lock(run_dir):  # two notebooks (or processes) never train the same run at once
         _discard_if_other_config(run_dir, record)
-        if metrics_file.is_file():
+        old = _read_record(run_dir)
+        if metrics_file.is_file() and old.get("eval_code_sha256") == eval_code:
             metrics = json.loads(metrics_file.read_text())
         else:
             from .eval.evaluate import evaluate
             from .train import train
 
-            atomic_write_json(run_dir / RUN_RECORD, record)
-            train(cfg, resume=True, progress=progress, log_level="WARNING")
+            if not metrics_file.is_file():
+                atomic_write_json(run_dir / RUN_RECORD, record)
+                train(cfg, resume=True, progress=progress, log_level="WARNING")
             metrics = evaluate(run_dir, data_dir, metrics_file, progress=progress)
+            atomic_write_json(run_dir / RUN_RECORD, {**record, "eval_code_sha256": eval_code})
     note_run_used(run_dir)
     return metrics
 
 
-def _discard_if_other_config(run_dir: Path, record: dict) -> None:
-    """Delete a run folder trained from another config; adopt one from before run records existed."""
-    path = run_dir / RUN_RECORD
-    if not path.is_file():
-        if (run_dir / "metrics.json").is_file() or (run_dir / "last_checkpoint").is_file():
-            # Trained before run.json was written (same names, same settings then): adopted as is.
-            atomic_write_json(path, {**record, "adopted": True})
-        return
+def _read_record(run_dir: Path) -> dict:
     try:
-        old = json.loads(path.read_text()).get("config_sha256")
+        return json.loads((run_dir / RUN_RECORD).read_text())
     except (OSError, ValueError):
-        old = None
-    if old != record["config_sha256"]:
-        print(f"{run_dir}: trained from another config; discarding it and training again", flush=True)
+        return {}
+
+
+def _discard_if_other_config(run_dir: Path, record: dict) -> None:
+    """Delete a run folder trained from another config or other training code (or of unknown origin:
+    without a run record, e.g. from before records existed or cut short before writing one)."""
+    if not run_dir.exists():
+        return
+    old = _read_record(run_dir)
+    same = all(old.get(key) == record[key] for key in ("config_sha256", "train_code_sha256"))
+    if not same and any(run_dir.iterdir()):
+        why = "another config" if old.get("config_sha256") not in (None, record["config_sha256"]) else \
+            "other training code" if old else "an unknown config (no run record)"
+        print(f"{run_dir}: trained from {why}; discarding it and training again", flush=True)
         shutil.rmtree(run_dir)
 
 

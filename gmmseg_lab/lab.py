@@ -26,17 +26,24 @@ def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str]
                 preset: str, progress: bool = True) -> dict[tuple[str, str, int], dict]:
     """Train (or reuse) GMMSeg and its softmax twin for every architecture and seed.
 
+    ``archs``: architecture names, each optionally ``@backbone`` (``"deeplabv3plus@resnet"``: its own
+    backbone from scratch, where the preset's default is the pretrained encoder).
+
     Returns:
-        ``{(arch, head, seed): {"run_dir": Path, "metrics": metrics.json dict}}``.
+        ``{(arch spec, head, seed): {"run_dir": Path, "metrics": metrics.json dict}}``.
     """
+    from .models.presets import parse_model_spec
+
     seeds = list(seeds)  # looped once per architecture: a generator would be spent after the first
     out = {}
-    for arch in archs:
+    for spec in archs:
+        arch, backbone = parse_model_spec(spec)
         for seed in seeds:
             for head in HEADS:
-                run_dir = run_dir_of(work_dir, arch, head, preset, seed)
-                metrics = run_one(Path(data_dir), run_dir, arch, head, preset, seed, progress=progress)
-                out[(arch, head, seed)] = {"run_dir": run_dir, "metrics": metrics}
+                run_dir = run_dir_of(work_dir, spec, head, preset, seed)
+                metrics = run_one(Path(data_dir), run_dir, arch, head, preset, seed, progress=progress,
+                                  backbone=backbone)
+                out[(spec, head, seed)] = {"run_dir": run_dir, "metrics": metrics}
     return out
 
 
@@ -58,8 +65,12 @@ def twin_summary(runs: dict[tuple[str, str, int], dict]) -> dict:
 
 
 def run_dir_of(work_dir: str | Path, arch: str, head: str, preset: str, seed: int, variant: str = "default") -> Path:
-    """Where the run of these settings lives (trained by :func:`train_twins` / :func:`train_ablation`)."""
-    return Path(work_dir) / "runs" / run_name(arch, head, preset, seed, variant)
+    """Where the run of these settings lives (trained by :func:`train_twins` / :func:`train_ablation`);
+    ``arch`` may name a backbone as ``arch@backbone``."""
+    from .models.presets import parse_model_spec
+
+    arch, backbone = parse_model_spec(arch)
+    return Path(work_dir) / "runs" / run_name(arch, head, preset, seed, variant, backbone=backbone)
 
 
 def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, variants: Iterable[str],
@@ -83,7 +94,7 @@ def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, varian
 
 def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]:
     """Records grouped by (arch, variant)."""
-    return [{"group": {"arch": arch, "variant": variant, "label": VARIANTS[variant][0]}, "seed": seed,
+    return [{"group": {"arch": arch, "variant": variant, "label": VARIANTS[variant].label}, "seed": seed,
              "metrics": flatten_metrics(r["metrics"])} for (variant, seed), r in runs.items()]
 
 

@@ -45,12 +45,38 @@ def test_a_finished_run_is_reused_and_one_from_another_config_retrained(fake_tra
     assert json.loads((run / RUN_RECORD).read_text())["gmm_cfg"] == {"e_step": "em"}
 
 
-def test_a_run_from_before_run_records_is_adopted(fake_training, tmp_path):
+def test_a_run_without_a_run_record_is_trained_again(fake_training, tmp_path):
+    """A folder without run.json (from before records existed, or of unknown origin) may hold numbers
+    from other code: it is not adopted any more but trained again."""
     data, run = tmp_path / "data", tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text('{"miou": 0.7}')
-    assert run_one(data, run, "segformer", "softmax", "quick", 1, progress=False) == {"miou": 0.7}
-    assert not fake_training and json.loads((run / RUN_RECORD).read_text())["adopted"] is True
+    assert run_one(data, run, "segformer", "softmax", "quick", 1, progress=False) == {"miou": 0.1}
+    assert len(fake_training) == 1 and "adopted" not in json.loads((run / RUN_RECORD).read_text())
+
+
+def test_changed_training_code_retrains_and_changed_evaluation_code_only_reevaluates(
+        fake_training, tmp_path, monkeypatch):
+    import gmmseg_lab.demo as demo
+
+    data, run = tmp_path / "data", tmp_path / "runs" / "r"
+    digests = {demo.TRAIN_CODE: "train-v1", demo.EVAL_CODE: "eval-v1"}
+    monkeypatch.setattr(demo, "code_digest", lambda parts: digests[parts])
+    evaluations = []
+    real_evaluate = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda *a, **k: evaluations.append(1) or real_evaluate(*a, **k))
+    run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
+    run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
+    assert (len(fake_training), len(evaluations)) == (1, 1)  # unchanged: reused
+    digests[demo.EVAL_CODE] = "eval-v2"
+    run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
+    assert (len(fake_training), len(evaluations)) == (1, 2)  # re-evaluated, not retrained
+    assert json.loads((run / RUN_RECORD).read_text())["eval_code_sha256"] == "eval-v2"
+    digests[demo.TRAIN_CODE] = "train-v2"
+    run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
+    assert (len(fake_training), len(evaluations)) == (2, 3)  # the training code changed: retrained
+    assert json.loads((run / RUN_RECORD).read_text())["train_code_sha256"] == "train-v2"
 
 
 def test_the_runs_a_notebook_used_are_noted_for_the_report(fake_training, tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 def _check_value(where: str, key: str, value: Any, default: Any) -> None:
     """Type check against the notebook's default, then the lab's own value checks."""
     from ..ablation import VARIANTS
-    from ..models.presets import ARCHS
+    from ..models.presets import ARCHS, parse_model_spec
 
     def fail(expected: str):
         raise ReportSpecError(f"{where}: parameter {key!r} = {value!r}: expected {expected}")
@@ -132,10 +132,17 @@ def _check_value(where: str, key: str, value: Any, default: Any) -> None:
         hashable = [json.dumps(v, sort_keys=True) for v in value]
         if len(set(hashable)) != len(hashable):
             fail("a list without repeated values (a repeated seed would count twice in the mean)")
-    if key == "arch" and value not in ARCHS:
-        fail(f"one of {', '.join(ARCHS)}")
-    if key == "archs" and (not value or any(a not in ARCHS for a in value)):
-        fail(f"a non-empty list of {', '.join(ARCHS)}")
+    def is_model(spec: Any) -> bool:
+        try:
+            parse_model_spec(spec)
+        except ValueError:
+            return False
+        return True
+
+    if key == "arch" and not is_model(value):
+        fail(f"one of {', '.join(ARCHS)}, optionally @backbone (e.g. deeplabv3plus@resnet)")
+    if key == "archs" and (not value or not all(is_model(a) for a in value)):
+        fail(f"a non-empty list of {', '.join(ARCHS)}, each optionally @backbone (e.g. deeplabv3plus@resnet)")
     if key == "seeds" and (not value or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)):
         fail("a non-empty list of non-negative integers")
     if key == "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

@@ -23,7 +23,9 @@ train_dataloader = dict(
     batch_size=4,
     num_workers=4,
     persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    # The release's class-balanced sampling: a class drawn uniformly, then an image showing it
+    # (gmmseg_lab.data.samplers); both twins draw the same images.
+    sampler=dict(type='ClassBalancedSampler'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

@@ -19,7 +19,9 @@ train_dataloader = dict(
     batch_size=8,
     num_workers=0,
     persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    # The release's class-balanced sampling: a class drawn uniformly, then an image showing it
+    # (gmmseg_lab.data.samplers); both twins draw the same images.
+    sampler=dict(type='ClassBalancedSampler'),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

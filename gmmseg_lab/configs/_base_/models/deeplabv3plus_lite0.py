@@ -1,0 +1,53 @@
+# DeepLabV3+ on the ImageNet-pretrained EfficientNet-Lite0 encoder at output stride 8 (the last two
+# downsampling points become dilations 2 and 4, as DeepLabV3+ does on ResNet), with the usual FCNHead
+# auxiliary head on the stride-16 group (112 channels; it stays softmax in the GMM twin).
+norm_cfg = dict(type='BN', requires_grad=True)
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        type='EfficientNetLite',
+        arch='lite0',
+        out_indices=(0, 1, 2, 3),
+        strides=(2, 2, 1, 1),
+        dilations=(1, 1, 2, 4),
+        frozen_stages=-1,
+        norm_eval=False,
+        pretrained=True),
+    decode_head=dict(
+        type='DepthwiseSeparableASPPHead',
+        in_channels=320,
+        in_index=3,
+        channels=64,
+        dilations=(1, 3, 6, 9),
+        c1_in_channels=24,
+        c1_channels=16,
+        dropout_ratio=0.1,
+        num_classes=9,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    auxiliary_head=dict(
+        type='FCNHead',
+        in_channels=112,
+        in_index=2,
+        channels=32,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=9,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))

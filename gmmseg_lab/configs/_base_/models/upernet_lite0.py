@@ -1,0 +1,50 @@
+# UPerNet on the ImageNet-pretrained EfficientNet-Lite0 encoder (strides 4, 8, 16, 32 with 24, 40,
+# 112, 320 channels), with the usual FCNHead auxiliary head on the stride-16 group (softmax in both twins).
+norm_cfg = dict(type='BN', requires_grad=True)
+data_preprocessor = dict(
+    type='SegDataPreProcessor',
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255)
+model = dict(
+    type='EncoderDecoder',
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        type='EfficientNetLite',
+        arch='lite0',
+        out_indices=(0, 1, 2, 3),
+        strides=(2, 2, 2, 2),
+        dilations=(1, 1, 1, 1),
+        frozen_stages=-1,
+        norm_eval=False,
+        pretrained=True),
+    decode_head=dict(
+        type='UPerHead',
+        in_channels=[24, 40, 112, 320],
+        in_index=[0, 1, 2, 3],
+        pool_scales=(1, 2, 3, 6),
+        channels=64,
+        dropout_ratio=0.1,
+        num_classes=9,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    auxiliary_head=dict(
+        type='FCNHead',
+        in_channels=112,
+        in_index=2,
+        channels=32,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=9,
+        norm_cfg=norm_cfg,
+        align_corners=False,
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
