@@ -389,3 +389,197 @@ def test_one_note_for_undefined_anomaly_metrics(good):
     assert "no inlier (0) pixel" in no_inlier and "AUROC and FPR95" in no_inlier and "auroc, fpr95 are null" in no_inlier
     _save(np.zeros((H, W), np.uint8), good / "anomaly/masks/x0.png")
     assert no_anomaly in check_dataset(good).notes
+
+
+# --------------------------------------------------------------------------------------------
+# The anomaly split's sources: anomaly/sources.json and anomaly/source_masks/.
+# --------------------------------------------------------------------------------------------
+
+SOURCES = [{"id": 1, "name": "procedural", "kind": "procedural"},
+           {"id": 2, "name": "cat", "kind": "photo", "file": "chelsea.png"}]
+
+
+@pytest.fixture
+def with_sources(good):
+    """``good`` with a valid sources.json and source mask for its one anomaly image."""
+    mask = load_mask(good / "anomaly/masks/x0.png")
+    source = np.where(mask == 1, 1, 0).astype(np.uint8)
+    source[3, 2:5] *= 2  # the lower row of the anomaly is the cat
+    _save(source, good / "anomaly/source_masks/x0.png")
+    (good / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES,
+                                                           "images": {"x0.png": ["procedural", "cat"]}}))
+    return good
+
+
+def test_sources_are_accepted_and_read(with_sources):
+    from gmmseg_lab.data.layout import read_anomaly_sources
+
+    report = validate_dataset(with_sources)
+    assert report.ok and report.anomaly_source_pixels == {"procedural": 3, "cat": 3}
+    sources, images = read_anomaly_sources(with_sources)
+    assert sources == SOURCES and images == {"x0.png": ["procedural", "cat"]}
+    assert read_anomaly_sources(with_sources / "anomaly/sources.json") == (sources, images)
+    assert [p[0].name for p in list_anomaly_pairs(with_sources)] == ["x0.png"]
+
+
+def test_sources_are_optional(good):
+    from gmmseg_lab.data.layout import read_anomaly_sources
+
+    assert read_anomaly_sources(good) is None
+    assert validate_dataset(good).anomaly_source_pixels is None
+
+
+def test_generated_set_has_valid_sources(quick_dataset):
+    from gmmseg_lab.data.layout import read_anomaly_sources
+
+    report = validate_dataset(quick_dataset)
+    names = ["procedural", "cat", "coffee cup", "astronaut", "motorcycle", "rocket"]
+    assert sorted(report.anomaly_source_pixels) == sorted(names)
+    assert all(n > 0 for n in report.anomaly_source_pixels.values())
+    assert sum(report.anomaly_source_pixels.values()) == report.anomaly_pixels["anomaly"]
+    sources, images = read_anomaly_sources(quick_dataset)
+    assert [s["name"] for s in sources] == names and [s["id"] for s in sources] == [1, 2, 3, 4, 5, 6]
+    assert len(images) == PRESETS["quick"]["num_anomaly"]
+
+
+def _wrong_size_source_mask(root):
+    _save(np.zeros((H + 2, W), np.uint8), root / "anomaly/source_masks/x0.png")
+    return "source_masks/x0.png"
+
+
+def _malformed_sources_json(root):
+    (root / "anomaly/sources.json").write_text('{"sources": [')
+    return "sources.json"
+
+
+def _sources_json_not_an_object(root):
+    (root / "anomaly/sources.json").write_text('[1, 2]')
+    return "sources.json"
+
+
+def _duplicate_source_id(root):
+    sources = SOURCES + [{"id": 2, "name": "dog", "kind": "photo"}]
+    (root / "anomaly/sources.json").write_text(json.dumps({"sources": sources, "images": {"x0.png": ["cat"]}}))
+    return "sources.json"
+
+
+def _unknown_name_in_images(root):
+    (root / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES, "images": {"x0.png": ["dog"]}}))
+    return "sources.json"
+
+
+def _image_missing_from_sources_json(root):
+    (root / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES, "images": {}}))
+    return "sources.json"
+
+
+def _source_id_not_listed(root):
+    source = load_mask(root / "anomaly/source_masks/x0.png")
+    source[source == 2] = 9
+    _save(source, root / "anomaly/source_masks/x0.png")
+    return "source_masks/x0.png"
+
+
+def _source_off_the_anomaly(root):
+    source = load_mask(root / "anomaly/source_masks/x0.png")
+    source[0, 0] = 1
+    _save(source, root / "anomaly/source_masks/x0.png")
+    return "x0.png (1 px)"
+
+
+def _sources_json_lists_other_sources(root):
+    (root / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES, "images": {"x0.png": ["cat"]}}))
+    return "x0.png"
+
+
+def _stray_entry_in_sources_json(root):
+    images = {"x0.png": ["procedural", "cat"], "gone.png": ["cat"]}
+    (root / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES, "images": images}))
+    return "gone.png"
+
+
+def _missing_source_mask(root):
+    (root / "anomaly/source_masks/x0.png").unlink()
+    return "x0.png"
+
+
+def _source_mask_without_image(root):
+    _save(np.zeros((H, W), np.uint8), root / "anomaly/source_masks/x9.png")
+    return "x9.png"
+
+
+def _corrupt_source_mask(root):
+    (root / "anomaly/source_masks/x0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return "source_masks/x0.png"
+
+
+def _source_masks_without_sources_json(root):
+    (root / "anomaly/sources.json").unlink()
+    return "source_masks"
+
+
+SOURCE_BREAKAGES = [  # unreadable or uninterpretable: problems
+    _wrong_size_source_mask,
+    _malformed_sources_json,
+    _sources_json_not_an_object,
+    _duplicate_source_id,
+    _unknown_name_in_images,
+    _source_id_not_listed,
+    _corrupt_source_mask,
+    _source_masks_without_sources_json,
+]
+SOURCE_DISAGREEMENTS = [  # readable files that disagree: notes, the set stays usable
+    _image_missing_from_sources_json,
+    _source_off_the_anomaly,
+    _sources_json_lists_other_sources,
+    _stray_entry_in_sources_json,
+    _missing_source_mask,
+    _source_mask_without_image,
+]
+
+
+@pytest.mark.parametrize("breakage", SOURCE_BREAKAGES, ids=lambda f: f.__name__.strip("_"))
+def test_each_source_breakage_is_reported_with_its_file(with_sources, breakage):
+    offending = breakage(with_sources)
+    report = check_dataset(with_sources)
+    assert not report.ok
+    assert any(offending in p for p in report.problems), report.problems
+    with pytest.raises(DatasetError) as info:
+        validate_dataset(with_sources)
+    assert offending in str(info.value)
+    # The anomaly split's pairs themselves stay usable.
+    assert [p[0].name for p in list_anomaly_pairs(with_sources)] == ["x0.png"]
+
+
+@pytest.mark.parametrize("breakage", SOURCE_DISAGREEMENTS, ids=lambda f: f.__name__.strip("_"))
+def test_each_source_disagreement_is_a_note_naming_its_file(with_sources, breakage):
+    offending = breakage(with_sources)
+    report = validate_dataset(with_sources)
+    assert any(offending in n and ("per-source figures" in n or "ignored" in n) for n in report.notes), report.notes
+
+
+def test_edited_anomaly_masks_keep_the_generated_set_usable(quick_dataset, tmp_path):
+    """Emptying the anomaly masks (as the robustness tests do) leaves the source masks behind: a note."""
+    data = shutil.copytree(quick_dataset, tmp_path / "data")
+    for path in (data / "anomaly/masks").iterdir():
+        mask = load_mask(path)
+        mask[mask == 1] = 0
+        _save(mask, path)
+    report = validate_dataset(data, splits=("val",))
+    assert any("are not > 0 exactly where their anomaly mask is 1" in n for n in report.notes), report.notes
+
+
+def test_read_anomaly_sources_names_a_bad_file(with_sources):
+    from gmmseg_lab.data.layout import read_anomaly_sources
+
+    _malformed_sources_json(with_sources)
+    with pytest.raises(DatasetError, match=r"anomaly/sources\.json: malformed JSON"):
+        read_anomaly_sources(with_sources)
+    _unknown_name_in_images(with_sources)
+    with pytest.raises(DatasetError, match=r"sources\.json: .*unknown source"):
+        read_anomaly_sources(with_sources)
+
+
+def test_source_checks_only_when_anomaly_is_checked(with_sources):
+    _wrong_size_source_mask(with_sources)
+    assert validate_dataset(with_sources, check_anomaly=False).ok

@@ -3,11 +3,13 @@
 Public API:
 
 - :mod:`~gmmseg_lab.data.scenes`: :data:`CLASSES`, :data:`PALETTE`, :data:`MODES`,
-  :data:`PRESETS`, :class:`Scene`, :func:`render_scene` ``(rng, size, anomaly=False) -> Scene``,
+  :data:`PRESETS`, :data:`ANOMALY_SOURCES`, :data:`PHOTO_OBJECTS` (the photographs pasted into the
+  anomaly split), :class:`Scene`, :func:`render_scene` ``(rng, size, anomaly=False, index=None) -> Scene``,
   :func:`make_dataset` ``(out_dir, preset="quick", seed=0, overwrite=False, progress=True) -> Path``.
 - :mod:`~gmmseg_lab.data.layout`: :func:`read_classes`, :func:`check_dataset`,
   :func:`validate_dataset`, :class:`DatasetReport`, :class:`DatasetError`, :func:`list_pairs`,
-  :func:`list_anomaly_pairs`, :func:`list_images` (the one listing of a split folder, shared by the
+  :func:`list_anomaly_pairs`, :func:`read_anomaly_sources` (which source each anomaly pixel comes
+  from), :func:`list_images` (the one listing of a split folder, shared by the
   checker and ``GMMLabDataset``), :func:`load_image`, :func:`load_mask`.
 - :mod:`~gmmseg_lab.data.real`: real data sets in their releases' layouts (Cityscapes, ADE20K,
   COCO-Stuff-10K; Fishyscapes, Road Anomaly, SegmentMeIfYouCan): :data:`FORMATS`,
@@ -29,6 +31,7 @@ from .layout import (
     list_pairs,
     load_image,
     load_mask,
+    read_anomaly_sources,
     read_classes,
     validate_dataset,
 )
@@ -50,6 +53,8 @@ from .real import (
 )
 from .scenes import (
     ANOMALY_COLOURS,
+    ANOMALY_SOURCES,
+    PHOTO_OBJECTS,
     CLASSES,
     MODE_COLOURS,
     MODES,
@@ -63,6 +68,8 @@ from .scenes import (
 
 __all__ = [
     "ANOMALY_COLOURS",
+    "ANOMALY_SOURCES",
+    "PHOTO_OBJECTS",
     "ANOMALY_FORMATS",
     "CLASSES",
     "CLOSED_SETS",
@@ -90,6 +97,7 @@ __all__ = [
     "load_mask",
     "make_dataset",
     "read_anomaly_benchmark",
+    "read_anomaly_sources",
     "read_classes",
     "remap_anomaly_mask",
     "render_scene",

@@ -7,6 +7,12 @@ Layout::
     DIR/annotations/{train,val}/NAME.png  uint8 class index per pixel, 255 = ignore
     DIR/anomaly/images/NAME.png|jpg       optional anomaly split
     DIR/anomaly/masks/NAME.png            0 inlier, 1 anomaly, 255 void
+    DIR/anomaly/sources.json              optional: {"sources": [{"id": 1, "name": "procedural",
+                                          "kind": "procedural"}, {"id": 2, "name": "cat", "kind":
+                                          "photo", "file": "chelsea.png"}, ...], "images":
+                                          {"NAME.png": ["procedural", "cat"], ...}}
+    DIR/anomaly/source_masks/NAME.png     optional (needs sources.json): 0 off the anomalies, else
+                                          the id of the anomaly's source; > 0 exactly where the mask is 1
     DIR/meta.json                         optional, written by the generator
 
 An image and its mask pair up by file stem (``a.jpg`` with ``a.png``). Masks must be PNG:
@@ -32,6 +38,16 @@ Defined behaviour for unusual files:
   is an error: a colour-coded mask needs converting to indices first.
 - Not errors, but notes: a split without any pixel of some class, an anomaly split without any
   anomalous (or inlier) pixel (its AUROC is then undefined: ``null`` in metrics.json).
+- The anomaly split may name the source of each anomaly (the embedded set does: procedural
+  objects and photographs): ``sources.json`` (every source with a unique id 1..254 and name; per
+  image, the names of the sources visible in it) and ``source_masks/`` (one PNG per image, the same
+  size, values 0 and the listed ids, > 0 exactly where the anomaly mask is 1, the ids present
+  matching the image's entry). When present they are checked: what cannot be read or interpreted
+  (malformed sources.json, an undecodable source mask, another size than its image, ids that
+  sources.json does not define, source masks without sources.json) is an error; disagreements
+  between readable files (a source mask that no longer follows its edited anomaly mask, an entry
+  listing other sources, an image without its source mask or entry) are notes.
+  :func:`read_anomaly_sources` reads ``sources.json``.
 
 Nothing here imports torch or mmseg.
 """
@@ -66,6 +82,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "note_image_modes",
+    "read_anomaly_sources",
     "read_classes",
     "scan_anomaly_split",
     "scan_pairs",
@@ -166,6 +183,69 @@ def read_classes(root: str | Path) -> tuple[tuple[str, ...], list[list[int]]]:
     if problems:
         raise DatasetError(problems)
     return classes, palette
+
+
+# --------------------------------------------------------------------------------------------
+# anomaly/sources.json
+# --------------------------------------------------------------------------------------------
+
+ANOMALY_SOURCES_FILE = "sources.json"
+SOURCE_MASKS_FOLDER = "source_masks"
+
+
+def _sources_problems(path: Path) -> tuple[list[str], list[dict] | None, dict[str, list[str]] | None]:
+    """Validate ``anomaly/sources.json``; returns (problems, sources, images)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"{path}: malformed JSON ({exc})"], None, None
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), list) \
+            or not isinstance(data.get("images"), dict):
+        return [f"{path}: top level must be an object with 'sources' (a list) and 'images' (an object)"], None, None
+    problems, ids, names = [], set(), set()
+    for i, source in enumerate(data["sources"]):
+        if not (isinstance(source, dict) and isinstance(source.get("id"), int) and not isinstance(source["id"], bool)
+                and 1 <= source["id"] < IGNORE_INDEX and isinstance(source.get("name"), str) and source["name"]
+                and isinstance(source.get("kind"), str)):
+            problems.append(f"{path}: sources[{i}] = {source!r} needs an integer 'id' 1..{IGNORE_INDEX - 1}, "
+                            "a non-empty 'name' and a 'kind'")
+            continue
+        if source["id"] in ids or source["name"] in names:
+            problems.append(f"{path}: sources[{i}]: id {source['id']} or name {source['name']!r} used twice")
+        ids.add(source["id"])
+        names.add(source["name"])
+    for image, listed in data["images"].items():
+        if not (isinstance(listed, list) and all(isinstance(n, str) for n in listed)):
+            problems.append(f"{path}: images[{image!r}] must be a list of source names")
+        elif unknown := sorted(set(listed) - names):
+            problems.append(f"{path}: images[{image!r}] names unknown source(s) {', '.join(map(repr, unknown))}")
+        elif len(set(listed)) != len(listed):
+            problems.append(f"{path}: images[{image!r}] lists a source twice")
+    if problems:
+        return problems, None, None
+    return [], [dict(s) for s in data["sources"]], {k: list(v) for k, v in data["images"].items()}
+
+
+def read_anomaly_sources(root: str | Path) -> tuple[list[dict], dict[str, list[str]]] | None:
+    """Read and validate ``root/anomaly/sources.json`` (or ``root`` itself when it is a JSON file).
+
+    Returns:
+        ``(sources, images)``: ``sources`` the list of ``{"id", "name", "kind", ...}`` (photos also
+        have ``"file"``), ``images`` the image file name (``"anomaly_00000.png"``) -> names of the
+        sources visible in it, in paint order; None when the file is absent.
+
+    Raises:
+        DatasetError: malformed JSON or structure (ids, names, unknown names); the message names the file.
+    """
+    path = Path(root)
+    if not (path.suffix.lower() == ".json" and path.is_file()):
+        path = path / "anomaly" / ANOMALY_SOURCES_FILE
+    if not path.is_file():
+        return None
+    problems, sources, images = _sources_problems(path)
+    if problems:
+        raise DatasetError(problems)
+    return sources, images
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +431,8 @@ class DatasetReport:
         class_pixels: per split, pixel count per class, ``[num_classes]`` ints.
         ignore_pixels: per split, pixels labelled 255.
         anomaly_pixels: ``{"inlier": n, "anomaly": n, "void": n}``, or None without an anomaly split.
+        anomaly_source_pixels: source name -> anomaly pixels of that source in ``anomaly/source_masks``,
+            or None without source masks (or when sources.json is broken).
         image_modes: PIL mode -> number of images in it (everything is loaded as RGB).
         notes: non-fatal remarks (conversions performed on load).
         problems: every problem found, each naming its file; empty when the set is valid.
@@ -363,6 +445,7 @@ class DatasetReport:
     class_pixels: dict[str, list[int]] = field(default_factory=dict)
     ignore_pixels: dict[str, int] = field(default_factory=dict)
     anomaly_pixels: dict[str, int] | None = None
+    anomaly_source_pixels: dict[str, int] | None = None
     image_modes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -561,6 +644,109 @@ def check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problem
     return mask
 
 
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:4]) + (", ..." if len(items) > 4 else "")
+
+
+class _SourceMaskChecker:
+    """Checks ``anomaly/sources.json`` and ``anomaly/source_masks/`` (both optional) along the
+    anomaly split's pairs: :meth:`check` per pair with its decoded anomaly mask, then :meth:`finish`.
+
+    Files that cannot be read or interpreted (malformed sources.json, undecodable or multi-channel
+    source masks, another size than the image, ids sources.json does not define, source masks
+    without sources.json) are problems. Disagreements between readable files (a source mask that
+    does not follow its anomaly mask, an image's entry listing other sources than its source mask
+    shows, images without a source mask or entry) are notes: editing the anomaly masks, as one may,
+    must not make the split unusable."""
+
+    def __init__(self, anomaly_dir: Path, pairs: list[tuple[Path, Path]], problems: list[str]):
+        self.json_path = anomaly_dir / ANOMALY_SOURCES_FILE
+        self.folder = anomaly_dir / SOURCE_MASKS_FOLDER
+        self.sources = self.images = None
+        self.names: dict[int, str] = {}
+        self.disagree: list[str] = []  # source masks off their anomaly masks, "name (n px)"
+        self.mislisted: list[str] = []  # images whose sources.json entry differs from the source mask
+        self.unmasked: list[str] = []  # images without a source mask
+        self.stray_masks: list[str] = []  # source masks without an image
+        self.unlisted: list[str] = []  # images without a sources.json entry
+        self.stray_entries: list[str] = []  # sources.json entries without an image
+        if self.json_path.exists():
+            found, self.sources, self.images = _sources_problems(self.json_path)
+            problems += found
+            if self.sources is not None:
+                self.names = {s["id"]: s["name"] for s in self.sources}
+                on_disk = {image.name for image, _ in pairs}
+                self.stray_entries = sorted(set(self.images) - on_disk)
+                self.unlisted = sorted(on_disk - set(self.images))
+        self.masks = FolderListing()
+        if self.folder.is_dir():
+            self.masks = _list_folder(self.folder, (MASK_EXTENSION,), "source masks must be PNG", "source masks")
+            problems += self.masks.problems
+            if not self.json_path.exists():
+                problems.append(f"{self.folder}: source masks without {self.json_path.name} to name their ids "
+                                f"(expected {self.json_path})")
+        elif self.folder.exists():
+            problems.append(f"{self.folder}: not a folder (the source masks' folder)")
+        self.pixels = {name: 0 for name in self.names.values()} if self.names else None
+        self.checked: set[str] = set()
+
+    def check(self, image_path: Path, mask_path: Path, mask: np.ndarray | None, problems: list[str]) -> None:
+        if not self.folder.is_dir():
+            return
+        self.checked.add(image_path.stem)
+        path = self.masks.files.get(image_path.stem)
+        if path is None:
+            self.unmasked.append(image_path.name)
+            return
+        img = _open_decoded(path, problems, MASK_FORMATS)
+        if img is None:
+            return
+        try:
+            source = _mask_to_array(img, path)
+        except ValueError as exc:
+            problems.append(str(exc))
+            return
+        if mask is None:  # the pair itself is broken (reported): nothing to compare with
+            return
+        if source.shape != mask.shape:
+            problems.append(f"{path}: source mask size {source.shape[1]}x{source.shape[0]} differs from its "
+                            f"image's {mask.shape[1]}x{mask.shape[0]} ({image_path.name})")
+            return
+        counts = np.bincount(source.ravel(), minlength=256)
+        present = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+        if self.sources is not None:
+            if unknown := [v for v in present if v not in self.names]:
+                problems.append(f"{path}: source ids {_shown(unknown)} are not defined in {self.json_path} "
+                                f"(its ids: {_shown(sorted(self.names))})")
+                return
+            for v in present:
+                self.pixels[self.names[v]] += int(counts[v])
+            listed = self.images.get(image_path.name)
+            if listed is not None and set(listed) != {self.names[v] for v in present}:
+                self.mislisted.append(image_path.name)
+        if off := int(np.count_nonzero((source > 0) != (mask == 1))):
+            self.disagree.append(f"{path.name} ({off} px)")
+
+    def finish(self, report: DatasetReport) -> None:
+        self.stray_masks = [path.name for stem, path in self.masks.files.items() if stem not in self.checked]
+        unreliable, ignored = "the per-source figures of these images are not reliable", "they are ignored"
+        remarks = [
+            (self.disagree, f"source mask(s) in {self.folder} are not > 0 exactly where their anomaly mask is 1",
+             unreliable),
+            (self.unmasked, f"image(s) have no source mask in {self.folder}", unreliable),
+            (self.mislisted, (f"image(s) have a {self.json_path.name} entry listing other sources than their "
+                              "source mask shows"), unreliable),
+            (self.unlisted, f"image(s) have no entry in {self.json_path}", unreliable),
+            (self.stray_masks, f"source mask(s) in {self.folder} have no image in the anomaly split", ignored),
+            (self.stray_entries, f"entries of {self.json_path} name no image of the anomaly split", ignored),
+        ]
+        for items, what, meaning in remarks:
+            if items:
+                report.notes.append(f"{len(items)} {what} ({_listed(items)}): {meaning}")
+        if self.folder.is_dir():
+            report.anomaly_source_pixels = self.pixels
+
+
 def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool = True) -> DatasetReport:
     """Check a data set in the layout without raising; see :class:`DatasetReport`.
 
@@ -569,8 +755,11 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
     images or masks (PNGs checked chunk by chunk as libpng reads them), content in another format than
     PNG/JPEG (PNG for masks), CMYK or 32-bit images, images with an EXIF orientation, a mask whose
     size differs from its image's, non-single-channel masks, label values >= the number of
-    classes (other than 255), and anomaly mask values other than 0/1/255. Every image and mask is
-    decoded once: a few hundred 128 px pairs take well under a second.
+    classes (other than 255), and anomaly mask values other than 0/1/255; and, when the anomaly
+    split has them, a malformed ``sources.json`` and source masks that are undecodable, of another
+    size than their image or with ids sources.json does not define (source masks that disagree with
+    the anomaly masks or with sources.json are notes). Every image and mask is decoded once: a few
+    hundred 128 px pairs take well under a second.
 
     Args:
         root: the data set directory.
@@ -618,8 +807,10 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
         report.problems += scan.problems
         report.counts["anomaly"] = len(scan.pairs)
         histogram = np.zeros(256, np.int64)
+        sources = _SourceMaskChecker(root / "anomaly", scan.pairs, report.problems)
         for image_path, mask_path in scan.pairs:
             mask = check_pair(image_path, mask_path, report, report.problems)
+            sources.check(image_path, mask_path, mask, report.problems)
             if mask is None:
                 continue
             counts = np.bincount(mask.ravel(), minlength=256)
@@ -627,6 +818,7 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
             bad = anomaly_values_problem(mask_path, np.flatnonzero(counts), LAB_ANOMALY_VALUES, None, "the lab layout")
             if bad:
                 report.problems.append(bad)
+        sources.finish(report)
         report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
         note = undefined_anomaly_note(report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"],
                                       "the anomaly split")

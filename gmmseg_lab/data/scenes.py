@@ -11,11 +11,19 @@ This is the situation GMMSeg's per-class mixture is designed for, and where a si
 per class is the wrong model. :func:`render_scene` returns, for every pixel, the class *and*
 the mode that generated it (:data:`MODES` names them).
 
-The anomaly split pastes unseen objects (irregular polygons, ellipses, blobs) with unseen
-textures (checkerboard, stripes, dots, rings) in colours used by no inlier mode
-(:data:`ANOMALY_COLOURS`), mostly on the road, in the spirit of Fishyscapes Static / Road Anomaly.
-Anomaly masks use 0 = inlier, 1 = anomaly, 255 = void; the void is a thin band just outside
+The anomaly split pastes one or two objects per scene, mostly on the road, in the spirit of
+Fishyscapes Static / Road Anomaly. About half of them are *procedural*: unseen shapes (irregular
+polygons, ellipses, blobs) with unseen textures (checkerboard, stripes, dots, rings) in colours
+used by no inlier mode (:data:`ANOMALY_COLOURS`). The other half are *real photographic objects*
+(:data:`PHOTO_OBJECTS`): a cat, a coffee cup, an astronaut, a motorcycle and a rocket, cut out of
+the photographs that scikit-image's wheel ships in ``skimage/data/`` (read from the installed
+files, never downloaded) along an outline polygon kept in this module. A cut-out is scaled to its
+depth on the ground plane, stands on the ground, is hidden by nearer inliers, shares the scene's
+lighting, and has an anti-aliased edge whose mixed pixels outside the object all fall in the void
+band. Anomaly masks use 0 = inlier, 1 = anomaly, 255 = void; the void is a thin band just outside
 every anomaly's border (as in Fishyscapes), where a pixel mixes both and no answer is fair.
+Every anomaly object's source is recorded (:data:`ANOMALY_SOURCES`: id 1 ``procedural``, ids 2-6
+the photos), per pixel in a source mask and per image in ``sources.json``.
 
 :func:`make_dataset` writes the on-disk layout read by :mod:`gmmseg_lab.data.layout`::
 
@@ -25,13 +33,27 @@ every anomaly's border (as in Fishyscapes), where a pixel mixes both and no answ
     DIR/annotations/{train,val}/NAME.png  uint8 class index, 255 = ignore
     DIR/anomaly/images/NAME.png           RGB
     DIR/anomaly/masks/NAME.png            0 inlier, 1 anomaly, 255 void
+    DIR/anomaly/source_masks/NAME.png     uint8: 0 where the mask is not 1 (inlier or void), else
+                                          the id of the source of the anomaly seen at that pixel
+    DIR/anomaly/sources.json              {"sources": [{"id": 1, "name": "procedural",
+                                          "kind": "procedural"}, {"id": 2, "name": "cat", "kind":
+                                          "photo", "file": "chelsea.png"}, ...], "images":
+                                          {"NAME.png": ["procedural", "cat"], ...}}: every source,
+                                          and per image the sources visible in it, in paint order
+                                          (far to near), each once
+
+meta.json lists the sources too (``"anomaly_sources"``) when the set has an anomaly split;
+:func:`gmmseg_lab.data.layout.read_anomaly_sources` reads ``sources.json`` back.
 
 The command line ``python -m gmmseg_lab.data.scenes OUT_DIR --preset quick`` does the same.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,26 +62,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 __all__ = [
     "ANOMALY_COLOURS",
+    "ANOMALY_SOURCES",
     "CLASSES",
     "GENERATOR_NAME",
     "GENERATOR_VERSION",
     "MODES",
     "MODE_COLOURS",
     "PALETTE",
+    "PHOTO_OBJECTS",
     "PRESETS",
+    "PhotoObject",
     "Scene",
     "make_dataset",
+    "photo_cutout",
+    "photo_path",
     "render_scene",
     "scene_rng",
 ]
 
 GENERATOR_NAME = "gmmseg_lab.data.scenes"
 # Bump whenever a change alters the generated pixels, so meta.json tells old sets from new.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: photographic objects in the anomaly split, source masks
 
 CLASSES: tuple[str, ...] = (
     "road",
@@ -122,6 +149,86 @@ ANOMALY_COLOURS: tuple[tuple[int, int, int], ...] = (
     (0, 255, 140),  # spring green
 )
 
+
+@dataclass(frozen=True)
+class PhotoObject:
+    """A real object cut out of one of the photographs bundled with scikit-image.
+
+    Attributes:
+        name: the source's name in ``sources.json`` (``"cat"``).
+        file: the photograph, a file of ``skimage/data/`` (``"chelsea.png"``).
+        outline: the object's outline, a polygon of ``(x, y)`` vertices in normalised photo
+            coordinates (0..1, x to the right, y down), drawn tight around the object by hand.
+        height: range of the object's height standing on the ground, in eye heights E (a person
+            is 1.05-1.25 E here); its width follows from the cut-out's aspect ratio.
+    """
+
+    name: str
+    file: str
+    outline: tuple[tuple[float, float], ...]
+    height: tuple[float, float]
+
+
+#: The photographic anomaly objects. The photos come without masks: each outline was traced on
+#: the photo by eye (the cat's head and chest, ears included; the cup on its saucer with the
+#: spoon; the astronaut to the waist with the helmet in her arm; the motorcycle from tail light to
+#: front wheel; the rocket without its launch tower) and checked by rendering the cut-outs.
+PHOTO_OBJECTS: tuple[PhotoObject, ...] = (
+    PhotoObject(
+        "cat", "chelsea.png",
+        ((0.09, 0.0), (0.17, 0.0), (0.30, 0.05), (0.50, 0.06), (0.68, 0.03), (0.74, 0.0), (0.885, 0.0),
+         (0.83, 0.13), (0.80, 0.24), (0.80, 0.36), (0.795, 0.5), (0.77, 0.61), (0.71, 0.73), (0.675, 0.83),
+         (0.71, 0.91), (0.73, 1.0), (0.0, 1.0), (0.0, 0.42), (0.04, 0.3), (0.065, 0.14)),
+        (0.45, 0.75),
+    ),
+    PhotoObject(
+        "coffee cup", "coffee.png",
+        ((0.30, 0.2), (0.33, 0.1), (0.40, 0.06), (0.47, 0.05), (0.55, 0.06), (0.62, 0.09), (0.67, 0.14),
+         (0.70, 0.16), (0.70, 0.2), (0.75, 0.27), (0.795, 0.37), (0.80, 0.5), (0.79, 0.62), (0.75, 0.75),
+         (0.68, 0.86), (0.58, 0.94), (0.47, 0.97), (0.36, 0.95), (0.26, 0.89), (0.18, 0.8), (0.14, 0.68),
+         (0.13, 0.55), (0.16, 0.42), (0.21, 0.32), (0.28, 0.24)),
+        (0.3, 0.55),
+    ),
+    PhotoObject(
+        "astronaut", "astronaut.png",
+        ((0.44, 0.03), (0.52, 0.035), (0.57, 0.08), (0.59, 0.14), (0.585, 0.2), (0.55, 0.24), (0.51, 0.28),
+         (0.52, 0.31), (0.56, 0.34), (0.59, 0.40), (0.60, 0.46), (0.64, 0.49), (0.68, 0.53), (0.70, 0.58),
+         (0.71, 0.66), (0.76, 0.67), (0.86, 0.69), (0.93, 0.74), (0.96, 0.82), (0.98, 0.92), (0.98, 1.0),
+         (0.04, 1.0), (0.04, 0.8), (0.05, 0.64), (0.08, 0.54), (0.13, 0.47), (0.20, 0.42), (0.23, 0.36),
+         (0.26, 0.31), (0.33, 0.28), (0.31, 0.22), (0.30, 0.15), (0.31, 0.09), (0.34, 0.055), (0.38, 0.04)),
+        (0.7, 0.95),
+    ),
+    PhotoObject(
+        "motorcycle", "motorcycle_left.png",
+        ((0.125, 0.40), (0.15, 0.37), (0.19, 0.34), (0.21, 0.33), (0.33, 0.345), (0.47, 0.37), (0.475, 0.33),
+         (0.50, 0.31), (0.53, 0.315), (0.56, 0.335), (0.62, 0.33), (0.63, 0.26), (0.645, 0.21), (0.67, 0.17),
+         (0.69, 0.15), (0.705, 0.17), (0.735, 0.19), (0.74, 0.22), (0.77, 0.24), (0.79, 0.26), (0.78, 0.29),
+         (0.765, 0.33), (0.76, 0.37), (0.78, 0.45), (0.79, 0.52), (0.83, 0.53), (0.87, 0.56), (0.88, 0.6),
+         (0.91, 0.66), (0.925, 0.73), (0.91, 0.82), (0.88, 0.88), (0.84, 0.905), (0.79, 0.895), (0.75, 0.86),
+         (0.72, 0.8), (0.70, 0.74), (0.69, 0.68), (0.66, 0.68), (0.62, 0.72), (0.5, 0.735), (0.44, 0.745),
+         (0.39, 0.74), (0.37, 0.77), (0.33, 0.79), (0.27, 0.795), (0.215, 0.78), (0.18, 0.73), (0.17, 0.65),
+         (0.175, 0.57), (0.19, 0.5), (0.16, 0.475), (0.13, 0.47), (0.12, 0.44)),
+        (0.6, 0.8),
+    ),
+    PhotoObject(
+        "rocket", "rocket.jpg",
+        ((0.505, 0.297), (0.512, 0.305), (0.518, 0.32), (0.521, 0.34), (0.522, 0.37), (0.521, 0.41),
+         (0.519, 0.42), (0.519, 0.85), (0.521, 0.95), (0.487, 0.95), (0.489, 0.85), (0.489, 0.42),
+         (0.487, 0.41), (0.487, 0.37), (0.488, 0.34), (0.492, 0.32), (0.498, 0.305)),
+        (1.0, 1.5),
+    ),
+)
+
+PROCEDURAL_SOURCE_ID = 1
+#: Every source of anomaly objects, as ``sources.json`` and meta.json list them: id 1 the
+#: procedural objects, then one id per :data:`PHOTO_OBJECTS` entry. Ids are stable.
+ANOMALY_SOURCES: tuple[dict, ...] = (
+    {"id": PROCEDURAL_SOURCE_ID, "name": "procedural", "kind": "procedural"},
+    *({"id": PROCEDURAL_SOURCE_ID + 1 + i, "name": p.name, "kind": "photo", "file": p.file}
+      for i, p in enumerate(PHOTO_OBJECTS)),
+)
+_SOURCE_NAMES = {s["id"]: s["name"] for s in ANOMALY_SOURCES}
+
 #: Sizes of the embedded data set. ``size`` is the square image side in pixels.
 PRESETS: dict[str, dict] = {
     "quick": {"size": 64, "num_train": 48, "num_val": 16, "num_anomaly": 16},
@@ -140,12 +247,19 @@ class Scene:
         label: ``[H, W]`` uint8 class index into :data:`CLASSES`; 255 under anomalies.
         mode: ``[H, W]`` uint8 mode index into ``MODES[CLASSES[label]]``; 255 where undefined.
         anomaly_mask: ``[H, W]`` uint8, 0 inlier / 1 anomaly / 255 void, or None for inlier scenes.
+        anomaly_source: ``[H, W]`` uint8, the id (:data:`ANOMALY_SOURCES`) of the source of the
+            anomaly object seen at each pixel where ``anomaly_mask`` is 1, else 0; None for
+            inlier scenes.
+        anomaly_sources: names of the sources visible in the scene, in paint order (far to near),
+            each once; None for inlier scenes.
     """
 
     image: np.ndarray
     label: np.ndarray
     mode: np.ndarray
     anomaly_mask: np.ndarray | None = None
+    anomaly_source: np.ndarray | None = None
+    anomaly_sources: tuple[str, ...] | None = None
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -579,14 +693,137 @@ def _anomaly(c: _Canvas, x: float, z: float):
         pick_a = _frac(np.hypot(c.xx - cx, c.yy - cy) / period) < 0.5
     field = np.where(pick_a[..., None], col_a, col_b)
     field = field + c.rng.normal(0.0, 3.0, field.shape).astype(np.float32)
-    return [(shape, None, None, field)]
+    return [(shape, None, PROCEDURAL_SOURCE_ID, (field, None))]
 
 
-def _paint_objects(c: _Canvas, street: _Street, anomaly: bool) -> np.ndarray:
-    """Trees, poles, people, cars (and anomalies), placed on the ground and painted far to near.
+# --------------------------------------------------------------------------------------------
+# Photographic anomaly objects: cut out of scikit-image's bundled photographs once per process.
+# --------------------------------------------------------------------------------------------
 
-    Returns the boolean ``[S, S]`` mask of visible anomaly pixels.
+_SUPERSAMPLE = 4  # a cut-out is resampled at 4x4 sub-pixels per pixel, then box-averaged
+_MIN_ALPHA = 1.0 / 64.0  # coverage below this is resampling ripple, not object
+
+
+def photo_path(file: str) -> Path:
+    """The photograph ``file`` bundled in the installed scikit-image's ``skimage/data/`` folder.
+
+    Found from the package's location without importing it; nothing is ever downloaded (the
+    photos of :data:`PHOTO_OBJECTS` are all in the wheel).
+
+    Raises:
+        ModuleNotFoundError: scikit-image is not installed.
+        FileNotFoundError: the file is not in the installed package.
     """
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the anomaly split's photographic objects need scikit-image "
+                                  "(pip install scikit-image): its wheel ships the photographs")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not in the installed scikit-image (its wheel ships it)")
+    return path
+
+
+@functools.cache
+def _cutout_image(photo: int) -> Image.Image:
+    """``PHOTO_OBJECTS[photo]`` cropped to its outline's bounding box: RGBA, alpha 255 inside the
+    outline and 0 outside (drawn at the photo's full resolution, so edges stay sharp until the
+    paste resamples them). Cached: each photo is read and cut once per process."""
+    spec = PHOTO_OBJECTS[photo]
+    with Image.open(photo_path(spec.file)) as img:
+        rgb = img.convert("RGB")
+    w, h = rgb.size
+    xs = [x * w for x, _ in spec.outline]
+    ys = [y * h for _, y in spec.outline]
+    box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
+           min(w, math.ceil(max(xs))), min(h, math.ceil(max(ys))))
+    cut = rgb.crop(box)
+    alpha = Image.new("L", cut.size, 0)
+    ImageDraw.Draw(alpha).polygon([(x - box[0], y - box[1]) for x, y in zip(xs, ys)], fill=255)
+    cut.putalpha(alpha)
+    return cut
+
+
+def photo_cutout(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The cut-out of the photographic object ``name`` (see :data:`PHOTO_OBJECTS`), at the photo's
+    resolution: ``(rgb [h, w, 3] uint8, inside [h, w] bool)``, cropped to the outline's bounding box."""
+    index = [p.name for p in PHOTO_OBJECTS].index(name)
+    rgba = np.asarray(_cutout_image(index))
+    return rgba[..., :3].copy(), rgba[..., 3] > 127
+
+
+def _photo_anomaly(c: _Canvas, x: float, z: float, photo: int):
+    """``PHOTO_OBJECTS[photo]`` standing on the ground at (x, z), sized for its depth.
+
+    Returns one anomaly part whose colour is ``(field, alpha)``: ``alpha`` [S, S] is the
+    cut-out's coverage of each pixel (anti-aliased edge), the part's mask is ``alpha >= 0.5``.
+    """
+    rng, s, k = c.rng, c.size, _SUPERSAMPLE
+    spec = PHOTO_OBJECTS[photo]
+    cut = _cutout_image(photo)
+    px, py, scale = c.project(x, z)
+    h = float(rng.uniform(*spec.height)) * scale
+    w = h * cut.width / cut.height
+    if rng.random() < 0.5:  # seen from the other side
+        cut = cut.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    left, top = px - 0.5 * w, py - h  # the cut-out's bottom edge rests on the ground point
+    # Resample at k x k sub-pixels (PIL premultiplies alpha when resizing RGBA), place with
+    # 1/k px precision, then average each k x k block: alpha becomes the pixel's coverage.
+    x0, y0 = math.floor(left), math.floor(top)
+    nx, ny = math.ceil(left + w) - x0 + 1, math.ceil(py) - y0 + 1
+    sw, sh = max(1, round(k * w)), max(1, round(k * h))
+    ox, oy = round(k * (left - x0)), round(k * (top - y0))
+    rgba = np.asarray(cut.resize((sw, sh), Image.Resampling.LANCZOS), np.float32)
+    sub_alpha = np.zeros((ny * k, nx * k), np.float32)
+    sub_colour = np.zeros((ny * k, nx * k, 3), np.float32)
+    sub_alpha[oy : oy + sh, ox : ox + sw] = rgba[..., 3] / 255.0
+    sub_colour[oy : oy + sh, ox : ox + sw] = rgba[..., :3] * sub_alpha[oy : oy + sh, ox : ox + sw, None]
+    cover = sub_alpha.reshape(ny, k, nx, k).mean(axis=(1, 3))
+    colour = sub_colour.reshape(ny, k, nx, k, 3).mean(axis=(1, 3)) / np.maximum(cover, 1e-6)[..., None]
+    alpha = np.zeros((s, s), np.float32)
+    field = np.zeros((s, s, 3), np.float32)
+    r0, r1, c0, c1 = max(y0, 0), min(y0 + ny, s), max(x0, 0), min(x0 + nx, s)
+    if r0 < r1 and c0 < c1:
+        alpha[r0:r1, c0:c1] = cover[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+        field[r0:r1, c0:c1] = colour[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0]
+    alpha[alpha < _MIN_ALPHA] = 0.0
+    return [(alpha >= 0.5, None, PROCEDURAL_SOURCE_ID + 1 + photo, (field, np.minimum(alpha, 1.0)))]
+
+
+@dataclass
+class _AnomalyPaint:
+    """What :func:`_paint_objects` leaves of the anomalies: the visible anomaly pixels, their
+    sources, and the anti-aliasing halo of photo cut-outs (pixels outside an object that a cut-out's
+    edge tinted) with the colour each had before, to undo where the halo misses the void band."""
+
+    visible: np.ndarray  # [S, S] bool
+    source: np.ndarray  # [S, S] uint8 source id, 0 off the visible anomalies
+    order: list[int]  # source ids in paint order (far to near), one per object
+    halo: np.ndarray  # [S, S] bool
+    halo_before: np.ndarray  # [S, S, 3] float32
+    photo: int = 0  # the source id of the scene's photographic object, 0 for none
+
+
+def _photo_plan(rng: np.random.Generator, n_anomalies: int, index: int | None) -> tuple[int, int]:
+    """Which of a scene's anomaly objects is a photo, and which photo: ``(slot, photo)``, slot -1
+    for none.
+
+    Three scenes in four have one photo among their one or two objects (half of all objects).
+    With the scene's ``index`` in its split, every fourth scene (``i % 4 == 3``) has none and the
+    others take the photos in turn (scene ``i`` is photo scene number ``i - i // 4``), so any 7
+    consecutive scenes plan every photo; without it, the photo is drawn from ``rng``.
+    """
+    has_photo = rng.random() < 0.75
+    photo = int(rng.integers(len(PHOTO_OBJECTS)))
+    slot = int(rng.integers(n_anomalies))
+    if index is not None:
+        has_photo = index % 4 != 3
+        photo = (index - index // 4) % len(PHOTO_OBJECTS)
+    return (slot if has_photo else -1), photo
+
+
+def _paint_objects(c: _Canvas, street: _Street, anomaly: bool, index: int | None = None) -> _AnomalyPaint:
+    """Trees, poles, people, cars (and anomalies), placed on the ground and painted far to near."""
     rng, s = c.rng, c.size
     z_near = c.focal / (s - c.vy + 0.15 * s)  # a little below the bottom edge: cropped objects
     z_far = c.focal / max(0.04 * s, 1.0)
@@ -626,27 +863,49 @@ def _paint_objects(c: _Canvas, street: _Street, anomaly: bool) -> np.ndarray:
         objects.append((z, _car(c, x, z)))
 
     n_anomalies = int(rng.integers(1, 3)) if anomaly else 0
-    for _ in range(n_anomalies):
-        # Near enough to be seen; on the road four times in five.
-        z = float(c.focal / rng.uniform(0.25 * (s - c.vy), 0.95 * (s - c.vy)))
-        if rng.random() < 0.8:
-            x = float(rng.uniform(street.road_left + 0.3, street.road_right - 0.3))
-        else:
-            x = sidewalk_x(int(rng.choice([-1, 1])))
-        objects.append((z, _anomaly(c, x, z)))
+    photo_slot, photo = _photo_plan(rng, n_anomalies, index) if anomaly else (-1, 0)
+    for k in range(n_anomalies):
+        # Near enough to be seen (photos a little nearer: their detail needs pixels); on the road
+        # four times in five.
+        nearest = 0.4 if k == photo_slot else 0.25
+        z = float(c.focal / rng.uniform(nearest * (s - c.vy), 0.95 * (s - c.vy)))
+        for _try in range(10):  # redraw the place of one that would fall out of the frame
+            if rng.random() < 0.8:
+                x = float(rng.uniform(street.road_left + 0.3, street.road_right - 0.3))
+            else:
+                x = sidewalk_x(int(rng.choice([-1, 1])))
+            if 0.05 * s < c.project(x, z)[0] < 0.95 * s:
+                break
+        objects.append((z, _photo_anomaly(c, x, z, photo) if k == photo_slot else _anomaly(c, x, z)))
 
-    anomaly_mask = np.zeros((s, s), bool)
+    paint = _AnomalyPaint(np.zeros((s, s), bool), np.zeros((s, s), np.uint8), [], np.zeros((s, s), bool),
+                          np.zeros((s, s, 3), np.float32),
+                          PROCEDURAL_SOURCE_ID + 1 + photo if photo_slot >= 0 else 0)
     for _, parts in sorted(objects, key=lambda item: -item[0]):
         for mask, cls, mode, colour in parts:
-            if cls is None:  # an anomaly: no class, no mode
-                c.image[mask] = colour[mask]
+            if cls is None:  # an anomaly: no class, no mode; ``mode`` holds its source id
+                field, alpha = colour
+                if alpha is None:
+                    c.image[mask] = field[mask]
+                else:  # a cut-out: blend its anti-aliased edge with what lies behind
+                    touched = alpha > 0
+                    halo = touched & ~mask
+                    first = halo & ~paint.halo
+                    paint.halo_before[first] = c.image[first]
+                    a = alpha[touched][:, None]
+                    c.image[touched] = a * field[touched] + (1.0 - a) * c.image[touched]
+                    paint.halo |= halo
                 c.label[mask] = 255
                 c.mode[mask] = 255
-                anomaly_mask |= mask
+                paint.visible |= mask
+                paint.source[mask] = mode
+                paint.order.append(mode)
             else:
                 c.paint(mask, cls, mode, colour)
-                anomaly_mask &= ~mask  # an inlier in front hides the anomaly
-    return anomaly_mask
+                paint.visible &= ~mask  # an inlier in front hides the anomaly
+            paint.halo &= ~mask  # and anything painted over a halo pixel replaces it
+    paint.source[~paint.visible] = 0
+    return paint
 
 
 def _light(c: _Canvas) -> np.ndarray:
@@ -660,20 +919,26 @@ def _light(c: _Canvas) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, size: int, anomaly: bool = False) -> Scene:
+def render_scene(rng: np.random.Generator, size: int, anomaly: bool = False, index: int | None = None) -> Scene:
     """Render one street scene.
 
     Args:
         rng: the only source of randomness; the same generator state gives the same scene.
         size: side ``S`` of the square image in pixels, at least 16 (the presets use 64 and 128;
             below ~48 px thin classes such as poles and signs become rare).
-        anomaly: paste one or two unseen objects and return an anomaly mask.
+        anomaly: paste one or two anomaly objects (procedural or photographic) and return an
+            anomaly mask and a source map.
+        index: the scene's position in its anomaly split, or None. With it, the photographic
+            objects of successive scenes take the photos in turn (as :func:`make_dataset` does, so
+            every photo appears several times in a split); without it, each is drawn from ``rng``.
 
     Returns:
         :class:`Scene` with ``image [S, S, 3]`` uint8, ``label [S, S]`` uint8 (255 under
         anomalies), ``mode [S, S]`` uint8 (255 where undefined) and, when ``anomaly``,
         ``anomaly_mask [S, S]`` uint8 with 0 inlier, 1 anomaly, 255 void (a band of about
-        ``S / 64`` px just outside each anomaly).
+        ``S / 64`` px just outside each anomaly), ``anomaly_source [S, S]`` uint8 (the source id
+        of each anomaly pixel, :data:`ANOMALY_SOURCES`; 0 elsewhere) and ``anomaly_sources``
+        (the visible sources' names, in paint order).
     """
     if int(size) < 16:
         raise ValueError(f"size must be at least 16 px, got {size}")
@@ -685,18 +950,29 @@ def render_scene(rng: np.random.Generator, size: int, anomaly: bool = False) -> 
         _paint_skyline(c)
         street = _paint_ground(c)
         _paint_facades(c, street)
-        anomalous = _paint_objects(c, street, anomaly)
-        # An anomaly scene must show a fair amount of anomaly; redraw the rare ones that do not.
-        if not anomaly or anomalous.sum() >= max(6, 0.004 * size * size):
+        paint = _paint_objects(c, street, anomaly, index)
+        # An anomaly scene must show a fair amount of anomaly, and its photo if it has one (a few
+        # pixels of it at least); redraw the rare ones that do not.
+        if not anomaly or (paint.visible.sum() >= max(6, 0.004 * size * size)
+                           and (not paint.photo or (paint.source == paint.photo).sum() >= 4)):
             break
-    image = _light(c)
-    anomaly_mask = None
+    anomaly_mask = source = names = None
     if anomaly:
-        anomaly_mask = np.zeros((size, size), np.uint8)
+        anomalous = paint.visible
         band = _dilate(anomalous, max(1, round(size / 64))) & ~anomalous
+        # A cut-out's soft edge may tint pixels outside it only inside the void band: elsewhere
+        # (beside a sliver too thin to count as object, or next to an occluded part) undo it.
+        undo = paint.halo & ~band
+        c.image[undo] = paint.halo_before[undo]
+        anomaly_mask = np.zeros((size, size), np.uint8)
         anomaly_mask[band] = 255
         anomaly_mask[anomalous] = 1
-    return Scene(image=image, label=c.label, mode=c.mode, anomaly_mask=anomaly_mask)
+        source = paint.source
+        present = set(np.unique(source[anomalous]).tolist())
+        names = tuple(_SOURCE_NAMES[i] for i in dict.fromkeys(paint.order) if i in present)
+    image = _light(c)
+    return Scene(image=image, label=c.label, mode=c.mode, anomaly_mask=anomaly_mask, anomaly_source=source,
+                 anomaly_sources=names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,8 +1008,8 @@ def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool) 
     for sub in ("images/train", "images/val", "annotations/train", "annotations/val"):
         (root / sub).mkdir(parents=True)
     if cfg["num_anomaly"]:
-        (root / "anomaly/images").mkdir(parents=True)
-        (root / "anomaly/masks").mkdir(parents=True)
+        for sub in ("images", "masks", "source_masks"):
+            (root / "anomaly" / sub).mkdir(parents=True)
     with open(root / "classes.json", "w") as f:
         json.dump({"classes": list(CLASSES), "palette": PALETTE}, f, indent=2)
         f.write("\n")
@@ -746,18 +1022,30 @@ def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool) 
         "modes": {k: list(v) for k, v in MODES.items()},
         "anomaly_mask_values": {"0": "inlier", "1": "anomaly", "255": "void (band around anomalies)"},
     }
+    if cfg["num_anomaly"]:  # the split names each anomaly's source: anomaly/sources.json, source_masks/
+        meta["anomaly_sources"] = [dict(source) for source in ANOMALY_SOURCES]
     with open(root / "meta.json", "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
+    visible = {}
     for split, index in tqdm(jobs, desc=f"scenes[{name}]", disable=not progress, unit="img"):
-        scene = render_scene(scene_rng(seed, split, index), size, anomaly=split == "anomaly")
+        if split == "anomaly":
+            scene = render_scene(scene_rng(seed, split, index), size, anomaly=True, index=index)
+        else:
+            scene = render_scene(scene_rng(seed, split, index), size)
         stem = f"{split}_{index:05d}.png"
         if split == "anomaly":
             _save_png(scene.image, root / "anomaly/images" / stem)
             _save_png(scene.anomaly_mask, root / "anomaly/masks" / stem)
+            _save_png(scene.anomaly_source, root / "anomaly/source_masks" / stem)
+            visible[stem] = list(scene.anomaly_sources)
         else:
             _save_png(scene.image, root / "images" / split / stem)
             _save_png(scene.label, root / "annotations" / split / stem)
+    if cfg["num_anomaly"]:
+        with open(root / "anomaly/sources.json", "w") as f:
+            json.dump({"sources": [dict(source) for source in ANOMALY_SOURCES], "images": visible}, f, indent=2)
+            f.write("\n")
 
 
 def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
