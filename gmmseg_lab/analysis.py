@@ -258,3 +258,21 @@ def learning_curves(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
             curves[kind][key] = [float(by_step[s][key]) if isinstance(by_step[s].get(key), (int, float))
                                  else float("nan") for s in steps]
     return curves
+
+
+def score_norm_parameters(run_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The learned LayerNorm over the class scores of a GMMSeg run (its class logits are
+    ``gamma * LN(s) + beta``), from the run's last checkpoint.
+
+    Returns:
+        ``{"gamma": [C], "beta": [C]}`` float64, or None for a softmax run (it has no such layer).
+    """
+    import torch
+
+    state = torch.load(_checkpoint_of(Path(run_dir)), map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    keys = sorted(k for k in state if k.endswith("gmm_score_norm.weight"))
+    if not keys:
+        return None
+    prefix = keys[-1][: -len("weight")]  # the final decode head's (the last stage of a cascade)
+    return {"gamma": state[prefix + "weight"].double().numpy(), "beta": state[prefix + "bias"].double().numpy()}

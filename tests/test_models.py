@@ -13,6 +13,8 @@ from mmengine.registry import init_default_scope
 
 from gmmseg_lab.models import (
     ARCHS,
+    BACKBONES,
+    PRETRAINED_BACKBONE,
     GMM_HEAD_KEYS,
     PRESETS,
     build_config,
@@ -25,6 +27,7 @@ from gmmseg_lab.models import (
     is_gmm_head,
     list_configs,
     predict_batch,
+    PRETRAINED_PRESETS,
     segmentor_outputs,
 )
 from gmmseg_lab.train import quiet_mmengine
@@ -112,7 +115,7 @@ def test_any_decode_head_gets_the_gmm_classifier_and_pickles():
     assert torch.isfinite(losses["gmm_loglik"])
     total = losses["loss_ce"] + losses["loss_component"]
     total.backward()
-    assert head.gmm_project.weight.grad.abs().sum() > 0
+    assert next(head.gmm_project.parameters()).grad.abs().sum() > 0
     assert int(head.gmm.num_m_steps) == 1  # update_interval=1
     clone = pickle.loads(pickle.dumps(head))
     assert type(clone).__name__ == "GMMPSPHead" and torch.equal(clone.gmm.means, head.gmm.means)
@@ -153,20 +156,20 @@ def test_component_loss_targets_and_memory_gets_only_correct_pixels(monkeypatch)
 # ---------------------------------------------------------------------- configs
 def test_every_shipped_config_parses():
     configs = list_configs()
-    assert len(configs) == len(ARCHS) * len(PRESETS) * 2
-    for arch, head, preset, path in configs:
-        assert path == config_path(arch, head, preset) and path.is_file()
+    pretrained = [a for a in ARCHS if PRETRAINED_BACKBONE in BACKBONES[a]]
+    assert len(configs) == (len(ARCHS) * len(PRESETS) + len(pretrained) * len(PRETRAINED_PRESETS)) * 2
+    for arch, head, preset, backbone, path in configs:
+        assert path == config_path(arch, head, preset, backbone) and path.is_file()
         cfg = Config.fromfile(str(path))
         assert cfg.default_scope == "mmseg" and "gmmseg_lab.models" in cfg.custom_imports.imports
         assert cfg.train_cfg.type == "IterBasedTrainLoop" and cfg.val_evaluator.type == "IoUMetric"
         assert bool(gmm_head_configs(cfg)) == (head == "gmm")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("preset", PRESETS)
-def test_twins_differ_only_in_the_classifier(arch, preset):
-    softmax = Config.fromfile(str(config_path(arch, "softmax", preset)))
-    gmm = Config.fromfile(str(config_path(arch, "gmm", preset)))
+@pytest.mark.parametrize("arch, preset, backbone", sorted({(a, p, b) for a, _, p, b, _ in list_configs()}))
+def test_twins_differ_only_in_the_classifier(arch, preset, backbone):
+    softmax = Config.fromfile(str(config_path(arch, "softmax", preset, backbone)))
+    gmm = Config.fromfile(str(config_path(arch, "gmm", preset, backbone)))
     diff = config_diff(softmax, gmm)
     head_prefix = "model.decode_head.1." if arch == "ocrnet" else "model.decode_head."
     assert f"{head_prefix}type" in diff
@@ -180,14 +183,28 @@ def test_twins_differ_only_in_the_classifier(arch, preset):
     assert diff[f"{head_prefix}base_type"][1] == diff[f"{head_prefix}type"][0]
 
 
+def _effective(cfg: dict, fn) -> dict:
+    """A config's keyword arguments for ``fn`` with ``fn``'s defaults filled in."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **cfg}
+
+
 def test_gmm_settings_follow_the_method():
-    for arch, head, preset, path in list_configs():
+    from gmmseg_lab.gmm import GMMClassifier
+    from gmmseg_lab.models.gmm_head import GMMHeadMixin
+
+    for arch, head, preset, backbone, path in list_configs():
         if head != "gmm":
             continue
         (h,) = gmm_head_configs(Config.fromfile(str(path)))
-        assert {k: h[k] for k in METHOD} == METHOD, path.name
-        assert {k: h.gmm_cfg[k] for k in METHOD_GMM} == METHOD_GMM, path.name
-        size = h.gmm_cfg.memory_size
+        settings = _effective(dict(h), GMMHeadMixin.__init__)
+        gmm_cfg = _effective(dict(h.get("gmm_cfg") or {}), GMMClassifier.__init__)
+        assert {k: settings[k] for k in METHOD} == METHOD, path.name
+        assert {k: gmm_cfg[k] for k in METHOD_GMM} == METHOD_GMM, path.name
+        size = gmm_cfg["memory_size"]
         assert (size == 32000) if preset.startswith("paper") else (100 <= size <= 2000), path.name
 
 

@@ -227,3 +227,24 @@ def test_aggregate_bins_checks_upper_edges_too(runs):
     shifted = dict(good, upper=[v / 2 for v in good["upper"]])
     with pytest.raises(ValueError, match=re.escape("has bin edges different from models['gmm'][0] ('upper'")):
         aggregate_bins([good, shifted], "models['gmm']")
+
+
+def test_layernorm_bound_figure_places_each_model_at_its_learned_gamma():
+    import numpy as np
+
+    from gmmseg_lab.eval.confidence_bound import layernorm_confidence_bound
+
+    bins = {"lower": [0, 0.5, 1], "upper": [0.5, 1, 1], "count": [10, 30, 0], "confidence": [0.4, 0.7, None],
+            "accuracy": [0.5, 0.9, None]}
+    models = {"seg gmm": [dict(gamma=np.full(9, 1.5), beta=np.zeros(9), bins=bins, acc=0.9),
+                          dict(gamma=np.full(9, 0.5), beta=np.zeros(9), bins=bins, acc=0.8)]}
+    from gmmseg_lab.viz import calibration as vcal
+
+    fig = vcal.layernorm_bound_figure(models, 9)
+    line, bound, conf, acc = fig.data
+    assert np.allclose(line.y, [layernorm_confidence_bound(9, g) for g in line.x])
+    assert list(bound.x) == [1.5, 0.5]
+    assert np.allclose(bound.y, [layernorm_confidence_bound(9, 1.5), layernorm_confidence_bound(9, 0.5)], atol=1e-5)
+    assert list(conf.y) == [0.625, 0.625] and list(acc.y) == [0.9, 0.8]  # (10*0.4 + 30*0.7) / 40
+    with pytest.raises(ValueError, match="non-empty dict"):
+        vcal.layernorm_bound_figure({}, 9)

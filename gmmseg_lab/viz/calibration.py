@@ -411,3 +411,68 @@ def calibration_widget(models: Mapping[str, Sequence[Mapping]], posterior_models
         return confidence_histogram_figure(chosen, probability=probability, colours=colours)
 
     return figure_box(controls, render)
+
+
+# --------------------------------------------------------------------------------------------------
+# Why the logits' softmax is under-confident: the LayerNorm bound on the top probability.
+
+
+def mean_confidence(bins: Mapping, name: str = "bins") -> float | None:
+    """Pixel-weighted mean top probability of one bins dict (:func:`check_bins`); None when empty."""
+    b = check_bins(bins, name)
+    filled = b["count"] > 0
+    total = int(b["count"].sum())
+    return None if total == 0 else float((b["confidence"][filled] * b["count"][filled]).sum() / total)
+
+
+def layernorm_bound_figure(models: Mapping[str, Sequence[Mapping]], num_classes: int) -> go.Figure:
+    """The largest top probability the logits' softmax can reach, against the LayerNorm's weight.
+
+    GMMSeg's logits are ``gamma * LN(s) + beta`` (:mod:`gmmseg_lab.eval.confidence_bound`). The line is
+    the bound for a common ``gamma`` at this number of classes; each trained model (one marker per
+    seed) sits at its learned mean ``gamma`` with three values: its bound with its own per-class
+    ``gamma`` and ``beta`` (diamond), the mean top probability it actually gives (circle) and its pixel
+    accuracy (cross). A model whose accuracy lies above its bound cannot be calibrated: its
+    confidence is capped below the accuracy it earns.
+
+    Args:
+        models: ``{label: [per seed: {"gamma": [C], "beta": [C], "bins": calibration bins,
+            "acc": pixel accuracy}]}`` (``gamma``/``beta`` from
+            :func:`gmmseg_lab.analysis.score_norm_parameters`, ``bins``/``acc`` from metrics.json).
+        num_classes: C.
+    """
+    from ..eval.confidence_bound import layernorm_confidence_bound, layernorm_confidence_bound_per_class
+
+    _check_models(models, "models")
+    gammas = [float(np.mean(r["gamma"])) for runs in models.values() for r in runs]
+    top = max([3.0] + [1.2 * g for g in gammas])
+    xs = np.linspace(0.0, top, 121)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=xs, y=[layernorm_confidence_bound(num_classes, float(g)) for g in xs], mode="lines",
+                             line=dict(color="#444", width=2), name=f"bound, common gamma (C = {num_classes})",
+                             hovertemplate="gamma %{x:.2f}: top probability at most %{y:.3f}<extra></extra>"))
+    fig.add_vline(x=1.0, line=dict(color="#999", dash="dot"), annotation_text="gamma at initialisation",
+                  annotation_position="bottom right")
+    colours = model_colours(list(models))
+    for label, runs in models.items():
+        g = [float(np.mean(r["gamma"])) for r in runs]
+        bound = [float(layernorm_confidence_bound_per_class(np.asarray(r["gamma"]), np.asarray(r["beta"])).max())
+                 for r in runs]
+        conf = [mean_confidence(r["bins"], f"models[{label!r}]") for r in runs]
+        acc = [float(r["acc"]) for r in runs]
+        colour = colours[label]
+        for values, symbol, what in ((bound, "diamond", "bound with its learned gamma, beta"),
+                                     (conf, "circle", "mean top probability it gives"),
+                                     (acc, "x", "its pixel accuracy")):
+            fig.add_trace(go.Scatter(
+                x=g, y=values, mode="markers", name=f"{label}: {what}", legendgroup=label,
+                marker=dict(color=colour, symbol=symbol, size=11, line=dict(width=1, color="white")),
+                customdata=list(range(len(runs))),
+                hovertemplate=f"{label} (seed #%{{customdata}})<br>mean gamma %{{x:.3f}}<br>{what}: %{{y:.3f}}"
+                              "<extra></extra>"))
+    fig.update_layout(title=f"Why the logits' softmax is under-confident: LayerNorm caps the top probability "
+                            f"({num_classes} classes)",
+                      xaxis_title="LayerNorm weight gamma over the class scores (mean over classes)",
+                      yaxis_title="top softmax probability", yaxis_range=[0, 1.02], font=FONT,
+                      legend=dict(orientation="v", x=1.02, y=1), margin=dict(r=20))
+    return fig
