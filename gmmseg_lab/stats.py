@@ -23,6 +23,11 @@ HEADLINE_METRICS = (
     HeadlineMetric("ece", "ECE", ("ece",), False),
     HeadlineMetric("mce", "MCE", ("mce",), False),
     HeadlineMetric("bayes_ece", "ECE (Bayes)", ("bayes_posterior_calibration", "ece"), False),
+    # After temperature scaling (T fitted on every other image, scored on the rest; on those scored
+    # images only, so compare with temperature_scaling.*.ece_before rather than with "ece").
+    HeadlineMetric("ece_ts", "ECE (T-scaled)", ("temperature_scaling", "logits", "ece_after"), False),
+    HeadlineMetric("bayes_ece_ts", "ECE (Bayes, T-scaled)", ("temperature_scaling", "bayes_posterior", "ece_after"),
+                   False),
     HeadlineMetric("auroc", "AUROC", ("anomaly", "auroc"), True),
     HeadlineMetric("ap", "AP", ("anomaly", "ap"), True),
     HeadlineMetric("fpr95", "FPR95", ("anomaly", "fpr95"), False),

@@ -460,6 +460,100 @@ def test_softmax_confidence_and_entropy():
 
 
 # ------------------------------------------------------------------------------------------------
+# Anomaly scores from logits and log-likelihoods; pixel thresholds of AnomalyScores
+
+
+def test_logit_and_log_likelihood_anomaly_scores():
+    from gmmseg_lab.eval.metrics import log_likelihood_anomaly_scores, logit_anomaly_scores
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 11, 13, generator=g) * 2  # [C, H, W]
+    scores = logit_anomaly_scores(logits, dim=0)
+    assert set(scores) == {"max_softmax", "entropy", "max_logit", "energy"}
+    assert all(v.shape == (11, 13) and v.dtype == torch.float32 for v in scores.values())
+    probs = torch.softmax(logits.double(), dim=0)
+    torch.testing.assert_close(scores["max_softmax"].double(), 1 - probs.amax(dim=0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(scores["entropy"].double(), -(probs * probs.log()).sum(dim=0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores["max_logit"], -logits.max(dim=0).values)
+    torch.testing.assert_close(scores["energy"], -torch.log(torch.exp(logits).sum(dim=0)))
+    # energy is -logsumexp: stable where exp overflows, and shifts with the logits (softmax does not)
+    huge = torch.tensor([[1000.0, 1000.0]], dtype=torch.float64)
+    assert logit_anomaly_scores(huge)["energy"].item() == pytest.approx(-1000.0 - math.log(2))
+    shifted = logit_anomaly_scores(logits + 5.0, dim=0)
+    torch.testing.assert_close(shifted["max_softmax"], scores["max_softmax"])
+    torch.testing.assert_close(shifted["max_logit"], scores["max_logit"] - 5.0)
+
+    log_likelihood = -torch.rand(4, 9, generator=g, dtype=torch.float64) * 300  # [N, C], log-densities
+    density = log_likelihood_anomaly_scores(log_likelihood)
+    assert density["neg_max_log_likelihood"].dtype == torch.float64
+    torch.testing.assert_close(density["neg_max_log_likelihood"], -log_likelihood.max(dim=1).values)
+    top = log_likelihood.max(dim=1, keepdim=True).values
+    reference = -(top[:, 0] + (log_likelihood - top).exp().sum(dim=1).log())
+    torch.testing.assert_close(density["neg_logsumexp_log_likelihood"], reference)
+    # the log marginal is at least the largest class term: -lse <= -max
+    assert bool((density["neg_logsumexp_log_likelihood"] <= density["neg_max_log_likelihood"]).all())
+    with pytest.raises(ValueError, match="log_likelihood must not contain NaN"):
+        log_likelihood_anomaly_scores(torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="logits must not contain \\+inf"):
+        logit_anomaly_scores(torch.tensor([[0.0, math.inf]]))
+
+
+def test_max_logit_and_energy_through_the_histogram_match_sklearn():
+    """The same update path evaluate uses: synthetic [C, H, W] logits, the scores, AnomalyScores."""
+    from gmmseg_lab.eval.metrics import logit_anomaly_scores
+
+    g = torch.Generator().manual_seed(2)
+    mask = (torch.rand(40, 50, generator=g) < 0.1).to(torch.uint8)
+    logits = torch.randn(5, 40, 50, generator=g) * 2
+    logits[0] += 6.0 * (1 - mask.float())  # inliers have a confident class; anomalies do not
+    mask[torch.rand(40, 50, generator=g) < 0.05] = 255
+    scores = logit_anomaly_scores(logits, dim=0)
+    keep = (mask != 255).numpy()
+    labels = (mask.numpy() == 1)[keep]
+    direct = {"max_logit": -logits.amax(dim=0), "energy": -torch.logsumexp(logits, dim=0)}
+    for name, reference in direct.items():
+        metric = AnomalyScores()
+        metric.update(scores[name], mask)
+        result = metric.compute()
+        assert result["auroc"] == pytest.approx(roc_auc_score(labels, reference.numpy()[keep]), abs=1e-4)
+        assert result["ap"] == pytest.approx(average_precision_score(labels, reference.numpy()[keep]), abs=1e-3)
+        assert result["auroc"] > 0.8  # the scores do separate them
+
+
+def test_pixel_thresholds_at_best_f1_and_at_tpr():
+    g = torch.Generator().manual_seed(3)
+    # integer scores: exact ties, so the histogram is exact and the brute force is easy
+    scores = torch.randint(0, 50, (4000,), generator=g).float()
+    mask = (torch.rand(4000, generator=g) < scores / 80).to(torch.uint8)
+    metric = AnomalyScores()
+    metric.update(scores, mask)
+    best = metric.threshold_at_best_f1()
+    positives = int((mask == 1).sum())
+    f1 = {}
+    for t in torch.unique(scores).tolist():
+        flagged = scores >= t
+        tp = int((flagged & (mask == 1)).sum())
+        f1[t] = 2 * tp / (int(flagged.sum()) + positives)
+    top = max(f1.values())
+    assert best["f1"] == pytest.approx(top)
+    assert best["threshold"] == max(t for t, v in f1.items() if v == top)  # the highest among ties
+    flagged = scores >= best["threshold"]
+    assert best["precision"] == pytest.approx(int((flagged & (mask == 1)).sum()) / int(flagged.sum()))
+
+    at = metric.threshold_at_tpr(0.95)
+    tpr = {t: int(((scores >= t) & (mask == 1)).sum()) / positives for t in f1}
+    assert at["threshold"] == max(t for t, v in tpr.items() if v >= 0.95)
+    assert at["tpr"] >= 0.95 and at["fpr"] == pytest.approx(metric.compute()["fpr95"])
+
+    empty = AnomalyScores()
+    empty.update(torch.rand(5), torch.zeros(5, dtype=torch.uint8))
+    with pytest.warns(MetricUndefinedWarning, match="no anomalous"):
+        assert empty.threshold_at_best_f1() is None
+    with pytest.raises(ValueError, match="tpr"):
+        metric.threshold_at_tpr(0.0)
+
+
+# ------------------------------------------------------------------------------------------------
 # Devices and torch.distributed
 
 

@@ -9,7 +9,12 @@ one image or after a whole data set:
 - :class:`CalibrationError`: per-bin counts and sums -> ECE, MCE and the reliability diagram, with
   torchmetrics' ``MulticlassCalibrationError`` binning.
 - :class:`AnomalyScores`: a two-row histogram over an order-preserving integer key of the float32
-  score -> AUROC, average precision, FPR at 95% TPR, and ROC / PR curves, for unbounded scores.
+  score -> AUROC, average precision, FPR at 95% TPR, ROC / PR curves, for unbounded scores, and the
+  pixel thresholds at best F1 or at a given TPR (for component-level metrics,
+  :mod:`gmmseg_lab.eval.components`).
+
+The anomaly scores themselves: :func:`logit_anomaly_scores` (``max_softmax``, ``entropy``,
+``max_logit``, ``energy``) and :func:`log_likelihood_anomaly_scores` (GMMSeg's density scores).
 
 Common interface (see :class:`StreamingMetric`): ``update(...)``, ``compute() -> dict``, ``reset()``,
 ``merge(other)`` (sum another instance's state, e.g. from another process or shard),
@@ -44,6 +49,8 @@ __all__ = [
     "MetricUndefinedWarning",
     "SegmentationIoU",
     "StreamingMetric",
+    "log_likelihood_anomaly_scores",
+    "logit_anomaly_scores",
     "softmax_confidence_and_entropy",
 ]
 
@@ -713,6 +720,62 @@ class AnomalyScores(StreamingMetric):
         zero = tp.new_zeros(1)
         return self._fpr_at(torch.cat([zero, tp / num_pos]), torch.cat([zero, fp / num_neg]), tpr)
 
+    def threshold_at_best_f1(self) -> dict[str, float] | None:
+        """The pixel threshold of highest pixel-level F1, as SegmentMeIfYouCan picks it for its
+        component metrics (``nanargmax`` of ``2PR / (P + R)`` over the precision-recall curve).
+
+        Candidate thresholds are the lower edges of the non-empty bins (as :meth:`curves`): flagging
+        ``score >= threshold`` (on float32 scores) flags exactly the pixels of that bin and of every
+        higher one, so the precision and recall returned are exactly those of the thresholded
+        scores. Among equal F1 the highest threshold (fewest flagged pixels) wins.
+
+        Returns:
+            ``{"threshold", "f1", "precision", "recall"}`` (floats), or ``None`` with a
+            :class:`MetricUndefinedWarning` when no anomalous pixel was scored (F1 is then 0 or
+            undefined at every threshold).
+        """
+        num_pos, _ = self._counts()
+        if num_pos == 0:
+            _undefined("AnomalyScores.threshold_at_best_f1(): no anomalous (mask 1) pixel was scored; returning None")
+            return None
+        tp, fp, thresholds = self._cumulative()
+        # F1 = 2PR / (P + R) = 2 tp / (flagged + positives): no 0/0 once a pixel is flagged.
+        f1 = 2.0 * tp / (tp + fp + num_pos)
+        best = int(torch.argmax(f1))  # the first maximum, i.e. the highest threshold among ties
+        flagged = float(tp[best] + fp[best])
+        return {
+            "threshold": float(thresholds[best]),
+            "f1": float(f1[best]),
+            "precision": float(tp[best]) / flagged,
+            "recall": float(tp[best]) / num_pos,
+        }
+
+    def threshold_at_tpr(self, tpr: float = 0.95) -> dict[str, float] | None:
+        """The highest pixel threshold whose TPR reaches ``tpr`` (the operating point of FPR95).
+
+        Flag ``score >= threshold`` (float32 scores), as for :meth:`threshold_at_best_f1`.
+
+        Returns:
+            ``{"threshold", "tpr", "fpr"}`` (floats; ``fpr`` is ``None`` without inlier pixels), or
+            ``None`` with a :class:`MetricUndefinedWarning` when no anomalous pixel was scored.
+        """
+        if not 0.0 < tpr <= 1.0:
+            raise ValueError(f"tpr must be in (0, 1], got {tpr!r}")
+        num_pos, num_neg = self._counts()
+        if num_pos == 0:
+            _undefined("AnomalyScores.threshold_at_tpr(): no anomalous (mask 1) pixel was scored; returning None")
+            return None
+        tp, fp, thresholds = self._cumulative()
+        rates = tp / num_pos
+        # rates is non-decreasing and ends at 1, so the first index reaching tpr exists.
+        index = int(torch.searchsorted(rates, torch.tensor([tpr], dtype=rates.dtype, device=rates.device)))
+        index = min(index, rates.numel() - 1)
+        return {
+            "threshold": float(thresholds[index]),
+            "tpr": float(rates[index]),
+            "fpr": float(fp[index]) / num_neg if num_neg else None,
+        }
+
     def auroc_binning_error_bound(self) -> float | None:
         """Upper bound on ``|auroc - auroc of the unbinned scores|``.
 
@@ -798,3 +861,71 @@ def softmax_confidence_and_entropy(logits: Tensor, dim: int = -1) -> tuple[Tenso
     plogp = torch.where(probs > 0, probs * log_probs, torch.zeros((), dtype=dtype, device=probs.device))
     entropy = (-plogp.sum(dim=dim)).clamp_min(0.0)
     return max_prob, entropy
+
+
+def _checked_scores_input(values: Tensor, name: str, dim: int) -> Tensor:
+    """Shared checks of the per-class inputs of the anomaly-score functions (see their docstrings)."""
+    values = _as_tensor(values, name)
+    _check_floating(values, name)
+    if values.dim() == 0 or values.shape[dim] == 0:
+        raise ValueError(f"{name} must have a non-empty class dimension {dim}, got {tuple(values.shape)}")
+    _check_no_nan(values, name)
+    if values.numel() and bool(torch.isposinf(values).any()):
+        raise ValueError(f"{name} must not contain +inf")
+    if values.numel() and bool(torch.isneginf(values).all(dim=dim).any()):
+        raise ValueError(f"{name} must have at least one finite entry along dim {dim} in every row")
+    return values.to(torch.float64 if values.dtype == torch.float64 else torch.float32)
+
+
+def logit_anomaly_scores(logits: Tensor, dim: int = -1) -> dict[str, Tensor]:
+    """The anomaly scores of the softmax family, from class logits; higher = more anomalous.
+
+    - ``max_softmax``: ``1 - max_c softmax(z)_c`` (Hendrycks & Gimpel's MSP baseline);
+    - ``entropy``: softmax entropy in nats (:func:`softmax_confidence_and_entropy`);
+    - ``max_logit``: ``-max_c z_c`` (Hendrycks et al.'s MaxLogit), which, unlike the softmax,
+      keeps the scale of the logits: a pixel where no class scores high stays suspicious even when
+      one class is far ahead of the others;
+    - ``energy``: ``-logsumexp_c z_c``, the free energy at temperature 1 (Liu et al., 2020).
+
+    For a GMM head these are computed on its class logits (the LayerNorm-ed class scores); the
+    density scores are :func:`log_likelihood_anomaly_scores`.
+
+    Args:
+        logits: floating tensor, classes along ``dim`` (``[N, C]``, or ``[C, H, W]`` with ``dim=0``);
+            no NaN or ``+inf``, at least one finite logit per pixel.
+        dim: the class dimension.
+
+    Returns:
+        ``{name: scores}``, each score of the input shape without ``dim`` (``[N]`` or ``[H, W]``),
+        float32 (float64 for float64 input).
+    """
+    logits = _checked_scores_input(logits, "logits", dim)
+    max_prob, entropy = softmax_confidence_and_entropy(logits, dim=dim)
+    return {
+        "max_softmax": 1.0 - max_prob,
+        "entropy": entropy,
+        "max_logit": -logits.amax(dim=dim),
+        "energy": -torch.logsumexp(logits, dim=dim),
+    }
+
+
+def log_likelihood_anomaly_scores(log_likelihood: Tensor, dim: int = -1) -> dict[str, Tensor]:
+    """GMMSeg's density scores from the class log-likelihoods ``log p(x|c)``; higher = more anomalous.
+
+    - ``neg_max_log_likelihood``: ``-max_c log p(x|c)``, the paper's score;
+    - ``neg_logsumexp_log_likelihood``: ``-logsumexp_c log p(x|c)`` = ``-log p(x) - log C`` under
+      the uniform class prior: the negative log marginal density, up to a constant.
+
+    Args:
+        log_likelihood: floating tensor, classes along ``dim`` (``[N, C]`` or ``[C, H, W]`` with
+            ``dim=0``); no NaN or ``+inf``, at least one finite entry per pixel.
+        dim: the class dimension.
+
+    Returns:
+        ``{name: scores}`` of the input shape without ``dim``, float32 (float64 for float64 input).
+    """
+    log_likelihood = _checked_scores_input(log_likelihood, "log_likelihood", dim)
+    return {
+        "neg_max_log_likelihood": -log_likelihood.amax(dim=dim),
+        "neg_logsumexp_log_likelihood": -torch.logsumexp(log_likelihood, dim=dim),
+    }
