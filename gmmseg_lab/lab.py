@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .ablation import VARIANTS, check_variants, run_name, run_variant
+from .ablation import VARIANTS, check_variants, run_name, run_variant, variant_run_name
 from .demo import ensure_dataset, run_one
 from .report.results import flatten_metrics
 
@@ -87,7 +87,7 @@ def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, varian
     for variant in variants:
         for seed in seeds:
             metrics = run_variant(Path(data_dir), runs_dir, arch, preset, seed, variant, progress=progress)
-            out[(variant, seed)] = {"run_dir": run_dir_of(work_dir, arch, "gmm", preset, seed, variant),
+            out[(variant, seed)] = {"run_dir": runs_dir / variant_run_name(arch, preset, seed, variant),
                                     "metrics": metrics}
     return out
 

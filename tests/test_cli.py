@@ -199,6 +199,7 @@ def test_preset_tables_agree_with_their_sources():
                                  "paper-cocostuff10k": "coco-stuff-10k"}
     assert all(CLOSED_SETS[layout].preset == preset for preset, layout in cli.PRESET_LAYOUT.items())
     assert (cli.ARCHS, cli.HEADS, cli.TRAIN_PRESETS) == (presets.ARCHS, presets.HEADS, presets.PRESETS)
+    assert set(cli.BACKBONE_NAMES) == {b for names in presets.BACKBONES.values() for b in names}
     assert set(cli.ANOMALY_DATA_FORMATS) == {"auto", "lab", *ANOMALY_FORMATS}
 
 
@@ -209,3 +210,33 @@ def test_anomaly_format_is_checked_by_the_parser(capsys):
     assert info.value.code == 2 and "invalid choice: 'fishyscape'" in capsys.readouterr().err
     args = build_parser().parse_args(["evaluate", "--checkpoint", "x.pth", "--anomaly-format", "smiyc-obstacle"])
     assert args.anomaly_format == "smiyc-obstacle"
+
+
+@pytest.mark.slow
+def test_both_twins_train_on_the_pretrained_encoder_and_gmm_starts_from_the_softmax_twin(quick_dataset, tmp_path,
+                                                                                        capsys):
+    """``--backbone efficientnet-lite0`` for both heads, then ``--init-from`` the softmax twin's checkpoint."""
+    import torch
+
+    from gmmseg_lab.models.transfer import read_state_dict
+
+    common = ["--data", str(quick_dataset), "--arch", "upernet", "--preset", "quick", "--backbone",
+              "efficientnet-lite0", "--max-iters", "2", "--no-progress"]
+    for head in ("softmax", "gmm"):
+        assert main(["train", *common, "--head", head, "--work-dir", str(tmp_path / head)]) == 0
+        cfg = (tmp_path / head / "config.py").read_text()
+        assert "EfficientNetLite" in cfg and "pretrained=True" in cfg
+    capsys.readouterr()
+    softmax_ckpt = tmp_path / "softmax" / "iter_2.pth"
+    assert main(["train", *common, "--head", "gmm", "--work-dir", str(tmp_path / "init"), "--init-from",
+                 str(softmax_ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert f"init from {softmax_ckpt.absolute()}" in out and "softmax classifier not loaded: decode_head.conv_seg" in out
+    assert "missing (left at their initialisation): decode_head.gmm" in out
+    # the backbone left the softmax twin's weights only through 2 steps of training here
+    source, trained = read_state_dict(softmax_ckpt), read_state_dict(tmp_path / "init" / "iter_2.pth")
+    fresh = read_state_dict(tmp_path / "gmm" / "iter_2.pth")
+    key = "backbone.stem.conv.weight" if "backbone.stem.conv.weight" in source else next(
+        k for k in source if k.startswith("backbone.") and k.endswith("weight") and source[k].dim() == 4)
+    assert (trained[key] - source[key]).abs().max() < (fresh[key] - source[key]).abs().max()
+    assert torch.isfinite(trained[key]).all()

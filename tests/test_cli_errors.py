@@ -99,6 +99,20 @@ CASES = {
     "train: --gmm without a value": (TRAIN + ["--gmm", "novalue"], USAGE, ["--gmm", "KEY=VALUE", "novalue"]),
     "train: --gmm value not YAML": (TRAIN + ["--gmm", "memory=[1"], USAGE, ["--gmm", "not valid YAML"]),
     "train: --gmm with --head softmax": (TRAIN + ["--head", "softmax", "--gmm", "memory=stats"], USAGE, ["--head gmm"]),
+    "train: --backbone the architecture lacks": (
+        TRAIN + ["--arch", "ocrnet", "--backbone", "efficientnet-lite0"], USAGE, ["--backbone", "ocrnet", "hrnet"]),
+    "train: --backbone another architecture's": (
+        TRAIN + ["--arch", "segformer", "--backbone", "resnet"], USAGE, ["--backbone", "'resnet'", "mit"]),
+    "train: --backbone for a preset without its configs": (
+        TRAIN + ["--preset", "paper", "--backbone", "efficientnet-lite0"], USAGE, ["--backbone", "'paper'"]),
+    "train: unknown --backbone": (TRAIN + ["--backbone", "vgg"], USAGE, ["--backbone", "invalid choice"]),
+    "train: --backbone with a config file": (
+        ["train", "{deeplab}", "--work-dir", "{out}/w", "--backbone", "mit"], USAGE, ["--backbone", "config file"]),
+    "train: --init-from missing": (TRAIN + ["--init-from", "{out}/none.pth"], DATA, ["--init-from", "none.pth"]),
+    "train: --init-from random bytes": (
+        TRAIN + ["--init-from", "{f}/random.pth"], DATA, ["--init-from", "random.pth", "not a readable"]),
+    "train: --init-from with --resume": (TRAIN + ["--init-from", "{f}/random.pth", "--resume"], USAGE,
+                                         ["--init-from", "--resume"]),
     "train: --max-iters 0": (TRAIN + ["--max-iters", "0"], USAGE, ["--max-iters", "positive integer"]),
     "train: --max-iters -3": (TRAIN + ["--max-iters", "-3"], USAGE, ["--max-iters", "-3"]),
     "train: --seed -1": (TRAIN + ["--seed", "-1"], USAGE, ["--seed", "non-negative"]),
