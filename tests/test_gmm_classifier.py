@@ -282,11 +282,14 @@ def _dist_worker(rank, world, init_file, out_dir, memory):
 
 @pytest.mark.parametrize("memory", ["fifo", "stats"])
 def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(memory, tmp_path):
+    """The E-step is local to each rank (as the release's), the memory push global: one process that
+    assigns each rank's shard on its own, then updates on the concatenation with that assignment."""
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path), memory), nprocs=2, join=True)
     torch.manual_seed(0)
     single = GMMClassifier(memory=memory, **CLF_KWARGS)
     for (x0, l0), (x1, l1) in _batches():
-        single.update(torch.cat([x0, x1]), torch.cat([l0, l1]))
+        assignment = torch.cat([single.assign_components(x0, l0), single.assign_components(x1, l1)])
+        single.update(torch.cat([x0, x1]), torch.cat([l0, l1]), assignment=assignment)
     rank0 = torch.load(tmp_path / "rank0.pth")
     rank1 = torch.load(tmp_path / "rank1.pth")
     for name, value in single.state_dict().items():

@@ -14,6 +14,7 @@ from mmengine.registry import init_default_scope
 from gmmseg_lab.models import (
     ARCHS,
     BACKBONES,
+    CONFIG_SETS,
     PRETRAINED_BACKBONE,
     GMM_HEAD_KEYS,
     PRESETS,
@@ -128,9 +129,9 @@ def test_component_loss_targets_and_memory_gets_only_correct_pixels(monkeypatch)
     seen = {}
     real_update = head.gmm.update
 
-    def spy(x, labels, correct=None):
-        seen.update(x=x, labels=labels, correct=correct)
-        return real_update(x, labels, correct=correct)
+    def spy(x, labels, correct=None, assignment=None):
+        seen.update(x=x, labels=labels, correct=correct, assignment=assignment)
+        return real_update(x, labels, correct=correct, assignment=assignment)
 
     monkeypatch.setattr(head.gmm, "update", spy)
     feats = [torch.randn(2, 8, 6, 6)]
@@ -143,6 +144,7 @@ def test_component_loss_targets_and_memory_gets_only_correct_pixels(monkeypatch)
     losses = head.loss_by_feat(logits, samples(labels))
     assert torch.equal(seen["labels"], flat)
     assert torch.equal(seen["correct"], logits.argmax(1).view(-1) == flat)
+    assert torch.equal(seen["assignment"], assigned)  # one E-step: the loss's targets feed the memory
     # the component loss is CE over the C*M log-densities against label*M + Sinkhorn component
     target = torch.where(assigned >= 0, flat * 2 + assigned, torch.full_like(flat, -1))
     expected = torch.nn.functional.cross_entropy(cache["component_log_prob"].flatten(1), target, ignore_index=-1)
@@ -157,7 +159,7 @@ def test_component_loss_targets_and_memory_gets_only_correct_pixels(monkeypatch)
 def test_every_shipped_config_parses():
     configs = list_configs()
     pretrained = [a for a in ARCHS if PRETRAINED_BACKBONE in BACKBONES[a]]
-    assert len(configs) == (len(ARCHS) * len(PRESETS) + len(pretrained) * len(PRETRAINED_PRESETS)) * 2
+    assert len(configs) == (len(ARCHS) * len(CONFIG_SETS) + len(pretrained) * len(PRETRAINED_PRESETS)) * 2
     for arch, head, preset, backbone, path in configs:
         assert path == config_path(arch, head, preset, backbone) and path.is_file()
         cfg = Config.fromfile(str(path))

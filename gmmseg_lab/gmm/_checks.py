@@ -24,7 +24,10 @@ def check_float_matrix(value: object, name: str, *, cols: int | None = None, all
 
 def check_finite(value: Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``value`` holds NaN or infinite entries."""
-    if value.numel() and not bool(torch.isfinite(value).all()):
+    # Fast path (one vectorised reduction instead of four passes): a NaN or an inf makes any sum that
+    # contains it NaN or inf, so a finite sum proves every entry finite. A non-finite sum may also be
+    # the overflow of finite entries: only then is every entry tested.
+    if value.numel() and not bool(torch.isfinite(value.sum())) and not bool(torch.isfinite(value).all()):
         nonfinite = ~torch.isfinite(value)
         bad = int(nonfinite.sum())
         where = ""

@@ -3,19 +3,26 @@
 Prediction is Bayes' rule with a uniform class prior, ``argmax_c log p(x|c)``; the anomaly score is
 ``-max_c log p(x|c)``. Training alternates, on the schedule of the paper's release:
 
-1. E-step on the current batch's (correctly classified) pixels of each class: Sinkhorn-Knopp with
-   uniform marginals over components (or the classic posterior, ``e_step="em"``), then a hard argmax;
-2. memory: at most ``samples_per_component`` evenly spaced new samples per component go into a FIFO
-   queue (``memory="fifo"``) or into decayed sufficient statistics (``memory="stats"``);
+1. E-step, once per step, on all the batch's labelled pixels of each class: Sinkhorn-Knopp with
+   uniform marginals over components (or the classic posterior, ``e_step="em"``), then a hard argmax.
+   The same assignment is the component loss's target (the head passes it to :meth:`update`);
+2. memory: of the correctly classified pixels, at most ``samples_per_component`` evenly spaced new
+   samples per component go into a FIFO queue (``memory="fifo"``) or into decayed sufficient
+   statistics (``memory="stats"``);
 3. M-step every ``update_interval`` updates, for the classes seen since the last one: mean = the
    (L2-normalised) sum of the component's samples, variance = mean squared deviation from that mean
    plus ``var_floor``; means move with ``mean_momentum``, standard deviations with ``std_momentum``.
 
+All three run on every class at once, as tensor operations without a Python loop over classes or
+components (segment reductions over the pixels of each class or component, see :mod:`.segments`):
+the cost of an update grows with the pixels, hardly with the classes (``bench/bench_gmm.py``).
+
 Everything is a buffer, so the mixture and its memory are saved and restored with a checkpoint.
-Under ``torch.distributed`` the pixels are gathered from every rank before the E-step, so every rank
-holds the identical mixture; ``update`` is a collective call (every rank must make it), and when one
-rank's input is refused every rank raises (:func:`~gmmseg_lab.gmm.distributed.raise_together`), so
-no rank is left waiting in the gather.
+Under ``torch.distributed`` the E-step is local to each rank (as the release's); the used pixels,
+their labels and assignments are then gathered from every rank, and every rank pushes the same
+gathered batch, so every rank holds the identical mixture; ``update`` is a collective call (every
+rank must make it), and when one rank's input is refused every rank raises
+(:func:`~gmmseg_lab.gmm.distributed.raise_together`), so no rank is left waiting in the gather.
 
 Non-finite input: ``update``, ``assign_components``, ``component_log_prob`` (and so
 ``class_log_likelihood``, ``predict``, ``anomaly_score``) raise ``ValueError`` naming ``x`` and the
@@ -35,11 +42,11 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_finite, check_float_matrix
-from .density import diag_gaussian_log_prob, float32_overflow_risk
+from .density import diag_gaussian_log_prob, float32_overflow_risk, grouped_diag_gaussian_log_prob
 from .distributed import all_gather_rows, raise_together
 from .fit import E_STEPS
 from .memory import FIFOMemory, StatsMemory
-from .sinkhorn import normalized_sinkhorn_assign
+from .sinkhorn import segmented_sinkhorn_assign
 
 MEMORIES = ("fifo", "stats")
 
@@ -211,27 +218,64 @@ class GMMClassifier(nn.Module):
         d = self.embed_dim
         return float32_overflow_risk(x, self._current_means().reshape(-1, d), self.stds.reshape(-1, d))
 
-    def _assign_class(self, x_c: Tensor, cls: int, wide: bool = False) -> Tensor:
-        """Hard component index ``[n]`` for the ``n`` pixels ``x_c`` of class ``cls``; ``wide``: score
-        in float64 (see :meth:`_wide`)."""
-        means, stds = self._current_means()[cls], self.stds[cls]
-        if wide:
-            log_prob = diag_gaussian_log_prob(x_c.double(), means.double(), stds.double(), validate=False).float()
+    def _own_class_log_prob(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``[n, M]`` log-densities of each row of ``x`` under its own class's M components only
+        (never all ``C * M``); ``labels`` ``[n]`` are classes (no ignored rows)."""
+        means, stds = self._current_means(), self.stds
+        if self._wide(x):  # huge inputs: float64, -inf below float32's range
+            return grouped_diag_gaussian_log_prob(x.double(), labels, means.double(), stds.double()).float()
+        return grouped_diag_gaussian_log_prob(x, labels, means, stds)
+
+    def _check_log_prob(self, log_prob: object, n: int) -> Tensor:
+        if not isinstance(log_prob, Tensor):
+            raise TypeError(f"log_prob must be a torch.Tensor, got {type(log_prob).__name__}")
+        c, m = self.num_classes, self.num_components
+        if not log_prob.is_floating_point() or log_prob.shape not in ((n, c, m), (n, c * m)):
+            raise ValueError(f"log_prob must be a floating-point tensor of shape [{n}, {c}, {m}] or [{n}, {c * m}] "
+                             f"(the component log-densities of x), got {log_prob.dtype} {tuple(log_prob.shape)}")
+        return log_prob.detach().reshape(n, c, m)
+
+    def _e_step(self, x: Tensor, labels: Tensor, log_prob: Tensor | None = None) -> Tensor:
+        """Hard component within its class for every labelled pixel, every class at once; ``-1`` where
+        ignored. ``x``, ``labels`` (and ``log_prob``, ``[N, C, M]``) already checked."""
+        out = torch.full_like(labels, -1)
+        rows = (labels != self.ignore_index).nonzero(as_tuple=True)[0]
+        if rows.numel() == 0:
+            return out
+        lab = labels.index_select(0, rows)
+        if log_prob is not None:
+            # [n, M]: each pixel's own-class row, no density recomputed.
+            own = log_prob.reshape(-1, self.num_components).index_select(0, rows * self.num_classes + lab)
+            bad = torch.isnan(own) | torch.isposinf(own)
+            if bool(bad.any()):
+                raise ValueError(f"log_prob must not hold NaN or +inf (-inf, a density below the float range, is "
+                                 f"allowed), found {int(bad.sum())} in the labelled pixels' own-class entries")
         else:
-            log_prob = diag_gaussian_log_prob(x_c, means, stds, validate=False, range_check=False)
+            own = self._own_class_log_prob(x.index_select(0, rows), lab)
         # Huge inputs can overflow float32 to -inf; keep the E-step finite and NaN-free.
-        lowest = torch.finfo(log_prob.dtype).min / 4
-        log_prob = torch.nan_to_num(log_prob, nan=lowest, neginf=lowest, posinf=-lowest)
+        lowest = torch.finfo(own.dtype).min / 4
+        own = torch.nan_to_num(own, nan=lowest, neginf=lowest, posinf=-lowest)
         if self.e_step == "sinkhorn":
-            return normalized_sinkhorn_assign(log_prob, self.sinkhorn_iters, self.sinkhorn_epsilon)
-        return (log_prob + self.log_weights[cls]).argmax(dim=1)
+            assigned = segmented_sinkhorn_assign(own, lab, self.num_classes, self.sinkhorn_iters, self.sinkhorn_epsilon)
+        else:
+            assigned = (own + self.log_weights.index_select(0, lab).to(own.dtype)).argmax(dim=1)
+        return out.index_copy_(0, rows, assigned)
 
     @torch.no_grad()
-    def assign_components(self, x: Tensor, labels: Tensor) -> Tensor:
-        """E-step on a batch: hard component index within its class for each pixel.
+    def assign_components(self, x: Tensor, labels: Tensor, log_prob: Tensor | None = None) -> Tensor:
+        """E-step on a batch: hard component index within its class for each pixel, every class at once.
+
+        Sinkhorn (``e_step="sinkhorn"``) per class over all the batch's labelled pixels of the class,
+        as segmented tensor operations (:func:`~gmmseg_lab.gmm.sinkhorn.segmented_sinkhorn_assign`);
+        or the posterior argmax with the mixture weights (``"em"``).
 
         Args:
             x: ``[N, D]`` embeddings. labels: ``[N]`` class indices (``ignore_index`` allowed).
+            log_prob: optional ``[N, C, M]`` (or ``[N, C*M]``) component log-densities of ``x``, as
+                :meth:`component_log_prob` returns them (the head's forward has them already): each
+                pixel's own-class row is taken from it, so no density is computed again. Without it
+                only each pixel's M own-class log-densities are computed. ``-inf`` entries (densities
+                below float32's range) are allowed; NaN and ``+inf`` are refused.
 
         Returns:
             ``[N]`` int64 component in ``[0, M)``, ``-1`` where the label is ignored. The target of
@@ -239,80 +283,97 @@ class GMMClassifier(nn.Module):
         """
         check_float_matrix(x, "x", cols=self.embed_dim)
         labels = self._check_labels(labels, x.shape[0])
-        x = x.detach()
-        out = torch.full_like(labels, -1)
-        classes = torch.unique(labels[labels != self.ignore_index]).tolist()
-        wide = bool(classes) and self._wide(x)
-        for cls in classes:
-            idx = (labels == cls).nonzero(as_tuple=True)[0]
-            out[idx] = self._assign_class(x[idx], cls, wide)
-        return out
+        if log_prob is not None:
+            log_prob = self._check_log_prob(log_prob, x.shape[0])
+        return self._e_step(x.detach(), labels, log_prob)
+
+    def _check_assignment(self, assignment: object, labelled: Tensor) -> Tensor:
+        n, m = labelled.shape[0], self.num_components
+        if not isinstance(assignment, Tensor):
+            raise TypeError(f"assignment must be a torch.Tensor, got {type(assignment).__name__}")
+        if assignment.dtype.is_floating_point or assignment.dtype == torch.bool or assignment.is_complex():
+            raise ValueError(f"assignment must be an integer tensor, got dtype {assignment.dtype}")
+        if assignment.shape != (n,):
+            raise ValueError(f"assignment must have shape [{n}] (one per row of x), got {tuple(assignment.shape)}")
+        assignment = assignment.to(device=labelled.device, dtype=torch.long)
+        bad = torch.where(labelled, (assignment < 0) | (assignment >= m), assignment != -1)
+        if bool(bad.any()):
+            raise ValueError(f"assignment must be in [0, {m}) where the label is a class and -1 where it is "
+                             f"ignore_index ({self.ignore_index}), as assign_components returns it; found "
+                             f"{int(bad.sum())} entries that are not, e.g. {assignment[bad][:5].tolist()}")
+        return assignment
 
     # ------------------------------------------------------------------ memory and M-step
-    def _subsample(self, rows: Tensor) -> Tensor:
-        k = self.samples_per_component
-        n = rows.shape[0]
-        if k is None or n <= k:
-            return rows
-        # Evenly spaced, deterministic: the same batch gives the same memory on every rank.
-        idx = torch.linspace(0, n - 1, steps=k, device=rows.device).round().long()
-        return rows[idx]
-
     @torch.no_grad()
-    def update(self, x: Tensor, labels: Tensor, correct: Tensor | None = None) -> dict:
+    def update(self, x: Tensor, labels: Tensor, correct: Tensor | None = None,
+               assignment: Tensor | None = None) -> dict:
         """One online-EM step: E-step on the batch, memory update, and the M-step when it is due.
+
+        One E-step per step, as the paper's release: one assignment per class over all the batch's
+        labelled pixels (:meth:`assign_components`), which is also the component loss's target;
+        the pixels marked ``correct`` then feed the memory with it, every component at once.
 
         Args:
             x: ``[N, D]`` embeddings (detached internally).
             labels: ``[N]`` ground-truth classes; ``ignore_index`` pixels are skipped.
             correct: optional ``[N]`` bool; only pixels marked True feed the memory (the paper uses
                 the correctly classified ones).
+            assignment: optional ``[N]`` int64 E-step result, as :meth:`assign_components` returns it
+                for this ``x`` and ``labels`` (the head passes the one it used for the loss): in
+                ``[0, M)`` where labelled, ``-1`` where ignored. ``None``: computed here.
 
         Returns:
             ``{"pixels": int, "classes": int, "m_step": bool}`` for logging (pixels over all ranks).
 
         Raises:
-            ValueError (TypeError for a non-tensor): bad ``x``, ``labels`` or ``correct``, before any
-            state changes. Under ``torch.distributed`` every rank raises when one rank's input is bad
-            (that rank its own error, the others one naming it), instead of leaving them waiting.
+            ValueError (TypeError for a non-tensor): bad ``x``, ``labels``, ``correct`` or
+            ``assignment``, before any state changes. Under ``torch.distributed`` every rank raises
+            when one rank's input is bad (that rank its own error, the others one naming it), instead
+            of leaving them waiting.
+
+        Under ``torch.distributed`` the E-step is local to each rank (as the release's); the used
+        pixels, with their labels and assignments, are then gathered from every rank and every rank
+        pushes the same gathered batch, so the mixtures stay bit-identical.
         """
         error = None
         try:
             check_float_matrix(x, "x", cols=self.embed_dim)
             labels = self._check_labels(labels, x.shape[0])
-            use = labels != self.ignore_index
+            labelled = labels != self.ignore_index
+            use = labelled
             if correct is not None:
                 if not isinstance(correct, Tensor) or correct.dtype != torch.bool or correct.shape != labels.shape:
                     raise ValueError(f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
                                      f"{getattr(correct, 'dtype', type(correct))} "
                                      f"{tuple(getattr(correct, 'shape', ()))}")
                 use = use & correct
-            x_local = x.detach()[use].to(self.means.dtype)
-            # Finite float64 beyond float32's range turns to inf here; in the statistics memory one such
-            # sample would freeze its component for good: refuse it like any non-finite x.
-            check_finite(x_local, f"x (the used rows, cast to the mixture's {self.means.dtype})")
+            if assignment is not None:
+                assignment = self._check_assignment(assignment, labelled)
+            used = use.nonzero(as_tuple=True)[0]
+            x_local = x.detach().index_select(0, used).to(self.means.dtype)
+            if x.dtype != self.means.dtype:
+                # Finite float64 beyond float32's range turns to inf here; in the statistics memory one such
+                # sample would freeze its component for good: refuse it like any non-finite x.
+                check_finite(x_local, f"x (the used rows, cast to the mixture's {self.means.dtype})")
         except (TypeError, ValueError) as exc:
             error = exc
         # The gathers below need every rank: agree first, so a bad batch on one rank stops them all.
         raise_together(error, self.means.device, what="GMMClassifier.update's input")
-        x_used = all_gather_rows(x_local)
-        labels_used = all_gather_rows(labels[use])
-
-        classes = torch.unique(labels_used).tolist()
+        if assignment is None:
+            assignment = self._e_step(x.detach(), labels)  # local, on all labelled pixels
         m = self.num_components
-        wide = bool(classes) and self._wide(x_used)  # same decision on every rank (gathered rows)
-        for cls in classes:
-            x_c = x_used[labels_used == cls]
-            assignment = self._assign_class(x_c, cls, wide)
-            for comp in range(m):
-                self.memory.push(cls * m + comp, self._subsample(x_c[assignment == comp]))
-            self.seen[cls] = True
+        slots_used = all_gather_rows((labels * m + assignment).index_select(0, used))
+        x_used = all_gather_rows(x_local)
+
+        self.memory.push_many(slots_used, x_used, max_per_slot=self.samples_per_component)
+        present = torch.bincount(torch.div(slots_used, m, rounding_mode="floor"), minlength=self.num_classes) > 0
+        self.seen |= present
 
         self.num_updates += 1
         m_step = int(self.num_updates) % self.update_interval == 0
         if m_step:
             self.m_step()
-        return {"pixels": int(labels_used.numel()), "classes": len(classes), "m_step": m_step}
+        return {"pixels": int(slots_used.numel()), "classes": int(present.sum()), "m_step": m_step}
 
     def m_step_due(self) -> bool:
         """True when the next :meth:`update` ends with the M-step (every ``update_interval`` updates)."""

@@ -147,3 +147,64 @@ def mixture_log_prob(component_log_prob: Tensor, log_weights: Tensor | None = No
         return torch.logsumexp(component_log_prob, dim=-1) - math.log(num_components)
     check_finite(log_weights.exp(), "log_weights")
     return torch.logsumexp(component_log_prob + log_weights, dim=-1)
+
+
+
+#: Points per block of :func:`grouped_diag_gaussian_log_prob`: its ``[rows, M, D]`` temporary stays
+#: in cache (about 0.7 MB at M = 5, D = 64 in float32).
+GROUPED_CHUNK_ROWS = 512
+
+
+def grouped_diag_gaussian_log_prob(
+    x: Tensor,
+    groups: Tensor,
+    means: Tensor,
+    stds: Tensor,
+    *,
+    chunk_rows: int = GROUPED_CHUNK_ROWS,
+) -> Tensor:
+    """Log-density of every point under the M diagonal Gaussians of its own group only.
+
+    ``out[n, m] = log N(x_n; means[groups[n], m], diag(stds[groups[n], m]^2))``: the ``[N, M]`` block
+    of :func:`diag_gaussian_log_prob` against all ``G * M`` Gaussians that belongs to each point's
+    group, at about ``1/G`` of its cost. Each block of points gathers its groups' parameters, so the
+    ``[rows, M, D]`` standardised differences ``(x - mu) / sigma`` are summed directly: no
+    expansion of the square, hence no cancellation far from the origin, and no per-group loop.
+
+    Args:
+        x: ``[N, D]`` points. groups: ``[N]`` int64 in ``[0, G)``.
+        means, stds: ``[G, M, D]``; stds strictly positive (shapes are checked, values are not: a hot
+            path whose callers hold valid parameters).
+        chunk_rows: points per block (bounds the ``[chunk_rows, M, D]`` temporaries).
+
+    Returns:
+        ``[N, M]``, float32 (float64 if any input is float64). Scored in the input precision: the
+        caller decides on float64 for float32 data beyond float32's reach
+        (:func:`float32_overflow_risk`).
+    """
+    if means.dim() != 3 or stds.shape != means.shape:
+        raise ValueError(f"means and stds must have one shape [G, M, D], got {tuple(means.shape)} and {tuple(stds.shape)}")
+    if x.dim() != 2 or x.shape[1] != means.shape[2] or groups.shape != (x.shape[0],):
+        raise ValueError(f"x must have shape [N, {means.shape[2]}] and groups [N], got {tuple(x.shape)} and "
+                         f"{tuple(groups.shape)}")
+    dtype = _compute_dtype(x, means, stds)
+    num_groups, num_comp, dim = means.shape
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(dtype)
+        stds = stds.to(device=x.device, dtype=dtype)
+        inv_std = stds.reciprocal()
+        scale = inv_std.reshape(num_groups, num_comp * dim)
+        mu = means.to(device=x.device, dtype=dtype).reshape(num_groups, num_comp * dim)
+        log_norm = -stds.log().sum(dim=-1) - 0.5 * dim * LOG_2PI  # [G, M]
+        # In-place arithmetic on the temporaries unless autograd needs them.
+        inplace = not (torch.is_grad_enabled() and (x.requires_grad or means.requires_grad or stds.requires_grad))
+        out = x.new_empty((x.shape[0], num_comp))
+        for start in range(0, x.shape[0], chunk_rows):
+            grp = groups[start : start + chunk_rows]
+            rows = x[start : start + chunk_rows].unsqueeze(1)  # [r, 1, D]
+            # (x - mu) first, then / sigma: x / sigma - mu / sigma would cancel far from the origin.
+            z = rows - mu.index_select(0, grp).view(-1, num_comp, dim)
+            z_scale = scale.index_select(0, grp).view(-1, num_comp, dim)
+            z = z.mul_(z_scale).square_() if inplace else (z * z_scale).square()
+            out[start : start + chunk_rows] = log_norm.index_select(0, grp) - 0.5 * z.sum(dim=-1)
+        return out

@@ -14,15 +14,17 @@ the registry entry ``GMMSegHead`` builds one from a config::
 
 The classifier (per pixel of the fused feature):
 
-    feature -> dropout -> 1x1 conv to D -> LayerNorm(D) -> L2-normalise = embedding x
+    feature -> dropout -> 1x1 conv to D (+ BN + ReLU, the release's) -> LayerNorm(D) -> L2-normalise = x
     log N(x; mu_cm, diag sigma_cm^2) for all C*M components  (GMMClassifier.component_log_prob)
     class score = max_m of the class's components -> LayerNorm over the C scores = class logits
 
 Training (``loss_by_feat``): the base head's decode loss (CE) on the class logits, plus the component
 loss ``loss_component`` = weight * CE over the C*M component log-densities with target
-``label*M + assigned component`` (Sinkhorn E-step), at the embeddings' resolution with labels resized
-by nearest; then ``gmm.update(x, labels, correct=argmax == label)``: only correctly classified pixels
-feed the memory; the M-step runs every ``update_interval`` updates. ``gmm_pixels``, ``gmm_classes``,
+``label*M + assigned component`` (one Sinkhorn E-step per class over all its labelled pixels, read from
+the forward's component log-densities), at the embeddings' resolution with labels resized by nearest;
+then ``gmm.update(x, labels, correct=argmax == label, assignment=...)`` with that same assignment, as the
+release does: only correctly classified pixels feed the memory; the M-step runs every
+``update_interval`` updates. ``gmm_pixels``, ``gmm_classes``,
 ``gmm_m_step``, ``gmm_num_m_steps`` and the convergence statistics ``gmm_loglik``, ``gmm_balance`` and
 ``gmm_mean_step`` are logged beside the losses.
 
@@ -62,7 +64,10 @@ __all__ = ["GMMHeadMixin", "GMMSegHead", "gmm_head_class", "is_gmm_head", "GMM_H
 
 #: Config keys of ``GMMSegHead`` that a softmax head does not have (the twin-diff allows only these).
 GMM_HEAD_KEYS = ("base_type", "head", "num_components", "embed_dim", "gmm_cfg",
-                 "loss_component_weight", "update_correct_only")
+                 "loss_component_weight", "update_correct_only", "projection")
+
+#: Ways to project the fused feature to the embedding dimension D (``GMMHeadMixin(projection=...)``).
+PROJECTIONS = ("conv_bn_relu", "linear")
 
 
 def _full_precision(t: Tensor):
@@ -82,12 +87,16 @@ class GMMHeadMixin:
             ``memory``, ``memory_size``, ``mean_momentum``, ``update_interval``, ...).
         loss_component_weight: weight of the component cross-entropy (0.01).
         update_correct_only: feed the memory only with correctly classified pixels (the paper's).
+        projection: how the fused feature is projected to D: ``"conv_bn_relu"`` (the release's: a
+            1x1 conv without bias, the head's norm (BN / SyncBN), ReLU) or ``"linear"`` (a 1x1 conv
+            with bias, nothing after it). Either is left out (identity) when the head's channels
+            already equal D, as in the release.
         **kwargs: the base head's own arguments.
     """
 
     def __init__(self, *args, num_components: int = 5, embed_dim: int = 64,
                  gmm_cfg: dict | None = None, loss_component_weight: float = 0.01,
-                 update_correct_only: bool = True, **kwargs):
+                 update_correct_only: bool = True, projection: str = "conv_bn_relu", **kwargs):
         super().__init__(*args, **kwargs)
         if self.out_channels != self.num_classes or self.num_classes < 2:
             raise ValueError("GMMSeg heads need out_channels == num_classes >= 2 "
@@ -104,12 +113,27 @@ class GMMHeadMixin:
 
         in_channels = self.conv_seg.in_channels
         del self.conv_seg  # the softmax classifier is gone; the GMM takes its place
-        self.gmm_project = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        self.projection = projection
+        self.gmm_project = self._build_projection(projection, in_channels, embed_dim)
         self.gmm_embed_norm = nn.LayerNorm(embed_dim)
         self.gmm = GMMClassifier(self.num_classes, num_components, embed_dim, **gmm_cfg)
         self.gmm_score_norm = nn.LayerNorm(self.num_classes)
         self._retarget_init_cfg()
         self._gmm_cache: dict | None = None
+
+    def _build_projection(self, kind: str, in_channels: int, embed_dim: int) -> nn.Module:
+        """The fused feature ``[B, Ch, h, w]`` -> ``[B, D, h, w]`` (see ``projection``)."""
+        if kind not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
+        if in_channels == embed_dim:  # the release leaves the projection out then
+            return nn.Identity()
+        if kind == "linear":
+            return nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        from mmcv.cnn import ConvModule
+
+        # The head's own norm (SyncBN in the paper configs, BN here); ConvModule drops the conv's bias.
+        return ConvModule(in_channels, embed_dim, kernel_size=1, conv_cfg=getattr(self, "conv_cfg", None),
+                          norm_cfg=getattr(self, "norm_cfg", None) or dict(type="BN"), act_cfg=dict(type="ReLU"))
 
     def _retarget_init_cfg(self) -> None:
         """The base's ``init_cfg`` may override ``conv_seg``: give that init to ``gmm_project``."""
@@ -192,7 +216,9 @@ class GMMHeadMixin:
         x, comp = cache["x"], cache["component_log_prob"]
         m = self.num_components
 
-        assigned = self.gmm.assign_components(x.detach(), labels)  # -1 where ignored
+        # The one E-step of this step (as the release's): read from the forward's log-densities, it is
+        # the component loss's target and, below, what the memory gets. -1 where ignored.
+        assigned = self.gmm.assign_components(x.detach(), labels, log_prob=comp.detach())
         valid = assigned >= 0
         target = torch.where(valid, labels * m + assigned, torch.full_like(labels, -1))
         if bool(valid.any()):
@@ -206,7 +232,7 @@ class GMMHeadMixin:
             correct = (pred == labels) if self.update_correct_only else None
             # The means move only in an M-step: copy them only when this update ends with one.
             means_before = self.gmm.means.detach().clone() if self.gmm.m_step_due() else None
-            info = self.gmm.update(x.detach(), labels, correct=correct)
+            info = self.gmm.update(x.detach(), labels, correct=correct, assignment=assigned)
             dev = seg_logits.device
             losses["gmm_pixels"] = torch.tensor(float(info["pixels"]), device=dev)
             losses["gmm_classes"] = torch.tensor(float(info["classes"]), device=dev)
