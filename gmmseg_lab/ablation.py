@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from .catalog import BACKBONES, default_backbone
+
 
 class Variant(NamedTuple):
     """One ablation row: a label and the overrides of :func:`gmmseg_lab.models.build_config`."""
@@ -60,8 +62,6 @@ def resolve_backbone(arch: str, backbone: str | None) -> str | None:
     """``"native"`` -> the architecture's own backbone name; anything else unchanged."""
     if backbone != "native":
         return backbone
-    from .models.presets import BACKBONES
-
     return BACKBONES[arch][0]
 
 
@@ -71,8 +71,6 @@ def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "defau
     backbone other than the preset's default is asked for, and ``_<variant>`` for a GMM variant."""
     base = f"{arch}_{head}_{preset}_s{seed}"
     if backbone is not None:
-        from .models.presets import default_backbone
-
         if resolve_backbone(arch, backbone) != default_backbone(arch, preset):
             base += f"_{resolve_backbone(arch, backbone)}"
     return base if variant == "default" or head != "gmm" else f"{base}_{variant}"
@@ -89,14 +87,19 @@ def variant_run_name(arch: str, preset: str, seed: int, variant: str) -> str:
     return run_name(arch, "gmm", preset, seed, "default" if only_backbone else variant, backbone=backbone)
 
 
+def variant_request(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str) -> dict:
+    """The keyword arguments of :func:`gmmseg_lab.demo.run_one` for the GMMSeg ``variant`` of ``arch``,
+    in ``runs_dir / variant_run_name(...)``."""
+    v = VARIANTS[variant]
+    return dict(data_dir=Path(data_dir), run_dir=Path(runs_dir) / variant_run_name(arch, preset, seed, variant),
+                arch=arch, head="gmm", preset=preset, seed=seed, gmm_cfg=v.gmm_cfg or None,
+                gmm_head=v.gmm_head or None, backbone=resolve_backbone(arch, v.backbone),
+                cfg_options=v.cfg_options or None)
+
+
 def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str,
                 progress: bool = True) -> dict:
-    """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch`` in
-    ``runs_dir / variant_run_name(...)``; returns its metrics."""
+    """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch``; returns its metrics."""
     from .demo import run_one
 
-    v = VARIANTS[variant]
-    name = variant_run_name(arch, preset, seed, variant)
-    return run_one(Path(data_dir), Path(runs_dir) / name, arch, "gmm", preset, seed,
-                   gmm_cfg=v.gmm_cfg or None, gmm_head=v.gmm_head or None, progress=progress,
-                   backbone=resolve_backbone(arch, v.backbone), cfg_options=v.cfg_options or None)
+    return run_one(**variant_request(data_dir, runs_dir, arch, preset, seed, variant), progress=progress)

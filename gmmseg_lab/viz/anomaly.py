@@ -588,3 +588,130 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
     # model here as well would redraw a second time.
     box = figure_box(controls, render, redraw_on=("image", "threshold"))
     return box
+
+
+# --------------------------------------------------------------------------------------------------
+# Every anomaly score, SegmentMeIfYouCan's component metrics, and results per anomaly source
+# (metrics.json's anomaly_by_score, anomaly_components, anomaly_by_source).
+
+#: What each score of ``anomaly_by_score`` is (higher = more anomalous), in the order tables show them.
+SCORE_LABELS = {
+    "neg_max_log_likelihood": "−max_c log p(x|c) (GMMSeg)",
+    "neg_logsumexp_log_likelihood": "−logsumexp_c log p(x|c)",
+    "max_softmax": "1 − max softmax",
+    "entropy": "softmax entropy",
+    "max_logit": "−max logit",
+    "energy": "energy, −logsumexp logits",
+}
+
+
+def _check_metrics_by_model(metrics_by_model: Mapping, key: str) -> None:
+    if not isinstance(metrics_by_model, Mapping) or not metrics_by_model:
+        raise ValueError("metrics_by_model must be a non-empty dict {label: [metrics.json per seed]}")
+    for label, runs in metrics_by_model.items():
+        if isinstance(runs, Mapping) or not runs:
+            raise ValueError(f"metrics_by_model[{label!r}] must be a non-empty list of metrics.json dicts")
+        for i, m in enumerate(runs):
+            if key not in m:
+                raise ValueError(f"metrics_by_model[{label!r}][{i}] has no {key!r} (a metrics.json of a data set "
+                                 "with an anomaly split, written by the current evaluator)")
+
+
+def scores_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
+    """AUROC, AP and FPR95 of every anomaly score of every model, mean ± std over seeds (%).
+
+    Args:
+        metrics_by_model: ``{label: [metrics.json per seed]}``; each has ``anomaly_by_score``.
+
+    Returns:
+        a ``pandas.DataFrame`` with columns ``model``, ``score``, ``AUROC (%)``, ``AP (%)``,
+        ``FPR95 (%)``, ``seeds`` and ``auroc_mean``; one row per (model, score the model offers).
+    """
+    import pandas as pd
+
+    _check_metrics_by_model(metrics_by_model, "anomaly_by_score")
+    rows = []
+    for label, runs in metrics_by_model.items():
+        names = [s for s in SCORE_LABELS if all(s in m["anomaly_by_score"] for m in runs)]
+        for score in names:
+            per_seed = [m["anomaly_by_score"][score] for m in runs]
+            rows.append({"model": label, "score": SCORE_LABELS[score],
+                         "AUROC (%)": format_percent(_metric_values(per_seed, "auroc")),
+                         "AP (%)": format_percent(_metric_values(per_seed, "ap")),
+                         "FPR95 (%)": format_percent(_metric_values(per_seed, "fpr95")),
+                         "seeds": len(runs), "auroc_mean": seed_stats(_metric_values(per_seed, "auroc"))["mean"]})
+    return pd.DataFrame(rows)
+
+
+def scores_figure(metrics_by_model: Mapping[str, Sequence[Mapping]], metric: str = "auroc") -> go.Figure:
+    """Bars of ``metric`` (auroc, ap or fpr95) per anomaly score, one colour per model; whiskers are
+    the sample std over seeds, dots the seeds."""
+    if metric not in _ANOMALY_KEYS:
+        raise ValueError(f"metric must be one of {_ANOMALY_KEYS}, got {metric!r}")
+    _check_metrics_by_model(metrics_by_model, "anomaly_by_score")
+    colours = model_colours(list(metrics_by_model))
+    fig = go.Figure()
+    for label, runs in metrics_by_model.items():
+        names = [s for s in SCORE_LABELS if all(s in m["anomaly_by_score"] for m in runs)]
+        values = [[m["anomaly_by_score"][s].get(metric) for m in runs] for s in names]
+        stats = [seed_stats(v) for v in values]
+        fig.add_trace(go.Bar(x=[SCORE_LABELS[s] for s in names], y=[st["mean"] for st in stats], name=label,
+                             marker_color=colours[label], offsetgroup=label,
+                             error_y=dict(type="data", array=[st["std"] for st in stats], visible=len(runs) > 1),
+                             hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[SCORE_LABELS[s] for s, v in zip(names, values) for _ in v],
+                                 y=[x for v in values for x in v], mode="markers", offsetgroup=label,
+                                 marker=dict(color="black", size=5), showlegend=False, name=f"{label} seeds",
+                                 hovertemplate=f"{label} seed<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    better = "higher" if metric != "fpr95" else "lower"
+    fig.update_layout(barmode="group", scattermode="group", font=FONT,
+                      title=f"Every anomaly score: {metric.upper()} ({better} is better; dots: seeds)",
+                      yaxis_title=metric.upper(), yaxis_range=[0, 1], legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def components_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
+    """SegmentMeIfYouCan's component-level metrics of each model's headline score, mean ± std (%).
+
+    sIoU: mean over ground-truth anomalies of their (adjusted) IoU with the predicted components
+    touching them; PPV: mean over predicted components of the share of their pixels on an anomaly;
+    mean F1: component F1 averaged over the sIoU / PPV thresholds 0.25 ... 0.75. The prediction is the
+    score thresholded at its best pixel-level F1, as the benchmark does.
+    """
+    import pandas as pd
+
+    _check_metrics_by_model(metrics_by_model, "anomaly_components")
+    rows = []
+    for label, runs in metrics_by_model.items():
+        comps = [m["anomaly_components"] for m in runs]
+        rows.append({"model": label, "score": SCORE_LABELS.get(comps[0].get("score"), comps[0].get("score")),
+                     "sIoU (%)": format_percent(_metric_values(comps, "siou")),
+                     "PPV (%)": format_percent(_metric_values(comps, "ppv")),
+                     "mean F1 (%)": format_percent(_metric_values(comps, "mean_f1")),
+                     "anomalies": int(comps[0].get("num_gt_components", 0)),
+                     "predicted components": format_percent(
+                         [c.get("num_pred_components", 0) / 100 for c in comps], digits=0),
+                     "seeds": len(runs)})
+    return pd.DataFrame(rows)
+
+
+def by_source_figure(metrics_by_model: Mapping[str, Sequence[Mapping]], metric: str = "auroc") -> go.Figure:
+    """``metric`` of each model's headline score per anomaly source (procedural objects, the cat, the
+    coffee cup, ...): each source's anomalous pixels against every inlier pixel; whiskers: std over seeds."""
+    if metric not in _ANOMALY_KEYS:
+        raise ValueError(f"metric must be one of {_ANOMALY_KEYS}, got {metric!r}")
+    _check_metrics_by_model(metrics_by_model, "anomaly_by_source")
+    colours = model_colours(list(metrics_by_model))
+    fig = go.Figure()
+    for label, runs in metrics_by_model.items():
+        score = runs[0]["anomaly"]["score"]
+        sources = list(runs[0]["anomaly_by_source"])
+        stats = [seed_stats([m["anomaly_by_source"][src][score].get(metric) for m in runs]) for src in sources]
+        fig.add_trace(go.Bar(x=sources, y=[s["mean"] for s in stats], name=f"{label}: {SCORE_LABELS.get(score, score)}",
+                             marker_color=colours[label],
+                             error_y=dict(type="data", array=[s["std"] for s in stats], visible=len(runs) > 1),
+                             hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(barmode="group", font=FONT, yaxis_range=[0, 1], yaxis_title=metric.upper(),
+                      title=f"{metric.upper()} per anomaly source (each model's headline score)",
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

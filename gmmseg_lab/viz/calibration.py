@@ -476,3 +476,42 @@ def layernorm_bound_figure(models: Mapping[str, Sequence[Mapping]], num_classes:
                       yaxis_title="top softmax probability", yaxis_range=[0, 1.02], font=FONT,
                       legend=dict(orientation="v", x=1.02, y=1), margin=dict(r=20))
     return fig
+
+
+def temperature_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
+    """Temperature scaling per model and probability: the fitted T and ECE / MCE / NLL before and
+    after it on the scored half of the validation split, mean ± std over seeds.
+
+    Args:
+        metrics_by_model: ``{label: [metrics.json per seed]}`` (``temperature_scaling``).
+
+    Returns:
+        a ``pandas.DataFrame``, one row per (model, probability): ``model``, ``probability``, ``T``,
+        ``ECE before (%)``, ``ECE after (%)``, ``MCE before (%)``, ``MCE after (%)``, ``NLL before``,
+        ``NLL after``, ``seeds``.
+    """
+    import pandas as pd
+
+    from ..stats import format_mean_std
+
+    _check_models(metrics_by_model, "metrics_by_model")
+    rows = []
+    names = {"logits": "class logits", "bayes_posterior": "Bayes posterior"}
+    for label, runs in metrics_by_model.items():
+        scalings = [m.get("temperature_scaling") for m in runs]
+        if any(s is None for s in scalings):
+            continue  # a split of one image: nothing was scaled (a note in metrics.json says so)
+        for key, probability in names.items():
+            entries = [s.get(key) for s in scalings]
+            if any(e is None for e in entries):
+                continue
+            row = {"model": label, "probability": probability,
+                   "T": format_mean_std(seed_stats([e["temperature"] for e in entries]))}
+            for what in ("ece", "mce"):
+                for when in ("before", "after"):
+                    row[f"{what.upper()} {when} (%)"] = format_percent([e[f"{what}_{when}"] for e in entries])
+            for when in ("before", "after"):
+                row[f"NLL {when}"] = format_mean_std(seed_stats([e[f"nll_{when}"] for e in entries]))
+            row["seeds"] = len(runs)
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-# DeepLabV3+ (output stride 8) on the ImageNet-pretrained EfficientNet-Lite0 encoder, embedded scenes at 64 px upscaled 2x
+# DeepLabV3+ (output stride 16) on the ImageNet-pretrained EfficientNet-Lite0 encoder, embedded scenes at 64 px upscaled 2x
 # (quick): the softmax twin. The GMM twin (deeplabv3plus_lite0_quick_gmm.py) differs only in the decode head's classifier.
 _base_ = [
     '../_base_/models/deeplabv3plus_lite0.py',

@@ -8,7 +8,7 @@ model = dict(
         _delete_=True,
         type='GMMSegHead',
         head={{_base_.model.decode_head}},
-        # 1000 samples per component: the last 50 iterations at 20 new samples each, 5 % of the 1000-iteration schedule (the
+        # 1000 samples per component: the last 50 iterations at 20 new samples each, 10 % of the 500-iteration schedule (the
         # release's 32000 hold 1600 of its 80k iterations, 2 %): a memory of mostly the current network's
         # embeddings, with enough samples per component for 64 variances.
         gmm_cfg=dict(memory_size=1000)))
