@@ -151,14 +151,22 @@ class GMMHeadMixin:
             self.init_cfg = fix(copy.deepcopy(self.init_cfg))
 
     # ------------------------------------------------------------------ the classifier
-    def embed(self, feat: Tensor) -> Tensor:
-        """Fused feature ``[B, Ch, h, w]`` -> L2-normalised embedding ``[B, D, h, w]`` (float32)."""
+    def embed_rows(self, feat: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """Fused feature ``[B, Ch, h, w]`` -> L2-normalised embeddings ``x`` ``[B*h*w, D]`` (float32, one
+        row per pixel in ``(b, y, x)`` order) and ``(B, h, w)``. The pixels are laid out as rows once,
+        before the LayerNorm, so neither it nor the densities work on strided memory."""
         if self.dropout is not None:
             feat = self.dropout(feat)
         emb = self.gmm_project(feat)
+        b, d, h, w = emb.shape
         with _full_precision(emb):
-            emb = self.gmm_embed_norm(emb.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            return F.normalize(emb, dim=1)
+            x = emb.float().permute(0, 2, 3, 1).reshape(-1, d)
+            return F.normalize(self.gmm_embed_norm(x), dim=1), (b, h, w)
+
+    def embed(self, feat: Tensor) -> Tensor:
+        """Fused feature ``[B, Ch, h, w]`` -> L2-normalised embedding ``[B, D, h, w]`` (float32)."""
+        x, (b, h, w) = self.embed_rows(feat)
+        return x.view(b, h, w, -1).permute(0, 3, 1, 2)
 
     def cls_seg(self, feat: Tensor) -> Tensor:
         """GMM classifier in place of dropout + ``conv_seg``: class logits ``[B, C, h, w]``.
@@ -171,14 +179,14 @@ class GMMHeadMixin:
         rank raises together rather than the others waiting in the GMM update's gathers; in eval mode
         the check is rank-local (no collective: a rank may run inference alone).
         """
-        emb = self.embed(feat)
-        b, d, h, w = emb.shape
-        x = emb.permute(0, 2, 3, 1).reshape(-1, d)
+        x, (b, h, w) = self.embed_rows(feat)
         if self.training and is_distributed():
             self._check_together(lambda: check_float_matrix(x.detach(), "x", cols=self.embed_dim))
         with _full_precision(x):
             comp = self.gmm.component_log_prob(x)  # [N, C, M]
-            scores = self.gmm_score_norm(comp.amax(dim=-1))  # [N, C]
+            # max, not amax: its backward scatters into the winning component only, where amax's
+            # compares every one of the N*C*M log-densities with the maximum (ties split the gradient).
+            scores = self.gmm_score_norm(comp.max(dim=-1).values)  # [N, C]
         logits = scores.view(b, h, w, self.num_classes).permute(0, 3, 1, 2).contiguous()
         self._gmm_cache = dict(x=x, component_log_prob=comp, shape=(b, h, w))
         return logits
@@ -265,8 +273,9 @@ class GMMHeadMixin:
         dev = comp.device
         stats: dict[str, Tensor] = {}
         if bool(valid.any()):
-            lab = labels[valid]
-            per_comp = comp[valid].gather(1, lab.view(-1, 1, 1).expand(-1, 1, comp.shape[-1])).squeeze(1)
+            rows = valid.nonzero(as_tuple=True)[0]
+            lab = labels[rows]
+            per_comp = comp[rows, lab]  # [n, M]: each pixel's own class only (no copy of [n, C, M])
             loglik = torch.logsumexp(per_comp + self.gmm.log_weights[lab].to(per_comp.dtype), dim=-1)
             stats["gmm_loglik"] = loglik.mean().float()
             m = self.num_components
