@@ -13,7 +13,7 @@ batch, and timed alternately in the same process, so each ratio is robust to thi
 
 Usage::
 
-    python bench/bench_head.py                        # every architecture, 19 and 150 classes
+    python bench/bench_head.py                        # every architecture and backbone, 19 and 150 classes
     python bench/bench_head.py --arch segformer --classes 19 --repeats 5
     python bench/bench_head.py --json                 # one JSON object on stdout, nothing else
 """
@@ -102,7 +102,9 @@ def time_twins(arch: str, preset: str, classes: int, backbone: str | None, kind:
             if rep >= warm_up:
                 times[head].append(time.perf_counter() - start)
     gmm, softmax = statistics.median(times["gmm"]), statistics.median(times["softmax"])
-    return {"arch": arch, "backbone": backbone or "preset default", "preset": preset, "classes": classes,
+    from gmmseg_lab.catalog import default_backbone
+
+    return {"arch": arch, "backbone": backbone or default_backbone(arch, preset), "preset": preset, "classes": classes,
             "kind": kind, "batch": batch_size, "size": size, "repeats": repeats,
             "gmm_s": gmm, "softmax_s": softmax, "ratio": gmm / softmax}
 
@@ -111,7 +113,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=list(ARCH_NAMES), choices=ARCH_NAMES)
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--backbone", default=None, help="default: the preset's for each architecture")
+    parser.add_argument("--backbones", nargs="+", default=["default", "native"],
+                        help="backbones compared at inference: 'default' (the preset's), 'native' (the "
+                             "architecture's own) or a name; each architecture runs the ones it has")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--classes", type=int, nargs="+", default=[19, 150],
@@ -133,21 +137,33 @@ def main(argv=None):
     print(f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['device']}; preset {args.preset}, "
           f"batch {args.batch_size} x {args.size} px; median of {args.repeats}, twins timed alternately", file=out)
     results = []
+    from gmmseg_lab.catalog import BACKBONES
+
+    def backbones_of(arch: str) -> list[str | None]:
+        out: list[str | None] = []
+        for name in args.backbones:
+            b = None if name == "default" else BACKBONES[arch][0] if name == "native" else name
+            if (b is None or b in BACKBONES[arch]) and b not in out:
+                out.append(b)
+        return out
+
     for arch in args.train_arch or args.arch:
         for classes in args.classes:
-            r = time_twins(arch, args.preset, classes, args.backbone, "train", args.repeats, args.batch_size, args.size)
+            r = time_twins(arch, args.preset, classes, None, "train", args.repeats, args.batch_size, args.size)
             target = 1.10 if classes <= 19 else 1.25
             r["target"] = target
             results.append(r)
             print(f"train step {arch:>14} {classes:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
                   f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= {target:.2f}x)", file=out)
     for arch in args.arch:
-        r = time_twins(arch, args.preset, args.classes[0], args.backbone, "infer", args.repeats, args.batch_size,
-                       args.size)
-        r["target"] = 1.10
-        results.append(r)
-        print(f"inference  {arch:>14} {args.classes[0]:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
-              f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= 1.10x)", file=out)
+        for backbone in backbones_of(arch):
+            r = time_twins(arch, args.preset, args.classes[0], backbone, "infer", args.repeats, args.batch_size,
+                           args.size)
+            r["target"] = 1.10
+            results.append(r)
+            name = f"{arch} ({backbone or 'preset default'})"
+            print(f"inference  {name:>34} {args.classes[0]:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
+                  f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= 1.10x)", file=out)
     if args.json:
         print(json.dumps({"benchmark": "bench_head", **meta, "results": results}, indent=1))
 
