@@ -65,8 +65,8 @@ class TrainingPreset:
 TRAINING_PRESETS: dict[str, TrainingPreset] = {p.name: p for p in (
     TrainingPreset("quick", "quick", "quick", pretrained_configs=True,
                    description="64-px embedded scenes, tiny widths, 20 iterations (tests, smoke runs)"),
-    TrainingPreset("demo", "cpu", "cpu", max_iters=200, pretrained_configs=True, pretrained_default=True,
-                   description="the cpu preset's models and data, 200 iterations (make demo)"),
+    TrainingPreset("demo", "cpu", "cpu", max_iters=150, pretrained_configs=True, pretrained_default=True,
+                   description="the cpu preset's models and data, 150 iterations (make demo)"),
     TrainingPreset("cpu", "cpu", "cpu", pretrained_configs=True, pretrained_default=True,
                    description="128-px embedded scenes, the pretrained encoder, 500 iterations (the README's numbers)"),
     TrainingPreset("paper", "paper", "cityscapes", description="the paper's sizes on Cityscapes"),

@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
-from .io_utils import atomic_write_json, source_digest
+from .io_utils import atomic_write_json, source_digest, usable_cpus
 from .stats import headline, seed_stats
 
 #: Columns of the comparison table: (label, key path in metrics.json, higher is better).
-COLUMNS = tuple((m.label, m.path, m.higher_is_better) for m in headline("miou", "ece", "auroc", "ap", "fpr95"))
+COLUMNS = tuple((m.label, m.path, m.higher_is_better)
+                for m in headline("miou", "ece", "bayes_ece", "ece_ts", "auroc", "ap", "fpr95"))
 
 
 def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
@@ -164,18 +165,20 @@ def run_many(requests: list[dict], jobs: int | None = None, progress: bool = Tru
     side by side in ``jobs`` worker processes; returns the metrics in the order of ``requests``.
 
     On a CPU, small models train faster as one process per core with one thread each than as one
-    process with every thread (thread scaling is poor for them). ``jobs``: default the number of
-    threads this process may use (``torch.get_num_threads()``, which the report runner sets to its
-    share of the cores), capped by the number of runs to train; each worker gets an equal share of
-    those threads. With one job (or nothing to train) everything runs here, with progress bars.
-    Each run holds its own folder lock, so two callers never train the same run at once.
+    process with every thread (thread scaling is poor for them). ``jobs``: default the cores this
+    process may run on (``os.sched_getaffinity``), capped by the number of runs to train; the
+    workers share this process's torch threads (at least one each). A report runner that gave this
+    notebook one thread of two cores thus still trains two runs at once: notebooks that train are the
+    long ones, and the others mostly wait for them. With one job (or nothing to train) everything runs
+    here, with progress bars. Each run holds its own folder lock, so two callers never train the same
+    run at once.
     """
     import torch
     from tqdm.auto import tqdm
 
     threads = max(1, torch.get_num_threads())
     pending = [i for i, r in enumerate(requests) if not run_is_current(**r)]
-    jobs = min(len(pending), threads if jobs is None else max(1, int(jobs)))
+    jobs = min(len(pending), usable_cpus() if jobs is None else max(1, int(jobs)))
     results: list[dict | None] = [None] * len(requests)
     if jobs > 1:
         import concurrent.futures as futures

@@ -1,4 +1,5 @@
-"""Small file-system helpers: atomic writes, so an interrupted run never leaves a half-written file."""
+"""Small system helpers: atomic writes (an interrupted run never leaves a half-written file), source
+digests, and the CPUs this process may use."""
 
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def source_digest(root: str | Path, parts: Iterable[str] = ("",), suffixes: tupl
                 digest.update(str(path.relative_to(root)).encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's share), not the host's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

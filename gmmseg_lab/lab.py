@@ -170,3 +170,31 @@ def memory_bytes(run_dir: str | Path) -> int:
     clf = GMMClassifier(int(head["num_classes"] if "num_classes" in head else head["head"]["num_classes"]),
                         int(head.get("num_components", 5)), int(head.get("embed_dim", 64)), **gmm_cfg)
     return clf.memory_nbytes()
+
+
+def anomaly_image_order(names: Iterable[str], data_dir: str | Path) -> list[int]:
+    """Positions of the anomaly images ``names``, those that show a photographed object first (a cat on
+    the road reads at a glance), then the others, each group in its given order. Without
+    ``anomaly/sources.json`` the given order."""
+    from .data.layout import read_anomaly_sources
+
+    names = list(names)
+    found = read_anomaly_sources(data_dir)
+    if found is None:
+        return list(range(len(names)))
+    sources, images = found
+    photos = {s["name"] for s in sources if s.get("kind") == "photo"}
+    with_photo = [i for i, n in enumerate(names) if photos & set(images.get(n, ()))]
+    return with_photo + [i for i in range(len(names)) if i not in set(with_photo)]
+
+
+def ensure_run(work_dir: str | Path, data_dir: str | Path, arch: str, head: str, preset: str, seed: int,
+               progress: bool = True) -> Path:
+    """Train (or reuse) one run of :func:`train_twins` and return its folder; ``arch`` may name a
+    backbone as ``arch@backbone``."""
+    from .demo import run_one
+
+    name, backbone = parse_model_spec(arch)
+    run_dir = run_dir_of(work_dir, arch, head, preset, seed)
+    run_one(Path(data_dir), run_dir, name, head, preset, seed, progress=progress, backbone=backbone)
+    return run_dir

@@ -433,3 +433,14 @@ def test_pasted_photos_keep_photo_colours(cpu_anomaly_set):
         rgb, inside = scenes.photo_cutout(name)
         reference = rgb[inside].astype(np.float64).mean(axis=0)
         assert np.abs(x.mean(axis=0) - reference).max() < 30, (name, x.mean(axis=0), reference)
+
+
+def test_several_workers_write_the_same_bytes(tmp_path):
+    from gmmseg_lab.data.scenes import make_dataset
+
+    one = make_dataset(tmp_path / "one", preset="quick", seed=3, progress=False, workers=1)
+    two = make_dataset(tmp_path / "two", preset="quick", seed=3, progress=False, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f

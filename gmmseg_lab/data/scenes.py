@@ -998,7 +998,24 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=6)
 
 
-def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool) -> None:
+def _write_scene(task: tuple) -> tuple[str, list[str] | None]:
+    """Render and write one scene; returns its file name and, for the anomaly split, the sources it shows."""
+    root, split, index, size, seed = task
+    root = Path(root)
+    stem = f"{split}_{index:05d}.png"
+    if split == "anomaly":
+        scene = render_scene(scene_rng(seed, split, index), size, anomaly=True, index=index)
+        _save_png(scene.image, root / "anomaly/images" / stem)
+        _save_png(scene.anomaly_mask, root / "anomaly/masks" / stem)
+        _save_png(scene.anomaly_source, root / "anomaly/source_masks" / stem)
+        return stem, list(scene.anomaly_sources)
+    scene = render_scene(scene_rng(seed, split, index), size)
+    _save_png(scene.image, root / "images" / split / stem)
+    _save_png(scene.label, root / "annotations" / split / stem)
+    return stem, None
+
+
+def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool, workers: int = 1) -> None:
     from tqdm.auto import tqdm
 
     size = int(cfg["size"])
@@ -1028,27 +1045,34 @@ def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool) 
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
     visible = {}
-    for split, index in tqdm(jobs, desc=f"scenes[{name}]", disable=not progress, unit="img"):
-        if split == "anomaly":
-            scene = render_scene(scene_rng(seed, split, index), size, anomaly=True, index=index)
+    tasks = [(str(root), split, index, size, seed) for split, index in jobs]
+    workers = min(workers, len(tasks))
+    with tqdm(total=len(tasks), desc=f"scenes[{name}]", disable=not progress, unit="img") as bar:
+        if workers > 1:
+            import multiprocessing
+
+            # Every scene depends only on (seed, split, index): written in any order by any process, the
+            # files are the same bytes. Spawned, not forked: a notebook kernel's threads must not fork.
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for stem, sources in pool.imap_unordered(_write_scene, tasks, chunksize=4):
+                    if sources is not None:
+                        visible[stem] = sources
+                    bar.update(1)
         else:
-            scene = render_scene(scene_rng(seed, split, index), size)
-        stem = f"{split}_{index:05d}.png"
-        if split == "anomaly":
-            _save_png(scene.image, root / "anomaly/images" / stem)
-            _save_png(scene.anomaly_mask, root / "anomaly/masks" / stem)
-            _save_png(scene.anomaly_source, root / "anomaly/source_masks" / stem)
-            visible[stem] = list(scene.anomaly_sources)
-        else:
-            _save_png(scene.image, root / "images" / split / stem)
-            _save_png(scene.label, root / "annotations" / split / stem)
+            for task in tasks:
+                stem, sources = _write_scene(task)
+                if sources is not None:
+                    visible[stem] = sources
+                bar.update(1)
+    visible = dict(sorted(visible.items()))
     if cfg["num_anomaly"]:
         with open(root / "anomaly/sources.json", "w") as f:
             json.dump({"sources": [dict(source) for source in ANOMALY_SOURCES], "images": visible}, f, indent=2)
             f.write("\n")
 
 
-def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False, progress: bool = True) -> Path:
+def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False, progress: bool = True,
+                 workers: int | None = None) -> Path:
     """Generate the embedded data set into ``out_dir`` and return its path.
 
     Args:
@@ -1058,6 +1082,8 @@ def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False
         seed: non-negative integer; the same seed gives byte-identical files.
         overwrite: replace a non-empty ``out_dir``; without it a non-empty one is an error.
         progress: show a tqdm progress bar.
+        workers: processes that render scenes (default: the usable cores, at most 4, one for tiny
+            sets); any number gives the same bytes.
 
     The set is written into a temporary sibling directory and renamed into place at the end,
     so an interrupted run leaves no half-written data set (and, with ``overwrite``, the old set
@@ -1073,7 +1099,10 @@ def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write_dataset(tmp, name, cfg, seed, progress)
+        if workers is None:
+            total = int(cfg["num_train"]) + int(cfg["num_val"]) + int(cfg["num_anomaly"])
+            workers = 1 if total < 100 else min(4, usable_cpus())
+        _write_dataset(tmp, name, cfg, seed, progress, workers=max(1, int(workers)))
     except BaseException:  # KeyboardInterrupt too: never leave a half-written set behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..demo import RUNS_USED_ENV, ensure_dataset, runs_unchanged
-from ..io_utils import atomic_write_json, source_digest
+from ..io_utils import atomic_write_json, source_digest, usable_cpus
 from .results import aggregate, read_results
 from .spec import Job, ReportPlan, ReportSpecError, load_plan
 
@@ -54,14 +54,6 @@ def default_definitions_dir() -> Path:
 def code_fingerprint() -> str:
     """Hash of the library's code and shipped configs: a change invalidates every cached job."""
     return source_digest(PACKAGE_DIR, suffixes=(".py", ".j2", ".json"))
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a container's share), not the host's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -121,7 +113,7 @@ class ReportRunner:
         if (info.get("preset"), info.get("seed")) != (data, self.plan.data_seed):
             raise ReportSpecError(
                 f"--out {self.out}: its data set {self.data_dir} was made with preset {info.get('preset')!r} "
-                f"seed {info.get('seed')}, this report needs data set {data!r} seed "
+                f"seed {info.get('seed')}, this report needs preset {data!r} seed "
                 f"{self.plan.data_seed}; choose another --out")
 
     # ------------------------------------------------------------------ paths

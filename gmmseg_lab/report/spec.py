@@ -202,8 +202,8 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
     preset = raw.get("preset")
     embedded = [name for name, p in TRAINING_PRESETS.items() if p.data in EMBEDDED_DATA]
     if preset not in embedded:
-        raise ReportSpecError(f"{definition}: 'preset' must be a training preset on the embedded data, one of "
-                              f"{', '.join(embedded)}; got {preset!r}")
+        raise ReportSpecError(f"{definition}: 'preset' must be one of {', '.join(embedded)} (the training presets "
+                              f"on the embedded data), got {preset!r}")
     data_seed = raw.get("data_seed", 0)
     if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:
         raise ReportSpecError(f"{definition}: 'data_seed' must be a non-negative integer, got {data_seed!r}")
