@@ -64,6 +64,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..io_utils import usable_cpus
+
 __all__ = [
     "ANOMALY_COLOURS",
     "ANOMALY_SOURCES",
