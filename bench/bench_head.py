@@ -38,7 +38,7 @@ def build(arch: str, head: str, preset: str, num_classes: int, backbone: str | N
 
     from gmmseg_lab.models import build_config
     from gmmseg_lab.models.presets import _set_num_classes
-    from gmmseg_lab.train import quiet_mmengine
+    from gmmseg_lab.models.inference import quiet_mmengine
 
     gmm_head = dict(update_correct_only=False) if head == "gmm" else None
     cfg = build_config(arch, head, preset, seed=0, backbone=backbone, gmm_head=gmm_head)

@@ -73,10 +73,10 @@ class DataError(CommandError):
 #: entry the exception is an instance of decides. Data problems have their own classes; a plain
 #: ``ValueError`` is a value the library refuses (an unknown arch, ``--launcher`` outside torchrun...),
 #: so a usage error. A class whose module is not imported cannot have been raised, so the lookup
-#: imports nothing (``gmmseg_lab.train`` would import torch and mmengine).
+#: imports nothing (``gmmseg_lab.checkpoints`` would import torch).
 EXIT_STATUS = (
     ("gmmseg_lab.data.layout", "DatasetError", DATA_ERROR),  # a data set with problems, classes.json
-    ("gmmseg_lab.train", "CheckpointError", DATA_ERROR),  # unusable checkpoint, or of another model
+    ("gmmseg_lab.checkpoints", "CheckpointError", DATA_ERROR),  # unusable checkpoint, or of another model
     ("gmmseg_lab.models.inference", "ConfigError", DATA_ERROR),  # missing or invalid config file
     ("gmmseg_lab.report.spec", "ReportSpecError", DATA_ERROR),  # report definition or grid file
     ("builtins", "FileExistsError", USAGE_ERROR),  # an output path that exists and may not be replaced
@@ -270,11 +270,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    demo = sub.add_parser("demo", help="the quick end-to-end comparison: data, both heads, metrics table")
+    demo = sub.add_parser("demo", help="GMMSeg against its softmax twin end to end: data, both heads, metrics table")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
     demo.add_argument("--arch", choices=ARCHS, default="segformer", help="architecture")
-    demo.add_argument("--preset", choices=("quick", "cpu"), default="quick", help="model size and schedule")
-    demo.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    demo.add_argument("--preset", choices=("quick", "demo", "cpu"), default="demo",
+                      help="training preset (demo: the pretrained encoder, 150 iterations; quick: a smoke run)")
+    demo.add_argument("--seed", type=_non_negative_int, nargs="+", default=[0, 1], help="random seeds")
 
 
 def _add_toy(sub) -> None:
@@ -533,15 +534,15 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.compare import run_demo
 
     _output_folder(args.out, "--out")
-    run_demo(args.out, arch=args.arch, preset=args.preset, seed=args.seed)
+    run_demo(args.out, arch=args.arch, preset=args.preset, seeds=args.seed)
     return 0
 
 
 def _cmd_toy(args) -> int:
-    from .toy import main as toy_main
+    from .experiments.toy import main as toy_main
 
     toy_main()
     return 0

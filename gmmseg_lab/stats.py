@@ -1,5 +1,6 @@
 """The headline metrics and their spread over seeds: the one place where an evaluator's
-``metrics.json`` is named and summarised as mean ± sample standard deviation."""
+``metrics.json`` is named (:data:`HEADLINE_METRICS`, :func:`metric_value`, :func:`flatten_metrics`) and
+summarised as mean ± sample standard deviation (:func:`seed_stats`)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,31 @@ def format_mean_std(stat: dict, digits: int = 3) -> str:
     if stat["n"] == 1:
         return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in a ``metrics.json`` dict (e.g. ``("anomaly", "auroc")``), None if absent."""
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return None if value is None else float(value)
+
+
+#: Columns of the twin-comparison tables: (label, key path in metrics.json, higher is better).
+TABLE_COLUMNS = tuple((m.label, m.path, m.higher_is_better)
+                      for m in headline("miou", "ece", "bayes_ece", "ece_ts", "auroc", "ap", "fpr95"))
+
+
+def flatten_metrics(metrics: dict) -> dict[str, float]:
+    """The headline numbers of an evaluator ``metrics.json`` (missing ones are left out)."""
+    flat: dict[str, float] = {}
+    for metric in HEADLINE_METRICS:
+        name, path = metric.key, metric.path
+        value: Any = metrics
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat

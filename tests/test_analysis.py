@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmmseg_lab.analysis import collect_predictions, learning_curves
+from gmmseg_lab.experiments.predictions import collect_predictions, learning_curves
 from gmmseg_lab.cli import main
 
 
@@ -72,7 +72,7 @@ def test_weighted_component_density_matches_torch_distributions(tiny_run, quick_
 
 
 def test_predictions_cache_is_recomputed_when_the_inference_code_changes(tiny_run, quick_dataset, monkeypatch):
-    import gmmseg_lab.analysis as analysis
+    import gmmseg_lab.experiments.predictions as analysis
 
     collect_predictions(tiny_run, quick_dataset, "val", max_images=2)
     cache = tiny_run / "analysis" / "predictions_val_2.npz"
@@ -106,9 +106,8 @@ def test_learning_curves_read_the_logged_scalars(tiny_run):
 
 
 def test_toy_far_confidence_softmax_stays_sure_gmm_does_not():
-    from gmmseg_lab.lab import toy_far_confidence
-    from gmmseg_lab.toy import fit_toy_classifier, make_toy_data
-    from gmmseg_lab.toy import fit_softmax_classifier
+    from gmmseg_lab.data.toy import make_toy_data
+    from gmmseg_lab.experiments.toy import fit_softmax_classifier, fit_toy_classifier, toy_far_confidence
 
     data = make_toy_data(seed=0)
     gmm, _ = fit_toy_classifier(data, seed=0)
@@ -118,13 +117,13 @@ def test_toy_far_confidence_softmax_stays_sure_gmm_does_not():
 
 
 def test_memory_bytes_follow_the_config(tiny_run):
-    from gmmseg_lab.lab import memory_bytes
+    from gmmseg_lab.experiments.ablation import memory_bytes
 
     nbytes = memory_bytes(tiny_run)
     from mmengine.config import Config
 
     head = Config.fromfile(str(tiny_run / "config.py")).model.decode_head
-    m, d = head.num_components, head.embed_dim
+    m, d = head.get("num_components", 5), head.get("embed_dim", 64)  # the head's defaults when the config is minimal
     size = head.gmm_cfg.memory_size
     # FIFO: one [size, D] float queue per component of every class, plus its counters
     num_classes = head["num_classes"] if "num_classes" in head else head.head.num_classes

@@ -1,11 +1,15 @@
 """Streaming metrics against their oracles: mmseg IoUMetric, torchmetrics calibration, scikit-learn."""
 
+import copy
 import math
+import os
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from gmmseg_lab.eval import (
@@ -596,3 +600,240 @@ def test_state_follows_cuda_inputs():
     for key in cpu[0]:
         assert cpu[0][key] == pytest.approx(cuda[0][key], abs=1e-12), key  # reduction order may differ
     assert cpu[1] == pytest.approx(cuda[1], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# The torchmetrics.Metric machinery: states, merge, pickling, DDP sync, constant memory
+
+
+def _all_metrics():
+    """One of each lab metric, freshly built (small AnomalyScores histograms keep the tests quick)."""
+    from gmmseg_lab.eval import AnomalyComponents, ScaledCalibration
+
+    return {
+        "iou": SegmentationIoU(6),
+        "calibration": CalibrationError(n_bins=10),
+        "anomaly": AnomalyScores(key_bits=14),
+        "components": AnomalyComponents(0.5),
+        "scaled": ScaledCalibration(2.0, n_bins=10),
+    }
+
+
+def _feed(name, metric, part, parts=2, seed=11):
+    """Update ``metric`` on shard ``part`` of ``parts`` of a fixed data set (``part=None``: all of it)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 6000
+    pred, target = torch.randint(0, 6, (n,), generator=g), torch.randint(0, 6, (n,), generator=g)
+    target[torch.rand(n, generator=g) < 0.1] = 255
+    logits = torch.randn(n, 4, generator=g) * 3
+    labels = torch.randint(0, 4, (n,), generator=g)
+    scores = torch.randn(n, generator=g)
+    mask = (torch.rand(n, generator=g) < 0.1 + 0.2 * (scores > 1)).to(torch.uint8)
+    mask[torch.rand(n, generator=g) < 0.05] = 255
+    shards = range(parts) if part is None else [part]
+    for i in shards:
+        sl = slice(i * n // parts, (i + 1) * n // parts)
+        if name == "iou":
+            metric.update(pred[sl], target[sl])
+        elif name == "calibration":
+            metric.update_from_probs(torch.softmax(logits[sl], dim=1), labels[sl])
+        elif name == "anomaly":
+            metric.update(scores[sl], mask[sl])
+        elif name == "components":
+            metric.update(scores[sl].reshape(-1, 10, 10), mask[sl].reshape(-1, 10, 10))
+        else:
+            metric.update(logits[sl], labels[sl])
+
+
+def _assert_same_result(got, expected, exact=True, where=""):
+    """Equal dicts of metric results; NaN equals NaN; floats to 1e-12 unless ``exact``."""
+    assert type(got) is type(expected), where
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            _assert_same_result(got[key], expected[key], exact, f"{where}.{key}")
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(got, expected), where
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=0 if exact else 1e-12, err_msg=where)
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected)):
+            _assert_same_result(a, b, exact, f"{where}[{i}]")
+    elif isinstance(expected, float) and not exact:
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12, nan_ok=True), where
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(got), where
+    else:
+        assert got == expected, where
+
+
+def _quiet_compute(metric):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricUndefinedWarning)
+        return metric.compute()
+
+
+def test_metrics_are_torchmetrics_metrics_with_summed_persistent_states():
+    from torchmetrics import Metric
+    from torchmetrics.utilities.data import dim_zero_sum
+
+    for name, metric in _all_metrics().items():
+        assert isinstance(metric, Metric), name
+        assert metric.is_differentiable is False and metric.full_state_update is False, name
+        assert metric.dist_sync_on_step is False, name
+        assert metric._reductions and all(fx is dim_zero_sum for fx in metric._reductions.values()), name
+        assert all(metric._persistent.values()), name  # state_dict() carries every state
+        own_keys = {k for k in metric.state_dict() if "." not in k}
+        assert own_keys == set(metric._defaults), name
+    metrics = _all_metrics()
+    assert metrics["iou"].higher_is_better is True and metrics["calibration"].higher_is_better is False
+    assert metrics["anomaly"].higher_is_better is None  # AUROC up, FPR95 down
+    assert set(metrics["scaled"].state_dict()) >= {"before.count", "after.confidence_sum", "nll_sum_before"}
+    with pytest.raises(ValueError, match="dist_sync_on_step"):
+        SegmentationIoU(3, dist_sync_on_step=True)
+
+
+@pytest.mark.parametrize("name", ["iou", "calibration", "anomaly", "components", "scaled"])
+def test_merged_halves_equal_the_whole(name):
+    whole, half_a, half_b, via_merge_state = (_all_metrics()[name] for _ in range(4))
+    _feed(name, whole, None)
+    _feed(name, half_a, 0)
+    _feed(name, half_b, 1)
+    _feed(name, via_merge_state, 0)
+    assert half_a.merge(half_b) is half_a
+    for key, value in whole.state_dict().items():
+        merged = half_a.state_dict()[key]
+        if value.is_floating_point():  # float64 sums, added in another order
+            torch.testing.assert_close(merged, value, rtol=1e-12, atol=1e-9)
+        else:
+            assert torch.equal(merged, value), (name, key)
+    _assert_same_result(_quiet_compute(half_a), _quiet_compute(whole), exact=False, where=name)
+    if name != "scaled":  # torchmetrics' own merge_state (the children of ScaledCalibration need merge)
+        other = _all_metrics()[name]
+        _feed(name, other, 1)
+        via_merge_state.merge_state(other)
+        _assert_same_result(_quiet_compute(via_merge_state), _quiet_compute(whole), exact=False, where=name)
+
+
+def test_compute_is_live_and_warns_only_metric_undefined():
+    """No torchmetrics cache (compute follows every update, merge and load) and no torchmetrics
+    'compute before update' warning: an empty state gives None with a MetricUndefinedWarning."""
+    for name, metric in _all_metrics().items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metric.compute()
+        assert caught and all(w.category is MetricUndefinedWarning for w in caught), (name, caught)
+        if name != "scaled":  # (ScaledCalibration's warnings come from its children's compute)
+            assert all(w.filename == __file__ for w in caught), name  # the warning points at the caller
+    iou = SegmentationIoU(3)
+    with pytest.warns(MetricUndefinedWarning):
+        assert iou.compute()["miou"] is None
+    iou.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    assert iou.compute()["num_pixels"] == 3 and iou.compute()["miou"] == 1.0
+    iou.update(torch.tensor([0]), torch.tensor([1]))
+    assert iou.compute()["num_pixels"] == 4
+    other = SegmentationIoU(3)
+    other.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 2]))
+    assert iou.merge(other).compute()["num_pixels"] == 8
+    iou.load_state_dict(other.state_dict())
+    assert iou.compute()["num_pixels"] == 4
+    result = iou.compute()
+    result["per_class_iou"].append("mutated")  # a caller's edit does not leak into the next compute
+    assert len(iou.compute()["per_class_iou"]) == 3
+    one_class = SegmentationIoU(1, ignore_index=None)
+    one_class.update(torch.tensor([0, 0]), torch.tensor([0, 0]))
+    assert one_class.compute()["confusion"].shape == (1, 1)  # not squeezed to a scalar
+
+
+def test_state_dict_round_trip_pickle_and_deepcopy(tmp_path):
+    for name, metric in _all_metrics().items():
+        _feed(name, metric, 0)
+        expected = _quiet_compute(metric)
+        path = tmp_path / f"{name}.pt"
+        torch.save(metric.state_dict(), path)
+        restored = _all_metrics()[name]
+        restored.load_state_dict(torch.load(path))
+        _assert_same_result(_quiet_compute(restored), expected, where=name)
+        for copy_ in (pickle.loads(pickle.dumps(metric)), copy.deepcopy(metric)):
+            _assert_same_result(_quiet_compute(copy_), expected, where=name)
+            _feed(name, copy_, 1)  # a copy keeps working, and on its own state
+            moved = [k for k, v in copy_.state_dict().items() if not torch.equal(v, metric.state_dict()[k])]
+            assert moved, name
+            _assert_same_result(_quiet_compute(metric), expected, where=name)
+    # load_state_dict copies (no aliasing), casts, and checks keys and shapes, naming the entry
+    iou = SegmentationIoU(3)
+    state = {"confusion": torch.ones(3, 3, dtype=torch.int32)}
+    iou.load_state_dict(state)
+    state["confusion"] += 1
+    assert iou.confusion.dtype == torch.int64 and int(iou.confusion.sum()) == 9
+    with pytest.raises(ValueError, match=r"state\['confusion'\] must have shape \(3, 3\)"):
+        iou.load_state_dict({"confusion": torch.zeros(2, 2, dtype=torch.int64)})
+    with pytest.raises(ValueError, match="state must have the keys"):
+        iou.load_state_dict({"histogram": torch.zeros(3, 3, dtype=torch.int64)})
+
+
+def test_state_memory_is_constant_for_every_metric():
+    for name, metric in _all_metrics().items():
+        nbytes = metric.state_nbytes()
+        assert nbytes == sum(v.numel() * v.element_size() for v in metric.state_dict().values()), name
+        for _ in range(3):
+            _feed(name, metric, None)
+        assert metric.state_nbytes() == nbytes, name
+        assert {k: v.shape for k, v in metric.state_dict().items()} == {
+            k: v.shape for k, v in _all_metrics()[name].state_dict().items()
+        }, name
+    assert AnomalyScores().state_nbytes() == 2 * 2**20 * 8  # the default: 16 MiB, whatever the data
+
+
+def _ddp_metrics_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        out = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricUndefinedWarning)
+            for name, metric in _all_metrics().items():
+                _feed(name, metric, rank, parts=world)
+                local = {k: v.clone() for k, v in metric.state_dict().items()}
+                out[name] = metric.compute()  # torchmetrics' sync: the sum over the ranks
+                # the local state is back afterwards, and a second compute() gives the same
+                assert all(torch.equal(v, local[k]) for k, v in metric.state_dict().items()), name
+                _assert_same_result(metric.compute(), out[name], where=name)
+                if name == "anomaly":
+                    out["anomaly_best_f1"] = metric.threshold_at_best_f1()
+                    out["anomaly_fpr90"] = metric.fpr_at_tpr(0.9)
+                    out["anomaly_curves"] = metric.curves(max_points=50)
+                summed = copy.deepcopy(metric).all_reduce_()  # summed in place, for good
+                out[f"{name}_all_reduced"] = summed.compute()  # ... and not summed again
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_compute_the_result_of_one_process_on_everything(tmp_path):
+    """Each rank updates on its shard; compute() (torchmetrics' sync, dist_reduce_fx="sum") equals one
+    process updated on the concatenation, for every metric and every query of AnomalyScores."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    mp.spawn(_ddp_metrics_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    expected = {}
+    for name, metric in _all_metrics().items():
+        _feed(name, metric, None)
+        expected[name] = expected[f"{name}_all_reduced"] = _quiet_compute(metric)
+        if name == "anomaly":
+            expected["anomaly_best_f1"] = metric.threshold_at_best_f1()
+            expected["anomaly_fpr90"] = metric.fpr_at_tpr(0.9)
+            expected["anomaly_curves"] = metric.curves(max_points=50)
+    for rank, got in enumerate(ranks):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            # integer states (confusion, histogram, counts) sum exactly; float64 sums up to rounding
+            exact = key.split("_")[0] in ("iou", "anomaly")
+            _assert_same_result(got[key], expected[key], exact=exact, where=f"rank{rank}.{key}")

@@ -31,7 +31,7 @@ from gmmseg_lab.models import (
     PRETRAINED_PRESETS,
     segmentor_outputs,
 )
-from gmmseg_lab.train import quiet_mmengine
+from gmmseg_lab.models.inference import quiet_mmengine
 
 init_default_scope("mmseg")
 
@@ -258,7 +258,10 @@ def test_build_config_sets_data_root_seed_work_dir_and_overrides(quick_dataset, 
     assert cfg.train_cfg.max_iters == 12 and cfg.param_scheduler[-1].end == 12
     assert cfg.default_hooks.checkpoint.interval <= 12 and cfg.train_cfg.val_interval <= 12
     (h,) = gmm_head_configs(cfg)
-    assert h.gmm_cfg.memory_size == 300 and h.num_components == 3 and h.gmm_cfg.mean_momentum == 0.999
+    from gmmseg_lab.gmm import GMMClassifier
+
+    effective = _effective(dict(h.gmm_cfg), GMMClassifier.__init__)  # the merge keeps the others' defaults
+    assert h.gmm_cfg.memory_size == 300 and h.num_components == 3 and effective["mean_momentum"] == 0.999
     assert cfg.train_dataloader.batch_size == 2
     with pytest.raises(ValueError):
         build_config("deeplabv3plus", "softmax", "quick", gmm_cfg=dict(memory_size=10))

@@ -16,7 +16,7 @@ from PIL import Image
 from gmmseg_lab.data.samplers import ClassBalancedSampler, class_presence
 from gmmseg_lab.models import build_config, build_dataloader, decode_head_of, gmm_head_configs, list_configs
 from gmmseg_lab.models.transfer import read_state_dict, transfer_weights
-from gmmseg_lab.train import quiet_mmengine
+from gmmseg_lab.models.inference import quiet_mmengine
 
 init_default_scope("mmseg")
 

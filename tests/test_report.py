@@ -247,7 +247,7 @@ def test_a_notebook_is_redone_when_a_run_it_used_changed_or_vanished(lab, tmp_pa
     (run / "metrics.json").write_text('{"miou": 0.5}')
     write_notebook(nbs / "u.ipynb", "", f"""
         import pathlib
-        from gmmseg_lab.demo import note_run_used
+        from gmmseg_lab.experiments.runs import note_run_used
         note_run_used(pathlib.Path({str(run)!r}))
         pathlib.Path(work_dir, "u_runs.txt").open("a").write("x")
     """)

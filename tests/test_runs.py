@@ -1,4 +1,4 @@
-"""Trained runs are reused only while their config is the same (gmmseg_lab.demo.run_one)."""
+"""Trained runs are reused only while their config and code are the same (gmmseg_lab.experiments.runs)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import gmmseg_lab.eval.evaluate as evaluate_module
-import gmmseg_lab.train as train_module
-from gmmseg_lab.demo import RUN_RECORD, RUNS_USED_ENV, run_one, runs_unchanged
-from gmmseg_lab.lab import train_twins
+import gmmseg_lab.experiments.runs as runs_module
+from gmmseg_lab.experiments.compare import train_twins
+from gmmseg_lab.experiments.runs import RUN_RECORD, RUNS_USED_ENV, run_one, runs_unchanged
 
 
 @pytest.fixture()
@@ -27,8 +26,8 @@ def fake_training(monkeypatch):
         metrics_file.write_text(json.dumps(metrics))
         return metrics
 
-    monkeypatch.setattr(train_module, "train", train)
-    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    monkeypatch.setattr(runs_module, "train", train)
+    monkeypatch.setattr(runs_module, "evaluate", evaluate)
     return calls
 
 
@@ -57,14 +56,14 @@ def test_a_run_without_a_run_record_is_trained_again(fake_training, tmp_path):
 
 def test_changed_training_code_retrains_and_changed_evaluation_code_only_reevaluates(
         fake_training, tmp_path, monkeypatch):
-    import gmmseg_lab.demo as demo
+    demo = runs_module
 
     data, run = tmp_path / "data", tmp_path / "runs" / "r"
     digests = {demo.TRAIN_CODE: "train-v1", demo.EVAL_CODE: "eval-v1"}
     monkeypatch.setattr(demo, "code_digest", lambda parts: digests[parts])
     evaluations = []
-    real_evaluate = evaluate_module.evaluate
-    monkeypatch.setattr(evaluate_module, "evaluate",
+    real_evaluate = runs_module.evaluate
+    monkeypatch.setattr(runs_module, "evaluate",
                         lambda *a, **k: evaluations.append(1) or real_evaluate(*a, **k))
     run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
     run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
@@ -97,7 +96,7 @@ def test_runs_trained_side_by_side_equal_runs_trained_one_after_the_other(quick_
     """run_many trains pending runs in worker processes (one thread each): same metrics as here."""
     import torch
 
-    from gmmseg_lab.demo import run_many, run_one
+    from gmmseg_lab.experiments.runs import run_many, run_one
 
     requests = [dict(data_dir=quick_dataset, run_dir=tmp_path / "par" / f"r{seed}", arch="segformer", head="gmm",
                      preset="quick", seed=seed) for seed in (0, 1)]

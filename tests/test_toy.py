@@ -2,7 +2,8 @@
 
 import torch
 
-from gmmseg_lab.toy import fit_toy_classifier, main, make_toy_data
+from gmmseg_lab.data.toy import make_toy_data
+from gmmseg_lab.experiments.toy import fit_toy_classifier, main
 
 
 def test_toy_data_is_deterministic_and_multimodal():

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import MessageHub
 
-import gmmseg_lab.train as train_mod
+import gmmseg_lab.train.hooks as train_mod
 from gmmseg_lab.train import (AtomicCheckpointHook, AtomicLocalBackend, CheckpointError, RNGStateHook,
                               SyncNormStatsHook, last_checkpoint, train)
 
@@ -144,7 +144,7 @@ def _fake_world(monkeypatch, runner):
     import mmengine.dist
 
     calls = {"gather": [], "sync": []}
-    monkeypatch.setattr(train_mod, "_world", lambda: (0, 2))
+    monkeypatch.setattr(train_mod, "rank_and_world", lambda: (0, 2))
 
     def all_gather_object(out, obj):
         calls["gather"].append(runner.iter)

@@ -169,7 +169,7 @@ def test_runs_without_the_metric_are_counted_honestly():
 
 
 def test_metrics_are_the_comparison_tables_columns():
-    from gmmseg_lab.demo import COLUMNS
+    from gmmseg_lab.stats import TABLE_COLUMNS as COLUMNS
     from gmmseg_lab.viz.ablation import METRICS
 
     assert METRICS == COLUMNS

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import logsumexp, softmax
 from scipy.stats import norm
 
-from gmmseg_lab.analysis import Predictions
+from gmmseg_lab.experiments.predictions import Predictions
 from gmmseg_lab.viz.components import (
     component_assignment, component_balance, component_colours, component_overlay_figure, component_usage,
     component_usage_figure, component_widget, pixel_posterior, pixel_posterior_figure,

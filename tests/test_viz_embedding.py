@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from gmmseg_lab.analysis import Predictions
+from gmmseg_lab.experiments.predictions import Predictions
 from gmmseg_lab.viz.embedding import COLOUR_BY, sample_pixels, tsne_embedding, tsne_figure, tsne_widget
 
 C, M, D, N, H, W, h, w = 3, 2, 4, 2, 16, 16, 8, 8

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from gmmseg_lab.gmm import fit_gmm
-from gmmseg_lab.toy import fit_softmax_classifier, fit_toy_classifier, gmm_open_set_confidence, make_toy_data
+from gmmseg_lab.data.toy import make_toy_data
+from gmmseg_lab.experiments.toy import fit_iterations, fit_softmax_classifier, fit_toy_classifier
+from gmmseg_lab.gmm.open_set import gmm_open_set_confidence
 from gmmseg_lab.viz.toy import (
     TOY_PALETTE,
     decision_regions_figure,
     density_contours_figure,
     ellipse_xy,
-    fit_iterations,
     grid_points,
     iterations_figure,
     snapshot_figure,
@@ -199,7 +200,7 @@ def test_snapshot_figure_checks_iteration(toy):
 
 def test_toy_widget_controls_redraw(toy):
     data = toy[0]
-    w = toy_widget(data, n_iters=5, seed=0)
+    w = toy_widget(data, fit_iterations, n_iters=5, seed=0)
     assert set(w.controls) == {"class_index", "e_step", "num_components", "iteration"}
 
     def means_x():

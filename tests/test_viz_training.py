@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gmmseg_lab.analysis import Predictions
+from gmmseg_lab.experiments.predictions import Predictions
 from gmmseg_lab.viz.style import colourise
 from gmmseg_lab.viz.common import decode_png_data_uri
 from gmmseg_lab.viz.training import (

@@ -161,7 +161,9 @@ class AnomalyComponents(StreamingMetric):
 
     State (constant size, sums that add up across shards): ``siou_sum`` and ``ppv_sum`` (float64
     scalars), ``num_gt`` and ``num_pred`` (int64 scalars: components counted), and ``tp``, ``fn``,
-    ``fp`` (``[T]`` int64, one entry per tau). It stays on the CPU: the labelling is scipy's.
+    ``fp`` (``[T]`` int64, one entry per tau), every one declared with ``dist_reduce_fx="sum"``. It
+    stays on the CPU whatever ``to()`` / ``cuda()`` asks (the labelling is scipy's), so under
+    ``torch.distributed`` its sum over the ranks needs a backend that takes CPU tensors (gloo).
 
     Args:
         threshold: pixels with ``score >= threshold`` (compared in float32, as
@@ -177,7 +179,11 @@ class AnomalyComponents(StreamingMetric):
             map that flags everything scores sIoU 1 on every anomaly; connecting through the void
             makes that map one large component with a low sIoU and PPV, as intended.
         validate: check mask values on every update.
+        kwargs: ``torchmetrics.Metric`` keyword arguments (see
+            :class:`~gmmseg_lab.eval.metrics.StreamingMetric`).
     """
+
+    higher_is_better = True  # sIoU, PPV and F1 alike
 
     def __init__(
         self,
@@ -189,6 +195,7 @@ class AnomalyComponents(StreamingMetric):
         ignore_index: int | None = 255,
         connect_through_void: bool = False,
         validate: bool = True,
+        **kwargs: Any,
     ) -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
             raise ValueError(f"threshold must be a real number (not NaN), got {threshold!r}")
@@ -200,6 +207,7 @@ class AnomalyComponents(StreamingMetric):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         if ignore_index is not None and (not isinstance(ignore_index, int) or ignore_index in (0, 1)):
             raise ValueError(f"ignore_index must be None or an int other than 0 and 1, got {ignore_index!r}")
+        super().__init__(**kwargs)
         # Compare in float32, like the histogram that chose the threshold.
         self.threshold = float(np.float32(threshold))
         self.taus = taus
@@ -208,27 +216,22 @@ class AnomalyComponents(StreamingMetric):
         self.ignore_index = ignore_index
         self.connect_through_void = bool(connect_through_void)
         self.validate = validate
-        super().__init__("cpu")
-
-    def _new_state(self) -> dict[str, Tensor]:
-        num_taus = len(self.taus)
-        return {
-            "siou_sum": torch.zeros((), dtype=torch.float64),
-            "ppv_sum": torch.zeros((), dtype=torch.float64),
-            "num_gt": torch.zeros((), dtype=torch.int64),
-            "num_pred": torch.zeros((), dtype=torch.int64),
-            "tp": torch.zeros(num_taus, dtype=torch.int64),
-            "fn": torch.zeros(num_taus, dtype=torch.int64),
-            "fp": torch.zeros(num_taus, dtype=torch.int64),
-        }
+        for name, dtype in (("siou_sum", torch.float64), ("ppv_sum", torch.float64),
+                            ("num_gt", torch.int64), ("num_pred", torch.int64)):
+            self.add_state(name, default=torch.zeros((), dtype=dtype, device="cpu"), dist_reduce_fx="sum",
+                           persistent=True)
+        for name in ("tp", "fn", "fp"):
+            self.add_state(name, default=torch.zeros(len(taus), dtype=torch.int64, device="cpu"),
+                           dist_reduce_fx="sum", persistent=True)
 
     def _config(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "taus": self.taus, "min_pred_size": self.min_pred_size,
                 "min_gt_size": self.min_gt_size, "ignore_index": self.ignore_index,
                 "connect_through_void": self.connect_through_void}
 
-    def to(self, device: torch.device | str) -> AnomalyComponents:
-        """The state stays on the CPU (scipy labels the components); returns ``self``."""
+    def _apply(self, fn: Any, exclude_state: Any = "") -> AnomalyComponents:
+        # nn.Module.to / cuda / cpu all come here: the state stays on the CPU, where scipy labels the
+        # components (nothing else to move: no parameters, buffers or children).
         return self
 
     def update(self, scores: Tensor, mask: Tensor) -> None:
@@ -287,8 +290,9 @@ class AnomalyComponents(StreamingMetric):
             ``f1_by_threshold`` (``{"0.25": F1, ...}``, tau written with two decimals),
             ``counts_by_threshold`` (``{"0.25": {"tp", "fn", "fp"}, ...}``), ``num_gt_components``,
             ``num_pred_components``, ``threshold`` (the pixel threshold), ``min_pred_size``,
-            ``min_gt_size`` and ``connect_through_void``. ``siou`` is ``None`` without any ground-truth component, ``ppv``
-            without any predicted component, the F1s without either (each with a
+            ``min_gt_size`` and ``connect_through_void``. ``siou`` is ``None`` without any
+            ground-truth component, ``ppv`` without any predicted component, the F1s without either
+            (each with a
             :class:`~gmmseg_lab.eval.metrics.MetricUndefinedWarning`).
         """
         num_gt, num_pred = int(self.num_gt), int(self.num_pred)

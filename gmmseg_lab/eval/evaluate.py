@@ -42,9 +42,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
-from ..data.layout import read_classes, undefined_anomaly_note, validate_dataset
+from ..checkpoints import check_checkpoint, last_checkpoint
+from ..data.layout import (
+    DatasetError,
+    list_anomaly_pairs,
+    load_mask,
+    read_anomaly_sources,
+    read_classes,
+    undefined_anomaly_note,
+    validate_dataset,
+)
+from ..data.real import ANOMALY_FORMATS, CLOSED_SET_FORMATS, check_real_dataset, read_anomaly_benchmark
 from ..io_utils import atomic_write_json
+from ..models import build_dataloader, is_gmm_head, load_segmentor
+from ..models.inference import decode_head_of, predict_batch, read_config
 from .components import AnomalyComponents
 from .metrics import (
     AnomalyScores,
@@ -81,20 +94,16 @@ def resolve_model(model: str | Path, config: str | Path | None = None):
     Raises:
         FileNotFoundError: no such file or work dir, a work dir without config.py or checkpoint.
         gmmseg_lab.models.inference.ConfigError: a config file that is missing or invalid.
-        gmmseg_lab.train.CheckpointError: a ``.pth`` that is empty, corrupt or not a checkpoint.
+        gmmseg_lab.checkpoints.CheckpointError: a ``.pth`` that is empty, corrupt or not a checkpoint.
         ValueError: a ``.pth`` with no config beside it or in it and ``config`` not given.
     """
     from mmengine.config import Config
 
-    from ..models.inference import read_config
-    from ..train import check_checkpoint
 
     model = Path(model)
     if model.is_dir():
         if not (model / "config.py").is_file():
             raise FileNotFoundError(f"{model}: a work dir must hold config.py (written by `gmmseg-lab train`)")
-        from ..train import last_checkpoint  # the pointer, or the newest intact checkpoint without one
-
         checkpoint = last_checkpoint(model)
         if checkpoint is None:
             raise FileNotFoundError(f"{model}: no last_checkpoint and no intact checkpoint; train first or pass "
@@ -121,9 +130,6 @@ def _load_model(model: str | Path, config, slide: tuple[int, int] | None, device
     Returns:
         ``(segmentor, cfg, checkpoint, head, head_kind)``; ``head_kind`` is ``"gmm"`` or ``"softmax"``.
     """
-    from ..models import is_gmm_head, load_segmentor
-    from ..models.inference import decode_head_of
-
     cfg, checkpoint = resolve_model(model, config)
     if slide is not None:
         crop, stride = slide
@@ -137,8 +143,6 @@ def _loader_for(cfg, data_dir: Path, img_dir: str, ann_dir: str, batch_size: int
                 indices: list[int] | None = None):
     """The config's val loader over ``data_dir/img_dir`` with ``ann_dir``; with ``indices``, only
     those positions of the data set's (sorted) image list, in that order."""
-    from ..models import build_dataloader
-
     cfg = copy.deepcopy(cfg)
     loader = cfg.val_dataloader
     loader.batch_size = batch_size
@@ -208,10 +212,6 @@ def evaluate(
             ``anomaly/sources.json`` or a source mask that is unreadable, of another size than its
             anomaly mask or with ids not in sources.json (each named), before any work.
     """
-    from tqdm.auto import tqdm
-
-    from ..models.inference import predict_batch
-
     data_dir = Path(data_dir)
     # A benchmark given replaces data_dir/anomaly: that split is then neither checked nor scored.
     validate_dataset(data_dir, splits=(split,), check_anomaly=anomaly_data is None)
@@ -222,8 +222,6 @@ def evaluate(
 
     segmentor, cfg, checkpoint, head, head_kind = _load_model(model, config, slide, device)
     if head.num_classes != len(classes):
-        from ..data.layout import DatasetError
-
         raise DatasetError(f"{data_dir / 'classes.json'}: {len(classes)} classes, but the model at {model} "
                            f"predicts {head.num_classes}")
 
@@ -415,8 +413,6 @@ def _score_anomaly_split(
         ``{"anomaly", "anomaly_by_score", "anomaly_components", "anomaly_components_by_score"}``, and
         ``"anomaly_by_source"`` with ``sources``.
     """
-    from tqdm.auto import tqdm
-
     # Pass 1: pixel-level histograms (and, per source, one histogram per source and score).
     scores = _new_anomaly_scores(head_kind)
     by_source = None if sources is None else _SourceScores(sources, head_kind)
@@ -519,8 +515,6 @@ def _read_anomaly_sources(data_dir: Path) -> _AnomalySources | None:
     Raises:
         DatasetError: a malformed sources.json, naming it.
     """
-    from ..data.layout import list_anomaly_pairs, read_anomaly_sources
-
     folder = data_dir / "anomaly" / "source_masks"
     parsed = read_anomaly_sources(data_dir)
     if parsed is None or not folder.is_dir():
@@ -551,8 +545,6 @@ class _SourceScores:
 
     def update(self, maps: dict[str, torch.Tensor], mask: torch.Tensor, img_path: str | None) -> None:
         """Add one image: ``maps`` (:func:`_anomaly_score_maps`), ``mask`` ``[H, W]``, its image path."""
-        from ..data.layout import DatasetError, load_mask
-
         device = next(iter(maps.values())).device
         mask = mask.to(device)
         path = self.sources.masks.get(Path(str(img_path)).stem)
@@ -610,9 +602,6 @@ def _checked_benchmark(bench_dir: str | Path, fmt: str = "auto"):
     Raises:
         DatasetError: every problem found, each naming its file; or a closed-set directory.
     """
-    from ..data.layout import DatasetError
-    from ..data.real import ANOMALY_FORMATS, CLOSED_SET_FORMATS, check_real_dataset, read_anomaly_benchmark
-
     report = check_real_dataset(bench_dir, fmt=fmt, splits=("anomaly",))
     if report.format in CLOSED_SET_FORMATS:
         raise DatasetError(f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
@@ -648,7 +637,6 @@ def _benchmark_batches(cfg, frames, batch_size: int):
     import numpy as np
     from mmengine.dataset import pseudo_collate
 
-    from ..data.layout import DatasetError
 
     transforms = _test_transforms(cfg)
     samples, masks = [], []
@@ -677,8 +665,6 @@ def _score_benchmark(segmentor, cfg, head_kind: str, benchmark, batch_size: int,
     "anomaly_data", "anomaly_format", "anomaly_frames"}``, in two passes over its frames (as
     :func:`_score_anomaly_split`); the notes on undefined component metrics go to ``notes``.
     The component metrics use :data:`COMPONENT_RULES` of the benchmark's format."""
-    from ..models.inference import predict_batch
-
     def images() -> Iterator[tuple[dict, torch.Tensor]]:
         for batch, masks in _benchmark_batches(cfg, benchmark.frames, batch_size):
             for r, mask in zip(predict_batch(segmentor, batch), masks):

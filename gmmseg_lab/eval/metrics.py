@@ -1,8 +1,8 @@
-"""Streaming evaluation metrics with constant memory, in the torchmetrics style.
+"""Streaming evaluation metrics with constant memory, built on ``torchmetrics.Metric``.
 
-Every metric keeps a few fixed-size tensors as its state, updated in place by vectorised kernels
-(``torch.bincount`` / ``scatter_add_``, no Python loop over pixels), so the memory is the same after
-one image or after a whole data set:
+Every metric keeps a few fixed-size tensors as its state, declared with ``add_state(...,
+dist_reduce_fx="sum")`` and updated in place by vectorised kernels (``index_add_``, no Python loop
+over pixels), so the memory is the same after one image or after a whole data set:
 
 - :class:`SegmentationIoU`: a ``[C, C]`` int64 confusion matrix -> mIoU, per-class IoU, pixel
   accuracy and mean class accuracy, with mmsegmentation's ``IoUMetric`` conventions.
@@ -16,11 +16,14 @@ one image or after a whole data set:
 The anomaly scores themselves: :func:`logit_anomaly_scores` (``max_softmax``, ``entropy``,
 ``max_logit``, ``energy``) and :func:`log_likelihood_anomaly_scores` (GMMSeg's density scores).
 
-Common interface (see :class:`StreamingMetric`): ``update(...)``, ``compute() -> dict``, ``reset()``,
-``merge(other)`` (sum another instance's state, e.g. from another process or shard),
-``state_dict()`` / ``load_state_dict()`` (plain tensors that can be summed elementwise),
-``all_reduce_()`` (sum the state over ``torch.distributed`` ranks) and ``to(device)``. The state
-follows the device of the inputs: the first ``update`` with CUDA tensors moves it to that device.
+Common interface (torchmetrics' own, with what :class:`StreamingMetric` adds): ``update(...)``,
+``compute() -> dict``, ``reset()``, ``state_dict()`` / ``load_state_dict()`` (every state is
+persistent; plain tensors that can be summed elementwise), ``merge_state`` and its checked wrapper
+``merge(other)``, ``to(device)``. Under ``torch.distributed``, ``compute()`` (and the other queries
+of the state: ``curves``, ``threshold_at_best_f1``, ...) sums the states over the ranks first and
+keeps the local ones afterwards, so every rank must call it; ``all_reduce_()`` sums them in place
+for good. The state follows the device of the inputs: the first ``update`` with CUDA tensors moves
+it to that device.
 
 Inputs may be float16, bfloat16, float32 or float64 (cast internally) and of any shape: extra
 dimensions are flattened. Invalid inputs raise ``ValueError`` naming the argument and what was
@@ -28,20 +31,25 @@ expected; with ``validate=False`` only the free checks (shape, dtype) run, skipp
 checks that need a device-to-host synchronisation.
 
 Undefined results (no pixel scored, no positive or no negative) are returned as ``None`` with a
-:class:`MetricUndefinedWarning`, never as a silent NaN. The only NaNs are documented per-class
-entries (``per_class_iou`` / ``per_class_acc`` of classes absent from the data), as in mmseg.
+:class:`MetricUndefinedWarning`, never as a silent NaN, and also for a metric never updated (no
+torchmetrics "compute before update" warning). The only NaNs are documented per-class entries
+(``per_class_iou`` / ``per_class_acc`` of classes absent from the data), as in mmseg.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 __all__ = [
     "AnomalyScores",
@@ -53,6 +61,8 @@ __all__ = [
     "logit_anomaly_scores",
     "softmax_confidence_and_entropy",
 ]
+
+_Query = TypeVar("_Query", bound=Callable[..., Any])
 
 
 class MetricUndefinedWarning(UserWarning):
@@ -104,98 +114,179 @@ def _check_range(value: Tensor, name: str, low: float, high: float, what: str) -
 
 
 def _undefined(message: str) -> None:
-    warnings.warn(message, MetricUndefinedWarning, stacklevel=3)
+    # stacklevel 4 points at the caller: _undefined <- the query <- its synchronising wrapper.
+    warnings.warn(message, MetricUndefinedWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------------------------------
 
 
-class StreamingMetric:
-    """Base class: a metric whose whole state is a few fixed-size tensors that add up.
+def _on_global_state(query: _Query) -> _Query:
+    """Run a read-only query of the state (``curves``, ``threshold_at_best_f1``, ...) on the states
+    summed over the ranks, as ``compute()`` does; a collective under ``torch.distributed``."""
 
-    Subclasses set their configuration, then call ``super().__init__(device)``, and implement
-    ``_new_state()`` (the zero state) and ``_config()`` (what must agree for two states to merge).
+    @functools.wraps(query)
+    def wrapped(self: StreamingMetric, *args: Any, **kwargs: Any) -> Any:
+        with self._global_state():
+            return query(self, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+class StreamingMetric(Metric):
+    """Base class: a ``torchmetrics.Metric`` whose whole state is a few fixed-size tensors that add up.
+
+    Subclasses call ``super().__init__(**kwargs)``, declare every state with
+    ``self.add_state(name, default=torch.zeros(...), dist_reduce_fx="sum", persistent=True)``, call
+    ``self._place(device)`` and implement ``_config()`` (what must agree for two states to merge).
+    torchmetrics then does the bookkeeping: ``reset``, ``state_dict`` / ``load_state_dict``, the
+    sum over the ranks in ``compute()`` (``sync`` / ``unsync``), ``merge_state``, device moves,
+    pickling and ``copy.deepcopy``. This class adds:
+
+    - ``compute()`` that is never cached and never warns "compute before update": an empty state is
+      a defined question whose answer is ``None`` with a :class:`MetricUndefinedWarning`;
+    - :meth:`merge` (``merge_state`` after checking class and configuration) and :meth:`all_reduce_`
+      (``_sync_dist``, kept), the lab's earlier interface;
+    - checked ``load_state_dict`` (keys, shapes; values cast to the state's dtype and device, copied);
+    - states that follow the inputs' device (``_follow``), and :meth:`state_nbytes`;
+    - child ``StreamingMetric`` modules (see ``ScaledCalibration``) reset, merged and all-reduced
+      with their parent.
+
+    Keyword arguments go to ``torchmetrics.Metric`` (``process_group``, ``dist_sync_fn``,
+    ``sync_on_compute``, ...). ``dist_sync_on_step`` must stay ``False`` (torchmetrics cannot merge
+    such states); ``compute_on_cpu`` only moves list states, and these metrics have none;
+    ``compute_with_cache`` is ignored (``compute()`` is never cached).
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
-        self._device = torch.device("cpu" if device is None else device)
-        self._state_names: tuple[str, ...] = tuple(self._new_state())
-        self.reset()
+    is_differentiable = False
+    # Each update only adds to the state, so one update per forward() and merge_state() are exact.
+    full_state_update = False
 
-    def _new_state(self) -> dict[str, Tensor]:
-        raise NotImplementedError
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("dist_sync_on_step", False):
+            raise ValueError("dist_sync_on_step must be False: the states are summed in compute(), not per step")
+        super().__init__(**kwargs)
 
     def _config(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    @property
-    def device(self) -> torch.device:
-        """The device the state lives on."""
-        return self._device
-
-    def reset(self) -> None:
-        """Zero the state (same shapes, same device)."""
-        for name, value in self._new_state().items():
-            setattr(self, name, value.to(self._device))
-
-    def to(self, device: torch.device | str) -> StreamingMetric:
-        """Move the state to ``device``; returns ``self``."""
-        self._device = torch.device(device)
-        for name in self._state_names:
-            setattr(self, name, getattr(self, name).to(self._device))
-        return self
+    def _place(self, device: torch.device | str | None) -> None:
+        # Called by subclasses once their states exist: nn.Module.to moves the states and defaults.
+        if device is not None:
+            self.to(device)
 
     def _follow(self, tensor: Tensor) -> None:
         # States live where the inputs are: no host round trip of million-pixel tensors.
-        if tensor.device != self._device:
+        if tensor.device != self.device:
             self.to(tensor.device)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """A copy of the state: tensors that can be summed elementwise across shards or ranks."""
-        return {name: getattr(self, name).clone() for name in self._state_names}
+    def _child_metrics(self) -> list[StreamingMetric]:
+        return [child for child in self.children() if isinstance(child, StreamingMetric)]
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Replace the state by ``state`` (as returned by :meth:`state_dict`, possibly summed)."""
-        if set(state) != set(self._state_names):
-            raise ValueError(f"state must have the keys {sorted(self._state_names)}, got {sorted(state)}")
-        for name in self._state_names:
-            current = getattr(self, name)
-            value = _as_tensor(state[name], f"state[{name!r}]")
-            if value.shape != current.shape:
-                raise ValueError(
-                    f"state[{name!r}] must have shape {tuple(current.shape)}, got {tuple(value.shape)}"
-                )
-            setattr(self, name, value.to(device=self._device, dtype=current.dtype).clone())
+    # ----------------------------------------------------------------------------------------------
+    # compute() and the other queries of the state
+
+    def _wrap_compute(self, compute: Callable[..., Any]) -> Callable[..., Any]:
+        # torchmetrics' wrapper would also warn on compute() before update() (ours answers None with
+        # a MetricUndefinedWarning), cache the dict until the next update (dicts of lists are mutable,
+        # and merge_state / load_state_dict do not clear that cache), and squeeze one-element tensors
+        # (the [1, 1] confusion of one class). Only its synchronisation is kept.
+        @functools.wraps(compute)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with self._global_state():
+                return compute(*args, **kwargs)
+
+        return wrapped
+
+    @contextmanager
+    def _global_state(self) -> Iterator[None]:
+        """Inside: the states summed over the ranks (under ``torch.distributed``); the local states
+        are restored on the way out, exception or not (torchmetrics' ``sync_context`` restores them
+        only on success, and a metric left synced refuses the next ``compute()``)."""
+        self.sync(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync)
+        try:
+            yield
+        finally:
+            self.unsync(should_unsync=self._is_synced and self._should_unsync)
+
+    # ----------------------------------------------------------------------------------------------
+    # State bookkeeping
+
+    def reset(self) -> None:
+        """Zero the state (same shapes, same device) and forget an :meth:`all_reduce_`."""
+        super().reset()
+        for child in self._child_metrics():
+            child.reset()
+        self._to_sync = self.sync_on_compute
 
     def merge(self, other: StreamingMetric) -> StreamingMetric:
-        """Add the state of ``other`` (same class and configuration) to this one; returns ``self``."""
+        """Add the state of ``other`` (same class and configuration) to this one; returns ``self``.
+
+        ``merge_state`` with a check of the configuration first (adding two confusion matrices of
+        different class counts, or two histograms of different resolutions, is meaningless).
+        """
         if type(other) is not type(self):
             raise ValueError(f"other must be a {type(self).__name__}, got {type(other).__name__}")
         if other._config() != self._config():
             raise ValueError(f"other must have the configuration {self._config()}, got {other._config()}")
-        for name in self._state_names:
-            getattr(self, name).add_(getattr(other, name).to(self._device))
+        for mine, theirs in zip(self._child_metrics(), other._child_metrics()):
+            mine.merge(theirs)
+        self.merge_state({name: value.to(self.device) for name, value in other.metric_state.items()})
+        self._update_count += other.update_count
         return self
 
     def all_reduce_(self, group: Any = None) -> StreamingMetric:
-        """Sum the state over all ``torch.distributed`` ranks in place (no-op without a process group).
+        """Sum the state over all ``torch.distributed`` ranks in place, for good (no-op without a
+        process group); returns ``self``.
 
         Every rank must call it (it is a collective). The state must be on a device the backend
-        supports (CUDA for NCCL).
+        supports (CUDA for NCCL). Afterwards every rank holds the global state, so ``compute()``
+        stops summing over the ranks (it would add up the copies) until :meth:`reset`. Plain
+        ``compute()`` is usually what you want: it sums over the ranks and keeps the local state.
         """
-        if dist.is_available() and dist.is_initialized():
-            for name in self._state_names:
-                dist.all_reduce(getattr(self, name), op=dist.ReduceOp.SUM, group=group)
+        for child in self._child_metrics():
+            child.all_reduce_(group)
+        if self.distributed_available_fn():
+            self._sync_dist(self.dist_sync_fn or gather_all_tensors, process_group=group)
+            self._to_sync = False
         return self
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # nn.Module.load_state_dict hands each module its own copy of the dict; torchmetrics would
+        # take the tensors as they are (any shape, dtype or device, aliased with the caller's).
+        # State names have no dot: dotted keys belong to child metrics, which check their own.
+        given = sorted(k[len(prefix):] for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):])
+        if strict and set(given) != set(self._defaults):
+            raise ValueError(f"state must have the keys {sorted(self._defaults)}, got {given}")
+        for name in self._defaults:
+            if prefix + name not in state_dict:
+                continue
+            current = getattr(self, name)
+            value = _as_tensor(state_dict[prefix + name], f"state[{name!r}]")
+            if value.shape != current.shape:
+                raise ValueError(f"state[{name!r}] must have shape {tuple(current.shape)}, got {tuple(value.shape)}")
+            state_dict[prefix + name] = value.detach().to(device=current.device, dtype=current.dtype).clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def state_nbytes(self) -> int:
-        """Bytes held by the state; independent of how many updates were made."""
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self._state_names)
+        """Bytes held by the state (child metrics included); independent of how many updates were made."""
+        own = sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self._defaults)
+        return own + sum(child.state_nbytes() for child in self._child_metrics())
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         config = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
-        return f"{type(self).__name__}({config}, device={str(self._device)!r})"
-
+        return f"{config}, device={str(self.device)!r}"
 
 # --------------------------------------------------------------------------------------------------
 
@@ -226,7 +317,10 @@ class SegmentationIoU(StreamingMetric):
         ignore_index: target value that marks unlabelled pixels (``None``: every pixel counts).
         device: initial device of the state (it follows the inputs afterwards).
         validate: check label ranges on every update (costs one host synchronisation).
+        kwargs: ``torchmetrics.Metric`` keyword arguments (see :class:`StreamingMetric`).
     """
+
+    higher_is_better = True
 
     def __init__(
         self,
@@ -235,6 +329,7 @@ class SegmentationIoU(StreamingMetric):
         *,
         device: torch.device | str | None = None,
         validate: bool = True,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -244,13 +339,15 @@ class SegmentationIoU(StreamingMetric):
             raise ValueError(
                 f"ignore_index must be None or an int outside [0, {num_classes}), got {ignore_index!r}"
             )
+        super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.validate = validate
-        super().__init__(device)
-
-    def _new_state(self) -> dict[str, Tensor]:
-        return {"confusion": torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)}
+        self.add_state(
+            "confusion", default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            dist_reduce_fx="sum", persistent=True,
+        )
+        self._place(device)
 
     def _config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "ignore_index": self.ignore_index}
@@ -270,8 +367,8 @@ class SegmentationIoU(StreamingMetric):
         _check_integer(target, "target")
         _check_same_shape(pred, "pred", target, "target")
         self._follow(pred)
-        pred = pred.reshape(-1).to(device=self._device, dtype=torch.int64)
-        target = target.reshape(-1).to(device=self._device, dtype=torch.int64)
+        pred = pred.reshape(-1).to(device=self.device, dtype=torch.int64)
+        target = target.reshape(-1).to(device=self.device, dtype=torch.int64)
         C = self.num_classes
         keep = None if self.ignore_index is None else target != self.ignore_index
         if self.validate:
@@ -363,25 +460,36 @@ class CalibrationError(StreamingMetric):
         n_bins: number of equal-width bins over ``[0, 1)``.
         device: initial device of the state (it follows the inputs afterwards).
         validate: check value ranges on every update (costs a host synchronisation).
+        kwargs: ``torchmetrics.Metric`` keyword arguments (see :class:`StreamingMetric`).
     """
 
+    higher_is_better = False
+
     def __init__(
-        self, n_bins: int = 15, *, device: torch.device | str | None = None, validate: bool = True
+        self,
+        n_bins: int = 15,
+        *,
+        device: torch.device | str | None = None,
+        validate: bool = True,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
             raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+        super().__init__(**kwargs)
         self.n_bins = n_bins
         self.validate = validate
-        super().__init__(device)
+        # Configuration, not state: a plain attribute (not a buffer), moved lazily by _accumulate,
+        # so that neither state_dict nor set_dtype touches it.
         self._edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float32)
-
-    def _new_state(self) -> dict[str, Tensor]:
-        bins = self.n_bins + 1
-        return {
-            "count": torch.zeros(bins, dtype=torch.int64),
-            "confidence_sum": torch.zeros(bins, dtype=torch.float64),
-            "correct_count": torch.zeros(bins, dtype=torch.int64),
-        }
+        bins = n_bins + 1
+        self.add_state("count", default=torch.zeros(bins, dtype=torch.int64), dist_reduce_fx="sum", persistent=True)
+        self.add_state(
+            "confidence_sum", default=torch.zeros(bins, dtype=torch.float64), dist_reduce_fx="sum", persistent=True
+        )
+        self.add_state(
+            "correct_count", default=torch.zeros(bins, dtype=torch.int64), dist_reduce_fx="sum", persistent=True
+        )
+        self._place(device)
 
     def _config(self) -> dict[str, Any]:
         return {"n_bins": self.n_bins}
@@ -403,7 +511,7 @@ class CalibrationError(StreamingMetric):
             _check_no_nan(confidence, "confidence")
             _check_range(confidence, "confidence", 0.0, 1.0, "probabilities in [0, 1]")
         self._follow(confidence)
-        self._accumulate(confidence.reshape(-1), correct.reshape(-1).to(self._device))
+        self._accumulate(confidence.reshape(-1), correct.reshape(-1).to(self.device))
 
     def update_from_probs(self, probs: Tensor, target: Tensor, ignore_index: int | None = 255) -> None:
         """Accumulate from class probabilities: confidence = max prob, correct = argmax == target.
@@ -431,7 +539,7 @@ class CalibrationError(StreamingMetric):
         self._follow(probs)
         confidence, predicted = probs.max(dim=1)
         confidence, predicted = confidence.reshape(-1), predicted.reshape(-1)
-        target = target.reshape(-1).to(device=self._device, dtype=torch.int64)
+        target = target.reshape(-1).to(device=self.device, dtype=torch.int64)
         keep = None if ignore_index is None else target != ignore_index
         if self.validate:
             num_classes = probs.shape[1]
@@ -445,8 +553,8 @@ class CalibrationError(StreamingMetric):
         self._accumulate(confidence, predicted == target, keep)
 
     def _accumulate(self, confidence: Tensor, correct: Tensor, keep: Tensor | None = None) -> None:
-        if self._edges.device != self._device:
-            self._edges = self._edges.to(self._device)
+        if self._edges.device != self.device:
+            self._edges = self._edges.to(self.device)
         # Bin on float32 values against float32 edges, as torchmetrics does, so bins agree exactly.
         bins = torch.bucketize(confidence.float(), self._edges, right=True) - 1
         bins = bins.clamp_(0, self.n_bins)  # only matters with validate=False and out-of-range input
@@ -532,7 +640,10 @@ class AnomalyScores(StreamingMetric):
     the top ``key_bits`` bits of that key index a histogram with ``2**key_bits`` bins, one row for
     inliers and one for anomalies: state ``histogram`` ``[2, 2**key_bits]`` int64 (16 MiB at the
     default ``key_bits=20``), whatever the number of pixels. The bin layout is fixed (no data-driven
-    range), so histograms from any shard, rank or batch can simply be added.
+    range), so histograms from any shard, rank or batch can simply be added: the state is declared
+    with ``dist_reduce_fx="sum"``, and under ``torch.distributed`` ``compute`` and every query of
+    the histogram (``curves``, ``fpr_at_tpr``, ``threshold_at_best_f1``, ``threshold_at_tpr``,
+    ``auroc_binning_error_bound``) first sum it over the ranks, so every rank must call them.
 
     **Precision.** A bin holds the float32 values that share sign, exponent and the top
     ``key_bits - 9`` mantissa bits: within a bin values differ by a factor below
@@ -571,7 +682,11 @@ class AnomalyScores(StreamingMetric):
         ignore_index: mask value of void pixels (``None``: the mask holds only 0 and 1).
         device: initial device of the state (it follows the inputs afterwards).
         validate: check for NaN scores and mask values on every update (costs a host sync).
+        kwargs: ``torchmetrics.Metric`` keyword arguments (see :class:`StreamingMetric`).
     """
+
+    # AUROC and AP are higher-is-better, FPR95 lower-is-better: no single direction.
+    higher_is_better = None
 
     def __init__(
         self,
@@ -580,20 +695,23 @@ class AnomalyScores(StreamingMetric):
         *,
         device: torch.device | str | None = None,
         validate: bool = True,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(key_bits, int) or isinstance(key_bits, bool) or not 12 <= key_bits <= 24:
             raise ValueError(f"key_bits must be an int in [12, 24], got {key_bits!r}")
         if ignore_index is not None and (not isinstance(ignore_index, int) or ignore_index in (0, 1)):
             raise ValueError(f"ignore_index must be None or an int other than 0 and 1, got {ignore_index!r}")
+        super().__init__(**kwargs)
         self.key_bits = key_bits
         self.ignore_index = ignore_index
         self.validate = validate
         self._shift = 32 - key_bits
         self._num_bins = 1 << key_bits
-        super().__init__(device)
-
-    def _new_state(self) -> dict[str, Tensor]:
-        return {"histogram": torch.zeros(2, 1 << self.key_bits, dtype=torch.int64)}
+        self.add_state(
+            "histogram", default=torch.zeros(2, self._num_bins, dtype=torch.int64), dist_reduce_fx="sum",
+            persistent=True,
+        )
+        self._place(device)
 
     def _config(self) -> dict[str, Any]:
         return {"key_bits": self.key_bits, "ignore_index": self.ignore_index}
@@ -632,7 +750,7 @@ class AnomalyScores(StreamingMetric):
         _check_same_shape(scores, "scores", mask, "mask")
         self._follow(scores)
         scores = scores.reshape(-1)
-        mask = mask.reshape(-1).to(self._device)
+        mask = mask.reshape(-1).to(self.device)
         if mask.dtype == torch.bool:
             positive, keep = mask, None
         else:
@@ -708,6 +826,7 @@ class AnomalyScores(StreamingMetric):
         index = torch.searchsorted(tpr, torch.tensor([level], dtype=tpr.dtype, device=tpr.device))
         return float(fpr[index.clamp_max(tpr.numel() - 1)].item())
 
+    @_on_global_state
     def fpr_at_tpr(self, tpr: float = 0.95) -> float | None:
         """FPR at the first threshold where TPR >= ``tpr`` (``None`` with a warning if undefined)."""
         if not 0.0 < tpr <= 1.0:
@@ -720,6 +839,7 @@ class AnomalyScores(StreamingMetric):
         zero = tp.new_zeros(1)
         return self._fpr_at(torch.cat([zero, tp / num_pos]), torch.cat([zero, fp / num_neg]), tpr)
 
+    @_on_global_state
     def threshold_at_best_f1(self) -> dict[str, float] | None:
         """The pixel threshold of highest pixel-level F1, as SegmentMeIfYouCan picks it for its
         component metrics (``nanargmax`` of ``2PR / (P + R)`` over the precision-recall curve).
@@ -750,6 +870,7 @@ class AnomalyScores(StreamingMetric):
             "recall": float(tp[best]) / num_pos,
         }
 
+    @_on_global_state
     def threshold_at_tpr(self, tpr: float = 0.95) -> dict[str, float] | None:
         """The highest pixel threshold whose TPR reaches ``tpr`` (the operating point of FPR95).
 
@@ -776,6 +897,7 @@ class AnomalyScores(StreamingMetric):
             "fpr": float(fp[index]) / num_neg if num_neg else None,
         }
 
+    @_on_global_state
     def auroc_binning_error_bound(self) -> float | None:
         """Upper bound on ``|auroc - auroc of the unbinned scores|``.
 
@@ -788,6 +910,7 @@ class AnomalyScores(StreamingMetric):
         pairs = (self.histogram[0].to(torch.float64) * self.histogram[1].to(torch.float64)).sum()
         return float(pairs / (2.0 * num_pos * num_neg))
 
+    @_on_global_state
     def curves(self, max_points: int = 500) -> dict[str, np.ndarray]:
         """ROC and precision-recall curves for plotting, at most ``max_points`` points.
 

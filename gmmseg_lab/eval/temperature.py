@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .metrics import CalibrationError, _as_tensor, _check_floating, _check_integer
+from .metrics import CalibrationError, StreamingMetric, _as_tensor, _check_floating, _check_integer
 
 __all__ = ["DEFAULT_CAPACITY", "LogitReservoir", "ScaledCalibration", "fit_temperature", "nll",
            "temperature_split"]
@@ -244,35 +244,42 @@ class LogitReservoir:
         return sum(t.numel() * t.element_size() for t in (self.logits, self.target, self._keys) if t is not None)
 
 
-class ScaledCalibration:
+class ScaledCalibration(StreamingMetric):
     """Streaming ECE, MCE and NLL of ``softmax(z)`` and ``softmax(z / T)`` on the same pixels.
 
-    State: two :class:`~gmmseg_lab.eval.metrics.CalibrationError` (before, after) and the NLL sums
-    before and after (float64) with the pixel count: constant memory.
+    A ``torchmetrics.Metric`` (see :class:`~gmmseg_lab.eval.metrics.StreamingMetric`) with two child
+    :class:`~gmmseg_lab.eval.metrics.CalibrationError` metrics, ``before`` and ``after``, and its own
+    states ``nll_sum_before`` and ``nll_sum_after`` (float64 scalars) and ``num_pixels`` (int64
+    scalar), all summed over the ranks: constant memory. ``reset``, ``merge``, ``all_reduce_``,
+    ``state_dict`` (keys ``nll_sum_before``, ..., ``before.count``, ...) and device moves cover
+    the children too.
 
     Args:
         temperature: the fitted ``T > 0``.
         n_bins: calibration bins (as :class:`~gmmseg_lab.eval.metrics.CalibrationError`).
         ignore_index: target value of unlabelled pixels (not scored).
+        kwargs: ``torchmetrics.Metric`` keyword arguments, passed on to the children too.
     """
 
-    def __init__(self, temperature: float, n_bins: int = 15, ignore_index: int | None = 255) -> None:
+    higher_is_better = False  # ECE, MCE and NLL
+
+    def __init__(self, temperature: float, n_bins: int = 15, ignore_index: int | None = 255, **kwargs: Any) -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
                 temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
+        super().__init__(**kwargs)
         self.temperature = float(temperature)
+        self.n_bins = n_bins
         self.ignore_index = ignore_index
-        self.before = CalibrationError(n_bins=n_bins)
-        self.after = CalibrationError(n_bins=n_bins)
-        self.reset()
+        self.before = CalibrationError(n_bins=n_bins, **kwargs)
+        self.after = CalibrationError(n_bins=n_bins, **kwargs)
+        for name in ("nll_sum_before", "nll_sum_after"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum", persistent=True)
+        self.add_state("num_pixels", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum",
+                       persistent=True)
 
-    def reset(self) -> None:
-        """Zero the state."""
-        self.before.reset()
-        self.after.reset()
-        self.nll_sum_before = 0.0
-        self.nll_sum_after = 0.0
-        self.num_pixels = 0
+    def _config(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "n_bins": self.n_bins, "ignore_index": self.ignore_index}
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Score a batch: ``logits`` ``[N, C]`` floating, ``target`` ``[N]`` class indices or ``ignore_index``."""
@@ -282,29 +289,30 @@ class ScaledCalibration:
             logits, target = logits[keep], target[keep]
         if target.numel() == 0:
             return
+        self._follow(logits)  # the NLL sums (and the children) move to the logits' device
         logits = logits.to(torch.float64)  # the NLL sums run in float64; softmax is cheap either way
         for scale, metric in ((1.0, self.before), (self.temperature, self.after)):
             log_probs = torch.log_softmax(logits / scale, dim=1)
             metric.update_from_probs(log_probs.exp(), target, ignore_index=None)
-            total = float(-log_probs.gather(1, target[:, None]).sum())
+            total = -log_probs.gather(1, target[:, None]).sum()
             if metric is self.before:
                 self.nll_sum_before += total
             else:
                 self.nll_sum_after += total
-        self.num_pixels += int(target.numel())
+        self.num_pixels += target.numel()
 
     def compute(self) -> dict[str, Any]:
         """``{"temperature", "ece_before", "ece_after", "mce_before", "mce_after", "nll_before",
         "nll_after", "num_pixels"}``; the scores are ``None`` (with a warning) when nothing was scored."""
         before, after = self.before.compute(), self.after.compute()
-        n = self.num_pixels
+        n = int(self.num_pixels)
         return {
             "temperature": self.temperature,
             "ece_before": before["ece"],
             "ece_after": after["ece"],
             "mce_before": before["mce"],
             "mce_after": after["mce"],
-            "nll_before": self.nll_sum_before / n if n else None,
-            "nll_after": self.nll_sum_after / n if n else None,
+            "nll_before": float(self.nll_sum_before) / n if n else None,
+            "nll_after": float(self.nll_sum_after) / n if n else None,
             "num_pixels": n,
         }

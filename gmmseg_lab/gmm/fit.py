@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,6 +18,25 @@ E_STEPS = ("em", "sinkhorn")
 def em_responsibilities(log_prob: Tensor, log_weights: Tensor) -> Tensor:
     """Classic E-step: posterior over components, ``[N, M]`` rows summing to 1."""
     return torch.softmax(log_prob + log_weights, dim=1)
+
+
+def e_step_responsibilities(log_prob: Tensor, log_weights: Tensor, e_step: str = "em", *,
+                            sinkhorn_iters: int = 3, sinkhorn_epsilon: float = 0.05) -> Tensor:
+    """The E-step of :func:`fit_gmm`: soft assignment ``[N, M]`` of N points to M components.
+
+    ``"em"``: the posterior with mixture weights (:func:`em_responsibilities`); ``"sinkhorn"``:
+    GMMSeg's uniform-prior transport plan, Sinkhorn-Knopp on the log-densities scaled by their
+    largest magnitude (the weights are not used). Rows sum to 1 either way.
+
+    Args:
+        log_prob: ``[N, M]`` component log-densities. log_weights: ``[M]`` log mixture weights.
+    """
+    if e_step == "em":
+        return em_responsibilities(log_prob, log_weights)
+    if e_step != "sinkhorn":
+        raise ValueError(f"e_step must be one of {E_STEPS}, got {e_step!r}")
+    scale = log_prob.abs().max().clamp_min(torch.finfo(log_prob.dtype).tiny)
+    return sinkhorn(log_prob / scale, n_iters=sinkhorn_iters, epsilon=sinkhorn_epsilon)
 
 
 def weighted_moments(x: Tensor, resp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,11 +134,8 @@ def fit_gmm(
         # The means and stds change every iteration: keep the float32 overflow check (cheap next to
         # the E- and M-steps of a batch fit).
         log_prob = diag_gaussian_log_prob(x, means, stds, validate=False, range_check=True)
-        if e_step == "em":
-            resp = em_responsibilities(log_prob, weights.clamp_min(torch.finfo(dtype).tiny).log())
-        else:
-            scale = log_prob.abs().max().clamp_min(torch.finfo(dtype).tiny)
-            resp = sinkhorn(log_prob / scale, n_iters=sinkhorn_iters, epsilon=sinkhorn_epsilon)
+        resp = e_step_responsibilities(log_prob, weights.clamp_min(torch.finfo(dtype).tiny).log(), e_step,
+                                       sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon)
         count, total, total_sq = weighted_moments(x, resp)
         count = count + mass_eps
         new_means, new_stds = diag_moments_to_params(count, total, total_sq, reg_var)
@@ -126,3 +145,40 @@ def fit_gmm(
         if e_step == "em":
             weights = count / count.sum()
     return weights, means, stds
+
+
+@dataclass
+class FitSnapshots:
+    """One class's mixture after each batch-EM iteration (index 0 is the shared random start).
+
+    Attributes:
+        x: ``[N, D]`` float64 points of the class.
+        class_index, e_step, seed: what was fitted, and how.
+        means, stds: ``[T + 1, M, D]``. weights: ``[T + 1, M]`` mixture weights.
+        responsibilities: ``[T + 1, N, M]`` the E-step's soft assignment under snapshot ``t``'s
+            parameters (posterior for EM, Sinkhorn transport plan for Sinkhorn EM): what the
+            M-step of iteration ``t + 1`` uses.
+        log_likelihood: ``[T + 1]`` mean ``log p(x)`` of the class's points under snapshot ``t``
+            (nats per point).
+        masses: ``[T + 1, M]`` each component's share of the points, ``responsibilities.mean(1)``.
+    """
+
+    x: np.ndarray
+    class_index: int
+    e_step: str
+    seed: int
+    means: np.ndarray
+    stds: np.ndarray
+    weights: np.ndarray
+    responsibilities: np.ndarray
+    log_likelihood: np.ndarray
+    masses: np.ndarray
+
+    @property
+    def num_iterations(self) -> int:
+        """``T``: EM iterations after the start."""
+        return len(self.means) - 1
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[1]

@@ -8,7 +8,7 @@ decode head, by config) and ``GMMSegformerHead``, ``GMMDepthwiseSeparableASPPHea
 - :mod:`.presets`: :func:`config_path` ``(arch, head, preset)``, :func:`build_config`.
 - :mod:`.inference`: :func:`load_segmentor`, :func:`predict_batch`, :func:`segmentor_outputs`.
 
-An evaluator goes from a ``gmmseg_lab.train.train`` work dir to per-pixel outputs with::
+An evaluator goes from a :func:`gmmseg_lab.train.train` work dir to per-pixel outputs with::
 
     model, cfg = load_segmentor(work_dir)            # work_dir/config.py + last checkpoint, eval mode
     for batch in build_dataloader(cfg, "val"):
@@ -36,7 +36,6 @@ with _warnings.catch_warnings(), _contextlib.redirect_stdout(_io.StringIO()):
 from ..data import mmseg_dataset as _mmseg_dataset  # noqa: F401,E402  (registers GMMLabDataset)
 from ..data import samplers as _samplers  # noqa: F401,E402  (registers ClassBalancedSampler)
 from . import backbones  # noqa: F401,E402  (registers EfficientNetLite)
-from . import transfer as _transfer  # noqa: F401,E402  (registers InitFromCheckpointHook)
 from .gmm_head import GMM_HEAD_KEYS, GMMHeadMixin, GMMSegHead, gmm_head_class, is_gmm_head
 from .inference import (build_dataloader, decode_head_of, load_segmentor, predict_batch, quiet_mmengine,
                         segmentor_outputs)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mmseg.models.utils import resize
 
+from ..checkpoints import CheckpointError, check_checkpoint, last_checkpoint
 from .gmm_head import is_gmm_head
 
 __all__ = ["decode_head_of", "segmentor_outputs", "predict_batch", "load_segmentor", "read_config",
@@ -205,8 +206,8 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
 
     Raises:
         ConfigError: a config file that is missing or invalid (:func:`read_config`).
-        gmmseg_lab.train.CheckpointError: a checkpoint that is missing, empty, corrupt, not a
-            checkpoint (:func:`~gmmseg_lab.train.check_checkpoint`), or, with ``strict``, whose
+        gmmseg_lab.checkpoints.CheckpointError: a checkpoint that is missing, empty, corrupt, not a
+            checkpoint (:func:`~gmmseg_lab.checkpoints.check_checkpoint`), or, with ``strict``, whose
             weights do not fit the model (another architecture, number of classes or GMM size than
             the config's), naming the file and the config.
     """
@@ -216,7 +217,6 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
 
     from mmseg.registry import MODELS
 
-    from ..train import check_checkpoint, last_checkpoint  # the pointer, or the newest intact one without it
 
     work_dir = None
     if isinstance(config, (str, Path)) and Path(config).is_dir():
@@ -253,7 +253,6 @@ def _load_weights(model: nn.Module, path: Path, cfg, strict: bool) -> None:
     import re
     from collections import OrderedDict
 
-    from ..train import CheckpointError
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     source = ckpt["state_dict"] if "state_dict" in ckpt else ckpt  # mmengine's, or a bare state dict

@@ -23,8 +23,20 @@ from typing import Any
 
 from mmengine.config import Config
 
-from ..catalog import (ARCHS, BACKBONES, HEADS, PRESETS, PRETRAINED_BACKBONE, TRAINING_PRESETS, default_backbone,
-                       norm_arch, parse_model_spec, training_preset)
+from ..catalog import (
+    ARCHS,
+    BACKBONES,
+    HEADS,
+    PRESETS,
+    PRETRAINED_BACKBONE,
+    TRAINING_PRESETS,
+    default_backbone,
+    norm_arch,
+    parse_model_spec,
+    training_preset,
+)
+from ..data.layout import read_classes
+from ..gmm import GMMClassifier
 
 __all__ = ["ARCHS", "BACKBONES", "CONFIG_SETS", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "PRETRAINED_PRESETS",
            "TRAINING_PRESETS", "CONFIG_DIR",
@@ -151,7 +163,6 @@ def _gmm_parameters() -> dict[str, Any]:
     (annotations evaluated)."""
     import inspect
 
-    from ..gmm import GMMClassifier
 
     params = inspect.signature(GMMClassifier.__init__, eval_str=True).parameters.values()
     return {p.name: p for p in params
@@ -196,8 +207,6 @@ def check_gmm_options(gmm_cfg: dict, what: str = "gmm_cfg") -> None:
             of the wrong type, or a value :class:`~gmmseg_lab.gmm.GMMClassifier` refuses (out of
             range, unknown ``memory`` / ``e_step``); the message starts with ``what``.
     """
-    from ..gmm import GMMClassifier
-
     if not isinstance(gmm_cfg, dict):
         raise ValueError(f"{what}: expected a dict of GMM options, got {type(gmm_cfg).__name__}")
     valid = _gmm_parameters()
@@ -258,8 +267,6 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
             ds["data_root"] = data_root
         classes_file = Path(data_root) / "classes.json"
         if classes_file.is_file():
-            from ..data.layout import read_classes
-
             classes, _ = read_classes(classes_file)
             _set_num_classes(cfg.model, len(classes))
 

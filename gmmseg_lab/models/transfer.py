@@ -10,22 +10,20 @@ auxiliary head for another number of classes) are left at their initialisation a
     print(report.summary())          # loaded N tensors; missing: ...; unexpected: ...; shape mismatch: ...
 
 In training, ``gmmseg-lab train ... --init-from CKPT`` (``build_config(init_from=...)``) adds
-:class:`InitFromCheckpointHook`, which does this once before the first iteration (never on resume,
-where the run's own checkpoint is loaded instead).
+:class:`gmmseg_lab.train.hooks.InitFromCheckpointHook`, which does this once before the first
+iteration (never on resume, where the run's own checkpoint is loaded instead).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
 from torch import nn
 
-__all__ = ["InitFromCheckpointHook", "TransferReport", "classifier_keys", "read_state_dict", "transfer_weights"]
+from ..checkpoints import read_state_dict
+
+__all__ = ["TransferReport", "classifier_keys", "transfer_weights"]
 
 
 @dataclass
@@ -53,27 +51,6 @@ class TransferReport:
             lines.append("  shape mismatch (left at their initialisation): " + names(
                 f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched))
         return "\n".join(lines)
-
-
-def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The model tensors of an mmengine / mmcv checkpoint file (``state_dict`` entry, ``module.`` of
-    DDP stripped) or of a plain state-dict file.
-
-    Raises:
-        FileNotFoundError, ValueError: naming the file, when it is missing or holds no state dict.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: holds no state dict of tensors (expected an mmengine checkpoint with "
-                         "'state_dict', or a dict of tensors)")
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items()}
 
 
 def classifier_keys(model: nn.Module, keys) -> list[str]:
@@ -114,29 +91,3 @@ def transfer_weights(model: nn.Module, checkpoint: str | Path, *, logger=None) -
     if logger is not None:
         logger.info(report.summary())
     return report
-
-
-@HOOKS.register_module()
-class InitFromCheckpointHook(Hook):
-    """Before the first training iteration, start the model from ``checkpoint`` (:func:`transfer_weights`).
-
-    Runs after mmengine's weight initialisation (so the rest keeps its init, e.g. the pretrained
-    encoder of a layer the checkpoint lacks) and only at iteration 0: a resumed run keeps its own
-    weights. The report is written to the run's log and ``work_dir/init_from.txt``.
-    """
-
-    priority = "VERY_HIGH"
-
-    def __init__(self, checkpoint: str) -> None:
-        self.checkpoint = str(checkpoint)
-
-    def before_train(self, runner) -> None:
-        if runner.iter > 0:  # resumed: the run's own checkpoint was loaded
-            return
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        report = transfer_weights(model, self.checkpoint, logger=runner.logger)
-        if getattr(runner, "rank", 0) == 0:
-            from ..io_utils import atomic_write_text
-
-            print(report.summary(), flush=True)  # also when the console log level hides INFO
-            atomic_write_text(Path(runner.work_dir) / "init_from.txt", report.summary(max_keys=10**6) + "\n")

@@ -15,6 +15,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ..io_utils import atomic_write_json, atomic_write_text
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -23,7 +25,6 @@ def export_html(ipynb: Path, html: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from ..io_utils import atomic_write_text
 
     nb = nbformat.read(str(ipynb), as_version=4)
     nb.metadata.pop("widgets", None)  # widget state would pull the widget manager from a CDN
@@ -59,8 +60,6 @@ def main(spec_path: str) -> int:
             if outcome["status"] == "ok":
                 outcome = {"status": "failed", "error": f"HTML export failed: {type(err).__name__}: {err}"}
     outcome["seconds"] = round(time.time() - start, 1)
-    from ..io_utils import atomic_write_json
-
     atomic_write_json(outcome_path, outcome)
     return 0 if outcome["status"] == "ok" else 1
 

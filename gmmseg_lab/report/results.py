@@ -13,22 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..io_utils import atomic_write_json
-from ..stats import HEADLINE_METRICS, format_mean_std, seed_stats
+from ..stats import flatten_metrics, format_mean_std, seed_stats
 
-#: Headline metrics taken from an evaluator ``metrics.json``: name -> key path.
-METRIC_PATHS = {m.key: m.path for m in HEADLINE_METRICS}
-
-
-def flatten_metrics(metrics: dict) -> dict[str, float]:
-    """The headline numbers of an evaluator ``metrics.json`` (missing ones are left out)."""
-    flat: dict[str, float] = {}
-    for name, path in METRIC_PATHS.items():
-        value: Any = metrics
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+__all__ = ["aggregate", "flatten_metrics", "format_mean_std", "read_results", "record_runs"]
 
 
 def record_runs(results_path: str | Path | None, records: Iterable[dict], **extra: Any) -> dict | None:

@@ -32,14 +32,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..demo import RUNS_USED_ENV, ensure_dataset, runs_unchanged
+from tqdm.auto import tqdm
+
+from ..catalog import embedded_data
+from ..experiments.runs import RUNS_USED_ENV, ensure_dataset, runs_unchanged
 from ..io_utils import atomic_write_json, source_digest, usable_cpus
+from .index import write_index
 from .results import aggregate, read_results
 from .spec import Job, ReportPlan, ReportSpecError, load_plan
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
-#: Per job: the trained runs its notebook used (written by :func:`gmmseg_lab.demo.note_run_used`).
+#: Per job: the trained runs its notebook used (written by :func:`gmmseg_lab.experiments.runs.note_run_used`).
 RUNS_USED_FILE = "runs_used.jsonl"
 
 
@@ -107,8 +111,6 @@ class ReportRunner:
             info = json.loads(meta.read_text())
         except (OSError, ValueError) as err:
             raise ReportSpecError(f"{meta}: unreadable ({err}); choose another --out") from err
-        from ..catalog import embedded_data
-
         data = embedded_data(self.plan.preset)
         if (info.get("preset"), info.get("seed")) != (data, self.plan.data_seed):
             raise ReportSpecError(
@@ -205,8 +207,6 @@ class ReportRunner:
 
     def run(self) -> dict:
         """Build the report; returns the summary (also written to ``summary.json``)."""
-        from tqdm.auto import tqdm
-
         self.out.mkdir(parents=True, exist_ok=True)
         ensure_dataset(self.data_dir, self.plan.preset, self.plan.data_seed)
         fingerprint = code_fingerprint()
@@ -248,8 +248,6 @@ class ReportRunner:
         return self.write_outputs()
 
     def write_outputs(self) -> dict:
-        from .index import write_index
-
         results = {}
         for name, state in self.states.items():
             if state.status in ("ok", "reused"):

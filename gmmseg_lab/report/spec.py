@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..catalog import ARCHS, EMBEDDED_DATA, TRAINING_PRESETS, parse_model_spec
+from ..experiments.ablation import VARIANTS
+
 #: Parameters the runner sets for every notebook (a definition may not set them).
 INJECTED = ("work_dir", "data_dir", "preset", "data_seed", "results_path", "live")
 _DEF_KEYS = {"preset", "data_seed", "notebooks", "description"}
@@ -106,9 +109,6 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def _check_value(where: str, key: str, value: Any, default: Any) -> None:
     """Type check against the notebook's default, then the lab's own value checks."""
-    from ..ablation import VARIANTS
-    from ..catalog import ARCHS, parse_model_spec
-
     def fail(expected: str):
         raise ReportSpecError(f"{where}: parameter {key!r} = {value!r}: expected {expected}")
 
@@ -197,8 +197,6 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
     if not isinstance(raw, dict):
         raise ReportSpecError(f"{definition}: expected a mapping with keys preset, notebooks")
     _refuse_unknown_keys(str(definition), raw, _DEF_KEYS)
-    from ..catalog import EMBEDDED_DATA, TRAINING_PRESETS
-
     preset = raw.get("preset")
     embedded = [name for name, p in TRAINING_PRESETS.items() if p.data in EMBEDDED_DATA]
     if preset not in embedded:

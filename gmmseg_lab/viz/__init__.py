@@ -1,6 +1,6 @@
 """Figures (plotly, pure functions of arrays) and ipywidgets views for the lab's notebooks.
 
-Every figure function takes numpy arrays, :class:`gmmseg_lab.analysis.Predictions` or the dicts the
+Every figure function takes numpy arrays, :class:`gmmseg_lab.experiments.predictions.Predictions` or the dicts the
 evaluator writes, and returns a figure whose interactivity in a static HTML report comes from plotly's
 own sliders and menus (no kernel); every ``*_widget`` builder returns an ipywidgets box (``.controls``,
 ``.figure``) whose callbacks redraw from the same functions, live in JupyterLab.

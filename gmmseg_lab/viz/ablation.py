@@ -1,8 +1,8 @@
 """Notebook 05, the EM-versus-Sinkhorn ablation: variants of the GMM head, each over several seeds.
 
 Inputs are plain dicts: ``results`` (variant -> one ``metrics.json`` dict per seed), ``labels``
-(variant -> description, e.g. from :data:`gmmseg_lab.ablation.VARIANTS`) and ``curves`` (variant ->
-one :func:`~gmmseg_lab.analysis.learning_curves` dict per seed).
+(variant -> description, e.g. from :data:`gmmseg_lab.experiments.ablation.VARIANTS`) and ``curves`` (variant ->
+one :func:`~gmmseg_lab.experiments.predictions.learning_curves` dict per seed).
 
 - :func:`ablation_stats`: long table of mean, std, n and the difference to the reference variant with
   a Welch t-test and a noise rule, ``|Δ| < 2 sqrt(sd1²/n1 + sd2²/n2)``;
@@ -19,14 +19,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..demo import COLUMNS, metric_value
+from ..stats import TABLE_COLUMNS as COLUMNS
+from ..stats import metric_value
 from ..stats import format_mean_std, seed_stats
 from ._widgets import figure_box
 from .style import FONT, model_colours, panel_note
 from .training import SCALAR_TITLES, band_traces, seed_band
 
 #: (label, key path in metrics.json, higher is better): the comparison table's columns
-#: (:data:`gmmseg_lab.demo.COLUMNS`); "balance" comes from the learning curves.
+#: (:data:`gmmseg_lab.stats.TABLE_COLUMNS`); "balance" comes from the learning curves.
 METRICS = COLUMNS
 #: The component balance at the end of training (last logged ``decode.gmm_balance``); no better direction.
 BALANCE = "balance"

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from ..eval.confidence_bound import layernorm_confidence_bound, layernorm_confidence_bound_per_class
+from ..stats import format_mean_std, seed_stats
 from ._widgets import figure_box
-from ..stats import seed_stats
 from .common import format_percent
 from .style import FONT, model_colours, model_symbols, rgba
 
@@ -438,11 +439,9 @@ def layernorm_bound_figure(models: Mapping[str, Sequence[Mapping]], num_classes:
     Args:
         models: ``{label: [per seed: {"gamma": [C], "beta": [C], "bins": calibration bins,
             "acc": pixel accuracy}]}`` (``gamma``/``beta`` from
-            :func:`gmmseg_lab.analysis.score_norm_parameters`, ``bins``/``acc`` from metrics.json).
+            :func:`gmmseg_lab.experiments.predictions.score_norm_parameters`, ``bins``/``acc`` from metrics.json).
         num_classes: C.
     """
-    from ..eval.confidence_bound import layernorm_confidence_bound, layernorm_confidence_bound_per_class
-
     _check_models(models, "models")
     gammas = [float(np.mean(r["gamma"])) for runs in models.values() for r in runs]
     top = max([3.0] + [1.2 * g for g in gammas])
@@ -492,7 +491,6 @@ def temperature_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
     """
     import pandas as pd
 
-    from ..stats import format_mean_std
 
     _check_models(metrics_by_model, "metrics_by_model")
     rows = []

@@ -82,7 +82,7 @@ def component_assignment(preds, index: int, class_index: int | None = None, reso
     """Most likely mixture component of each pixel, within the predicted (or a given) class.
 
     Args:
-        preds: :class:`~gmmseg_lab.analysis.Predictions` of a GMM head.
+        preds: :class:`~gmmseg_lab.experiments.predictions.Predictions` of a GMM head.
         index: image index.
         class_index: ``None``: at each pixel, the components of the class predicted there;
             an int: that class's components at every pixel (mask with ``pred == class_index`` to keep
@@ -226,7 +226,7 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
     """The image with each pixel's mixture component drawn in shades of its class colour.
 
     Args:
-        preds: :class:`~gmmseg_lab.analysis.Predictions` of a GMM head.
+        preds: :class:`~gmmseg_lab.experiments.predictions.Predictions` of a GMM head.
         index: the image shown first.
         class_index: ``None`` colours every pixel by its predicted class's components (``preds.pred``);
             an int colours only the pixels predicted as that class and washes the others out (white

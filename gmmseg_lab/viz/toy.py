@@ -1,15 +1,15 @@
 """Notebook 00, "generative vs discriminative": a softmax MLP and a GMM classifier on 2-D multimodal data.
 
-- :func:`fit_softmax_classifier`: the discriminative baseline, a small torch MLP (or linear model).
 - :func:`decision_regions_figure`: predicted class and confidence over the plane, softmax next to
   GMM; the softmax stays confident far from the data, the GMM's confidence fades there.
 - :func:`density_contours_figure`: each class's density ``log p(x|c)``, component means and 1-sigma
   ellipses.
-- :func:`fit_iterations` / :func:`iterations_figure`: batch EM against Sinkhorn EM on one class,
-  iteration by iteration, with a slider that works in a static HTML page.
+- :func:`iterations_figure`: batch EM against Sinkhorn EM on one class, iteration by iteration
+  (:func:`gmmseg_lab.experiments.toy.fit_iterations`), with a slider that works in a static HTML page.
 - :func:`toy_widget`: the same, live in JupyterLab (iteration, E-step, number of components, class).
 
-Figures need 2-D data (``make_toy_data(dim=2)``). Class colours default to :data:`TOY_PALETTE`.
+Figures need 2-D data (:func:`gmmseg_lab.data.toy.make_toy_data` with ``dim=2``) and only draw: the
+classifiers are fitted by :mod:`gmmseg_lab.experiments.toy`. Class colours default to :data:`TOY_PALETTE`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from ..gmm import GMMClassifier, diag_gaussian_log_prob, fit_gmm, sinkhorn
-from ..gmm.fit import E_STEPS, em_responsibilities
-from ..toy import ToyData, background_log_density, fit_softmax_classifier, gmm_open_set_confidence
+from ..data.toy import ToyData
+from ..gmm import GMMClassifier
+from ..gmm.fit import E_STEPS, FitSnapshots
+from ..gmm.open_set import background_log_density, gmm_open_set_confidence
 from ._widgets import figure_box
 from .style import FONT, class_colours, component_palette, hex_colour
 
 __all__ = [
-    "E_STEP_NAMES", "TOY_PALETTE", "FitSnapshots", "GridEvaluation", "decision_regions_figure",
-    "default_extent", "density_contours_figure", "ellipse_xy", "fit_iterations", "gmm_on_grid", "grid_points",
+    "E_STEP_NAMES", "TOY_PALETTE", "GridEvaluation", "decision_regions_figure",
+    "default_extent", "density_contours_figure", "ellipse_xy", "gmm_on_grid", "grid_points",
     "iterations_figure", "snapshot_figure", "softmax_on_grid", "toy_palette", "toy_widget",
 ]
 
@@ -47,7 +48,7 @@ E_STEP_NAMES = {"em": "classic EM (learned weights)", "sinkhorn": "Sinkhorn EM (
 def _check_data(data: ToyData, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """``(x [N, 2] float64, labels [N] int64)``; the figures draw the plane, so D must be 2."""
     if not isinstance(data, ToyData):
-        raise TypeError(f"{name} must be a ToyData (from gmmseg_lab.toy.make_toy_data), got {type(data).__name__}")
+        raise TypeError(f"{name} must be a ToyData (from gmmseg_lab.data.toy.make_toy_data), got {type(data).__name__}")
     x = data.x.detach().cpu().double().numpy()
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"{name}.x must be [N, 2] for these 2-D figures, got shape {tuple(x.shape)}")
@@ -210,7 +211,7 @@ def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn
         data: 2-D toy data (points overlaid).
         gmm: a fitted :class:`GMMClassifier` on 2-D inputs.
         softmax_model: a module mapping ``[N, 2]`` float32 to ``[N, C]`` logits
-            (:func:`fit_softmax_classifier`).
+            (:func:`gmmseg_lab.experiments.toy.fit_softmax_classifier`).
         extent: ``(xmin, xmax, ymin, ymax)``; default :func:`default_extent` (twice the data's span).
         resolution: grid cells per axis.
         palette: ``[C, 3]`` uint8 class colours (default :data:`TOY_PALETTE`).
@@ -230,7 +231,7 @@ def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn
     soft = softmax_on_grid(softmax_model, extent, resolution)
     if soft.confidence.shape != (resolution, resolution) or soft.predicted.max() >= num_classes:
         raise ValueError(f"softmax_model must output [N, {num_classes}] logits")
-    background = background_log_density(gmm, data, background_quantile)
+    background = background_log_density(gmm, data.x, background_quantile)
     gen = gmm_on_grid(gmm, extent, background, resolution)
 
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
@@ -361,105 +362,10 @@ def density_contours_figure(data: ToyData, gmm: GMMClassifier, *, palette=None, 
 # EM iterations of one class's mixture.
 
 
-@dataclass
-class FitSnapshots:
-    """One class's mixture after each batch-EM iteration (index 0 is the shared random start).
-
-    Attributes:
-        x: ``[N, D]`` float64 points of the class.
-        class_index, e_step, seed: what was fitted, and how.
-        means, stds: ``[T + 1, M, D]``. weights: ``[T + 1, M]`` mixture weights.
-        responsibilities: ``[T + 1, N, M]`` the E-step's soft assignment under snapshot ``t``'s
-            parameters (posterior for EM, Sinkhorn transport plan for Sinkhorn EM): what the
-            M-step of iteration ``t + 1`` uses.
-        log_likelihood: ``[T + 1]`` mean ``log p(x)`` of the class's points under snapshot ``t``
-            (nats per point).
-        masses: ``[T + 1, M]`` each component's share of the points, ``responsibilities.mean(1)``.
-    """
-
-    x: np.ndarray
-    class_index: int
-    e_step: str
-    seed: int
-    means: np.ndarray
-    stds: np.ndarray
-    weights: np.ndarray
-    responsibilities: np.ndarray
-    log_likelihood: np.ndarray
-    masses: np.ndarray
-
-    @property
-    def num_iterations(self) -> int:
-        """``T``: EM iterations after the start."""
-        return len(self.means) - 1
-
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[1]
 
 
-def _e_step(x, means, stds, weights, e_step, sinkhorn_iters, sinkhorn_epsilon):
-    """Responsibilities ``[N, M]`` and mean log-likelihood, with ``fit_gmm``'s own E-step."""
-    log_prob = diag_gaussian_log_prob(x, means, stds)
-    log_weights = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
-    if e_step == "em":
-        resp = em_responsibilities(log_prob, log_weights)
-    else:
-        # As fit_gmm does: Sinkhorn on log-densities scaled by their largest magnitude.
-        scale = log_prob.abs().max().clamp_min(torch.finfo(log_prob.dtype).tiny)
-        resp = sinkhorn(log_prob / scale, n_iters=sinkhorn_iters, epsilon=sinkhorn_epsilon)
-    return resp, float(torch.logsumexp(log_prob + log_weights, dim=1).mean())
 
 
-def fit_iterations(data: ToyData, class_index: int = 0, num_components: int = 3, e_step: str = "em",
-                   n_iters: int = 30, seed: int = 0, *, sinkhorn_iters: int = 3,
-                   sinkhorn_epsilon: float = 0.05) -> FitSnapshots:
-    """Fit one class's mixture by batch EM with :func:`~gmmseg_lab.gmm.fit_gmm`, one iteration at a time.
-
-    The start depends only on the data, class, ``num_components`` and ``seed`` (not on ``e_step``),
-    so EM and Sinkhorn EM can be compared from the same start: means at ``M`` distinct random
-    points of the class, every standard deviation the class's own per-axis one, equal weights.
-    Each iteration calls ``fit_gmm(x, means, stds, weights, n_iters=1, e_step=...)`` from the
-    previous state, which is exactly ``n_iters`` iterations of ``fit_gmm`` in one call.
-
-    Args:
-        data: toy data (any D). class_index: which class. num_components: M.
-        e_step: ``"em"`` or ``"sinkhorn"``. n_iters: T. seed: seed of the start.
-        sinkhorn_iters, sinkhorn_epsilon: passed to ``fit_gmm`` (Sinkhorn E-step only).
-
-    Returns:
-        :class:`FitSnapshots` with ``T + 1`` snapshots.
-    """
-    if e_step not in E_STEPS:
-        raise ValueError(f"e_step must be one of {E_STEPS}, got {e_step!r}")
-    labels = data.labels.long()
-    num_classes = int(labels.max()) + 1
-    if not isinstance(class_index, int) or not 0 <= class_index < num_classes:
-        raise ValueError(f"class_index must be an int in [0, {num_classes}), got {class_index!r}")
-    x = data.x[labels == class_index].double()
-    if not isinstance(num_components, int) or not 1 <= num_components <= len(x):
-        raise ValueError(f"num_components must be an int in [1, {len(x)}] (points of class {class_index}), "
-                         f"got {num_components!r}")
-    if not isinstance(n_iters, int) or n_iters < 0:
-        raise ValueError(f"n_iters must be an int >= 0, got {n_iters!r}")
-    rng = np.random.default_rng(seed)
-    means = x[torch.from_numpy(rng.choice(len(x), size=num_components, replace=False))].clone()
-    stds = x.std(dim=0).clamp_min(1e-3).expand(num_components, -1).clone()
-    weights = torch.full((num_components,), 1.0 / num_components, dtype=torch.float64)
-    history = {key: [] for key in ("means", "stds", "weights", "resp", "ll")}
-    for t in range(n_iters + 1):
-        resp, ll = _e_step(x, means, stds, weights, e_step, sinkhorn_iters, sinkhorn_epsilon)
-        for key, value in (("means", means), ("stds", stds), ("weights", weights), ("resp", resp)):
-            history[key].append(value.numpy().copy())
-        history["ll"].append(ll)
-        if t < n_iters:
-            weights, means, stds = fit_gmm(x, means, stds, weights, n_iters=1, e_step=e_step,
-                                           sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon)
-    resp = np.stack(history["resp"])
-    return FitSnapshots(x=x.numpy(), class_index=class_index, e_step=e_step, seed=seed,
-                        means=np.stack(history["means"]), stds=np.stack(history["stds"]),
-                        weights=np.stack(history["weights"]), responsibilities=resp,
-                        log_likelihood=np.asarray(history["ll"]), masses=resp.mean(axis=1))
 
 
 def _component_colours(class_index: int, num_components: int, palette) -> list[str]:
@@ -555,7 +461,7 @@ def iterations_figure(snapshots_em: FitSnapshots, snapshots_sinkhorn: FitSnapsho
     The slider's steps use plotly's ``"update"`` method, so they work with no Python kernel.
 
     Args:
-        snapshots_em, snapshots_sinkhorn: :func:`fit_iterations` results for the same class,
+        snapshots_em, snapshots_sinkhorn: :func:`gmmseg_lab.experiments.toy.fit_iterations` results for the same class,
             number of components and iterations (usually from the same ``seed``).
         palette: ``[C, 3]`` uint8 class colours (default :data:`TOY_PALETTE`).
 
@@ -676,13 +582,15 @@ def snapshot_figure(snapshots: FitSnapshots, iteration: int, *, palette=None) ->
     return fig
 
 
-def toy_widget(data: ToyData, *, num_components: int = 3, n_iters: int = 30, seed: int = 0,
+def toy_widget(data: ToyData, fit, *, num_components: int = 3, n_iters: int = 30, seed: int = 0,
                max_components: int = 6, palette=None, sinkhorn_epsilon: float = 0.05):
     """Live EM explorer for JupyterLab: one class's mixture fit, redrawn as the controls change.
 
     Controls (``box.controls``): ``"class_index"`` (dropdown), ``"e_step"`` (dropdown, ``"em"`` or
     ``"sinkhorn"``), ``"num_components"`` (slider 1..``max_components``) and ``"iteration"`` (slider
-    0..``n_iters``). A fit (:func:`fit_iterations`, same ``seed``) is computed once per class,
+    0..``n_iters``). A fit (``fit(data, class_index, num_components, e_step, n_iters=..., seed=...,
+    sinkhorn_epsilon=...)`` -> :class:`~gmmseg_lab.gmm.fit.FitSnapshots`, i.e.
+    :func:`gmmseg_lab.experiments.toy.fit_iterations`) is computed once per class,
     E-step and M, then cached; moving the iteration slider only redraws. ``box.figure`` is the
     current :func:`snapshot_figure`; ``box.snapshots`` the current fit.
     """
@@ -705,8 +613,8 @@ def toy_widget(data: ToyData, *, num_components: int = 3, n_iters: int = 30, see
     def render() -> go.Figure:
         key = (controls["class_index"].value, controls["e_step"].value, controls["num_components"].value)
         if key not in cache:
-            cache[key] = fit_iterations(data, key[0], key[2], key[1], n_iters=n_iters, seed=seed,
-                                        sinkhorn_epsilon=sinkhorn_epsilon)
+            cache[key] = fit(data, key[0], key[2], key[1], n_iters=n_iters, seed=seed,
+                             sinkhorn_epsilon=sinkhorn_epsilon)
         if box is not None:
             box.snapshots = cache[key]
         return snapshot_figure(cache[key], controls["iteration"].value, palette=palette)

@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..demo import COLUMNS
+from ..stats import TABLE_COLUMNS as COLUMNS
 from ..stats import format_mean_std, seed_stats
 from ._widgets import figure_box
 from .common import png_data_uri
@@ -50,7 +50,7 @@ def seed_band(runs: Sequence[Mapping], key: str, kind: str = "train", band: str 
     """Mean over seeds of one logged scalar, with its spread, on the union of the logged steps.
 
     Args:
-        runs: one :func:`gmmseg_lab.analysis.learning_curves` dict per seed.
+        runs: one :func:`gmmseg_lab.experiments.predictions.learning_curves` dict per seed.
         key: the scalar, e.g. ``"loss"`` or ``"decode.gmm_mean_step"``.
         kind: ``"train"`` or ``"val"``.
         band: ``"minmax"`` (lowest and highest seed) or ``"std"`` (mean ± sample std).
@@ -139,7 +139,7 @@ def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], key
     """Training scalars and validation metrics against iteration, one line per model, bands over seeds.
 
     Args:
-        curves_by_model: model label -> list of :func:`~gmmseg_lab.analysis.learning_curves` dicts,
+        curves_by_model: model label -> list of :func:`~gmmseg_lab.experiments.predictions.learning_curves` dicts,
             one per seed.
         keys: training scalars, one panel each (a key no run logged gets an explanatory note, e.g.
             ``decode.gmm_loglik`` on runs older than the convergence statistics).
@@ -198,7 +198,7 @@ def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
 
     Args:
         summary_aggregate: ``{arch: {head: {metric: {"mean", "std", "n", "values"}}}}`` (the
-            ``"aggregate"`` of :func:`gmmseg_lab.demo.run_comparison`'s summary; the whole summary is
+            ``"aggregate"`` of :func:`gmmseg_lab.experiments.compare.run_comparison`'s summary; the whole summary is
             accepted too).
         columns: ``(label, key path, higher is better)`` triples; the default is the demo's columns.
 
@@ -318,7 +318,7 @@ def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4
     """Image | ground truth | each model's prediction, in class colours, for one image at a time.
 
     Args:
-        preds_by_model: model label -> :class:`~gmmseg_lab.analysis.Predictions` on the same images.
+        preds_by_model: model label -> :class:`~gmmseg_lab.experiments.predictions.Predictions` on the same images.
         max_images: how many of the first images the dropdown offers (ignored with ``image_indices``).
         image_indices: the images to offer instead (the first is shown).
         panel_px: height of the image panels in pixels (the width follows the page).

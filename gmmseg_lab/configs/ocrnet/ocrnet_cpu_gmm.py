@@ -1,25 +1,17 @@
-# GMMSeg twin of ocrnet_cpu_softmax.py: the same network, data, schedule and seed;
-# only the decode head's softmax classifier is replaced by the GMM classifier
-# (gmmseg_lab.models.gmm_head; the settings are the paper's, see gmmseg-method.md).
+# GMMSeg twin of ocrnet_cpu_softmax.py: the same network, data, schedule and seed; only the decode
+# head's softmax classifier becomes GMMSeg's generative classifier (gmmseg_lab.models.gmm_head).
+# Every GMM setting but the memory size is the release's, i.e. the default of GMMHeadMixin /
+# GMMClassifier (the method and its settings: docs/method.md; configs/README.md lists them).
 _base_ = ['./ocrnet_cpu_softmax.py']
-# The FCN stage (soft object regions) stays softmax; the OCR head gets the GMM.
+# A list is replaced whole through `_base_`: the FCN stage (soft object regions) is the softmax
+# twin's `fcn_head`, unchanged; the OCR stage, its `ocr_head`, gets the GMM.
 model = dict(decode_head=[
     {{_base_.fcn_head}},
     dict(
         type='GMMSegHead',
         head={{_base_.ocr_head}},
-        num_components=5,
-        embed_dim=64,
-        loss_component_weight=0.01,
-        update_correct_only=True,
-        gmm_cfg=dict(
-            e_step='sinkhorn',
-            memory='fifo',
-            memory_size=1000,
-            samples_per_component=20,
-            update_interval=5,
-            mean_momentum=0.999,
-            std_momentum=0.0,
-            sinkhorn_iters=3,
-            sinkhorn_epsilon=0.05,
-            var_floor=0.01))])
+        # 1000 samples per component: the last 50 iterations at 20 new samples each, 8 % of the 600-iteration
+        # schedule and a third of the demo preset's 150 (the release's 32000 hold 1600 of its 80k iterations,
+        # 2 %): a memory of mostly the current network's embeddings, with enough samples per component for
+        # 64 variances.
+        gmm_cfg=dict(memory_size=1000))])

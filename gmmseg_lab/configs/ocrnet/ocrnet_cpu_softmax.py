@@ -8,41 +8,12 @@ _base_ = [
 ]
 crop_size = (128, 128)
 data_preprocessor = dict(size=crop_size)
-norm_cfg = dict(type='BN', requires_grad=True)
-# Stage 1 (stays softmax in the GMM twin): soft object regions.
-fcn_head = dict(
-    type='FCNHead',
-    in_channels=[16, 32, 64, 128],
-    channels=240,
-    in_index=(0, 1, 2, 3),
-    input_transform='resize_concat',
-    kernel_size=1,
-    num_convs=1,
-    concat_input=False,
-    dropout_ratio=-1,
-    num_classes=9,
-    norm_cfg=norm_cfg,
-    align_corners=False,
-    loss_decode=dict(
-        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))
-# Stage 2: object-contextual representations (its classifier is the GMM in the twin).
-ocr_head = dict(
-    type='OCRHead',
-    in_channels=[16, 32, 64, 128],
-    in_index=(0, 1, 2, 3),
-    input_transform='resize_concat',
-    channels=128,
-    ocr_channels=64,
-    dropout_ratio=-1,
-    num_classes=9,
-    norm_cfg=norm_cfg,
-    align_corners=False,
-    loss_decode=dict(
-        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+# The base's two stages (a list: written out from its fcn_head / ocr_head) at these widths.
+fcn_head = dict(_base_.fcn_head, in_channels=[16, 32, 64, 128], channels=sum([16, 32, 64, 128]), num_classes=9)
+ocr_head = dict(_base_.ocr_head, in_channels=[16, 32, 64, 128], channels=128, ocr_channels=64, num_classes=9)
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        norm_cfg=norm_cfg,
         extra=dict(
             stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
                         num_blocks=(2,), num_channels=(32,)),

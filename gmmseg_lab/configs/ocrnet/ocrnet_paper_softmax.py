@@ -9,48 +9,18 @@ _base_ = [
 crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
-# Stage 1 (stays softmax in the GMM twin): soft object regions.
-fcn_head = dict(
-    type='FCNHead',
-    in_channels=[48, 96, 192, 384],
-    channels=720,
-    in_index=(0, 1, 2, 3),
-    input_transform='resize_concat',
-    kernel_size=1,
-    num_convs=1,
-    concat_input=False,
-    dropout_ratio=-1,
-    num_classes=19,
-    norm_cfg=norm_cfg,
-    align_corners=False,
-    loss_decode=dict(
-        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))
-# Stage 2: object-contextual representations (its classifier is the GMM in the twin).
-ocr_head = dict(
-    type='OCRHead',
-    in_channels=[48, 96, 192, 384],
-    in_index=(0, 1, 2, 3),
-    input_transform='resize_concat',
-    channels=512,
-    ocr_channels=256,
-    dropout_ratio=-1,
-    num_classes=19,
-    norm_cfg=norm_cfg,
-    align_corners=False,
-    loss_decode=dict(
-        type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+# The base's two stages (a list: written out from its fcn_head / ocr_head) at W48's widths; the OCR
+# stage keeps the base's 512 / 256 channels.
+fcn_head = dict(_base_.fcn_head, in_channels=[48, 96, 192, 384], channels=sum([48, 96, 192, 384]),
+                num_classes=19, norm_cfg=norm_cfg)
+ocr_head = dict(_base_.ocr_head, in_channels=[48, 96, 192, 384], num_classes=19, norm_cfg=norm_cfg)
 model = dict(
     data_preprocessor=data_preprocessor,
+    # HRNetV2-W48: the base's W18 stages (modules, blocks) at 48-384 channels.
     backbone=dict(
         norm_cfg=norm_cfg,
         extra=dict(
-            stage1=dict(num_modules=1, num_branches=1, block='BOTTLENECK',
-                        num_blocks=(4,), num_channels=(64,)),
-            stage2=dict(num_modules=1, num_branches=2, block='BASIC',
-                        num_blocks=(4, 4), num_channels=(48, 96)),
-            stage3=dict(num_modules=4, num_branches=3, block='BASIC',
-                        num_blocks=(4, 4, 4), num_channels=(48, 96, 192)),
-            stage4=dict(num_modules=3, num_branches=4, block='BASIC',
-                        num_blocks=(4, 4, 4, 4), num_channels=(48, 96, 192, 384)),
-        )),
+            stage2=dict(num_channels=(48, 96)),
+            stage3=dict(num_channels=(48, 96, 192)),
+            stage4=dict(num_channels=(48, 96, 192, 384)))),
     decode_head=[fcn_head, ocr_head])

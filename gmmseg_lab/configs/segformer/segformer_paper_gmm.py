@@ -1,24 +1,10 @@
-# GMMSeg twin of segformer_paper_softmax.py: the same network, data, schedule and seed;
-# only the decode head's softmax classifier is replaced by the GMM classifier
-# (gmmseg_lab.models.gmm_head; the settings are the paper's, see gmmseg-method.md).
+# GMMSeg twin of segformer_paper_softmax.py: the same network, data, schedule and seed; only the decode
+# head's softmax classifier becomes GMMSeg's generative classifier (gmmseg_lab.models.gmm_head).
+# Every GMM setting is the release's, i.e. the default of GMMHeadMixin / GMMClassifier, the memory's
+# 32000 samples per component included (the method and its settings: docs/method.md).
 _base_ = ['./segformer_paper_softmax.py']
 model = dict(
     decode_head=dict(
         _delete_=True,
         type='GMMSegHead',
-        head={{_base_.model.decode_head}},
-        num_components=5,
-        embed_dim=64,
-        loss_component_weight=0.01,
-        update_correct_only=True,
-        gmm_cfg=dict(
-            e_step='sinkhorn',
-            memory='fifo',
-            memory_size=32000,
-            samples_per_component=20,
-            update_interval=5,
-            mean_momentum=0.999,
-            std_momentum=0.0,
-            sinkhorn_iters=3,
-            sinkhorn_epsilon=0.05,
-            var_floor=0.01)))
+        head={{_base_.model.decode_head}}))

@@ -1,8 +1,8 @@
 # The embedded scenes of the `quick` preset (64 px) upscaled 2x for the pretrained encoder: at stride 32 a
 # 64-px image would leave a 2x2 map. Predictions are scored at the original size (the test
 # pipeline loads the annotation after the resize, and inference resizes back to it).
-dataset_type = 'GMMLabDataset'
-data_root = 'data/generated/quick'
+# Data root, loaders and sampler are the `quick` set's (gmmlab_quick.py); only the pipelines change.
+_base_ = ['./gmmlab_quick.py']
 crop_size = (128, 128)
 input_scale = 2.0
 train_pipeline = [
@@ -18,29 +18,6 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    # The release's class-balanced sampling: a class drawn uniformly, then an image showing it
-    # (gmmseg_lab.data.samplers); both twins draw the same images.
-    sampler=dict(type='ClassBalancedSampler'),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(
-            img_path='images/train', seg_map_path='annotations/train'),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
-        pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator

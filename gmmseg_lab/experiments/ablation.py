@@ -5,7 +5,7 @@ paper's settings and the release's training recipe (Sinkhorn E-step, M=5 compone
 momentum 0.999, FIFO memory sized for the schedule, projection conv+BN+ReLU, decode head at 10x the
 encoder's learning rate, class-balanced sampling, the preset's backbone), so each comparison against
 ``default`` isolates one choice. Runs are cached by name under a runs folder
-(:func:`gmmseg_lab.demo.run_one`), so the ablation notebook and the comparison notebook share the
+(:mod:`gmmseg_lab.experiments.runs`), so the ablation notebook and the comparison notebook share the
 ``default`` runs, and an interrupted ablation resumes where it stopped.
 """
 
@@ -14,7 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from .catalog import BACKBONES, default_backbone
+from mmengine.config import Config
+
+from ..catalog import BACKBONES
+from ..gmm import GMMClassifier
+from ..stats import flatten_metrics
+from .runs import run_many, run_name, run_one
+
+__all__ = ["VARIANTS", "Variant", "ablation_records", "check_variants", "memory_bytes", "resolve_backbone",
+           "run_variant", "train_ablation", "variant_request", "variant_run_name"]
 
 
 class Variant(NamedTuple):
@@ -65,17 +73,6 @@ def resolve_backbone(arch: str, backbone: str | None) -> str | None:
     return BACKBONES[arch][0]
 
 
-def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "default",
-             backbone: str | None = None) -> str:
-    """Folder name of one training run: ``<arch>_<head>_<preset>_s<seed>``, then ``_<backbone>`` when a
-    backbone other than the preset's default is asked for, and ``_<variant>`` for a GMM variant."""
-    base = f"{arch}_{head}_{preset}_s{seed}"
-    if backbone is not None:
-        if resolve_backbone(arch, backbone) != default_backbone(arch, preset):
-            base += f"_{resolve_backbone(arch, backbone)}"
-    return base if variant == "default" or head != "gmm" else f"{base}_{variant}"
-
-
 def variant_run_name(arch: str, preset: str, seed: int, variant: str) -> str:
     """Folder name of the GMMSeg ``variant`` run (see :func:`run_name`). A variant that only swaps
     the backbone is the GMMSeg run of the twins with that backbone (notebook 01 trains it too): the
@@ -88,7 +85,7 @@ def variant_run_name(arch: str, preset: str, seed: int, variant: str) -> str:
 
 
 def variant_request(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str) -> dict:
-    """The keyword arguments of :func:`gmmseg_lab.demo.run_one` for the GMMSeg ``variant`` of ``arch``,
+    """The keyword arguments of :func:`gmmseg_lab.experiments.runs.run_one` for the GMMSeg ``variant`` of ``arch``,
     in ``runs_dir / variant_run_name(...)``."""
     v = VARIANTS[variant]
     return dict(data_dir=Path(data_dir), run_dir=Path(runs_dir) / variant_run_name(arch, preset, seed, variant),
@@ -100,6 +97,39 @@ def variant_request(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed
 def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str,
                 progress: bool = True) -> dict:
     """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch``; returns its metrics."""
-    from .demo import run_one
-
     return run_one(**variant_request(data_dir, runs_dir, arch, preset, seed, variant), progress=progress)
+
+
+def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, variants: Iterable[str],
+                   seeds: Iterable[int], preset: str, progress: bool = True,
+                   jobs: int | None = None) -> dict[tuple[str, int], dict]:
+    """Train (or reuse) every GMMSeg variant of :data:`gmmseg_lab.experiments.ablation.VARIANTS` for every seed, the
+    runs that need training ``jobs`` at a time (:func:`gmmseg_lab.experiments.runs.run_many`).
+
+    Returns:
+        ``{(variant, seed): {"run_dir": Path, "metrics": dict}}``.
+    """
+    variants = check_variants(variants)
+    seeds = list(seeds)  # looped once per variant: a generator would be spent after the first
+    runs_dir = Path(work_dir) / "runs"
+    keys = [(variant, seed) for variant in variants for seed in seeds]
+    requests = [variant_request(Path(data_dir), runs_dir, arch, preset, seed, variant) for variant, seed in keys]
+    metrics = run_many(requests, jobs=jobs, progress=progress)
+    return {key: {"run_dir": r["run_dir"], "metrics": m} for key, r, m in zip(keys, requests, metrics)}
+
+
+def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]:
+    """Records grouped by (arch, variant)."""
+    return [{"group": {"arch": arch, "variant": variant, "label": VARIANTS[variant].label}, "seed": seed,
+             "metrics": flatten_metrics(r["metrics"])} for (variant, seed), r in runs.items()]
+
+
+def memory_bytes(run_dir: str | Path) -> int:
+    """Bytes of the GMM's sample store (FIFO queue or streaming statistics) of a trained run's config."""
+    cfg = Config.fromfile(str(Path(run_dir) / "config.py"))
+    head = cfg.model.decode_head
+    head = head[-1] if isinstance(head, (list, tuple)) else head
+    gmm_cfg = dict(head.get("gmm_cfg") or {})
+    clf = GMMClassifier(int(head["num_classes"] if "num_classes" in head else head["head"]["num_classes"]),
+                        int(head.get("num_components", 5)), int(head.get("embed_dim", 64)), **gmm_cfg)
+    return clf.memory_nbytes()

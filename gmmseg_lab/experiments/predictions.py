@@ -13,16 +13,24 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .io_utils import atomic_open, source_digest
+from ..checkpoints import last_checkpoint
+from ..data.layout import load_image, read_classes, validate_dataset
+from ..eval.evaluate import _loader_for, resolve_model
+from ..gmm.density import diag_gaussian_log_prob
+from ..io_utils import atomic_open, source_digest
+from ..models import is_gmm_head, load_segmentor
+from ..models.inference import decode_head_of, predict_batch
 
 CACHE_VERSION = 2
 #: The code whose output the predictions cache holds: a change in it recomputes the cache.
-_INFERENCE_CODE = ("analysis.py", "models", "gmm", "data/layout.py", "eval/evaluate.py")
+_INFERENCE_CODE = ("experiments/predictions.py", "models", "gmm", "checkpoints.py", "data/layout.py",
+                   "eval/evaluate.py")
 
 
 def _inference_code_digest() -> str:
-    return source_digest(Path(__file__).resolve().parent, _INFERENCE_CODE)
+    return source_digest(Path(__file__).resolve().parents[1], _INFERENCE_CODE)
 
 
 @dataclass
@@ -79,10 +87,6 @@ class Predictions:
         ``log w_cm + log N(x; mu_cm, diag sigma_cm^2)`` (unlike
         :meth:`gmmseg_lab.gmm.GMMClassifier.component_log_prob`, the mixture weight is included, so the
         argmax over ``M`` is the most likely component and a logsumexp over ``M`` is ``log p(x|c)``)."""
-        import torch
-
-        from .gmm.density import diag_gaussian_log_prob
-
         if self.embeddings is None or self.means is None:
             raise ValueError("component log-densities need a GMM head's embeddings (whole-image inference)")
         c, m, d = self.means.shape
@@ -98,8 +102,6 @@ def _cache_path(run_dir: Path, split: str, max_images: int) -> Path:
 
 
 def _checkpoint_of(run_dir: Path) -> str:
-    from .train import last_checkpoint
-
     checkpoint = last_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no last_checkpoint and no intact checkpoint; train this run first")
@@ -115,13 +117,6 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
     ``embeddings`` and ``gt_small`` exist only for whole-image inference (a config with
     ``test_cfg.mode = "slide"`` gives None there).
     """
-    import torch
-
-    from .data.layout import load_image, read_classes, validate_dataset
-    from .eval.evaluate import _loader_for, resolve_model
-    from .models import is_gmm_head, load_segmentor
-    from .models.inference import decode_head_of, predict_batch
-
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if not isinstance(max_images, int) or max_images < 1:
         raise ValueError(f"max_images must be a positive int, got {max_images!r}")
@@ -267,8 +262,6 @@ def score_norm_parameters(run_dir: str | Path) -> dict[str, np.ndarray] | None:
     Returns:
         ``{"gamma": [C], "beta": [C]}`` float64, or None for a softmax run (it has no such layer).
     """
-    import torch
-
     state = torch.load(_checkpoint_of(Path(run_dir)), map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     keys = sorted(k for k in state if k.endswith("gmm_score_norm.weight"))

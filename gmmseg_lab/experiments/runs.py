@@ -1,37 +1,87 @@
-"""GMMSeg against its softmax twin, end to end: data, training, evaluation, a comparison table.
+"""The run store: every trained model of the lab lives in a run folder, trained once and reused.
 
-``run_comparison`` trains every (architecture, head, seed) combination on one data set, evaluates
-each, and aggregates mean and standard deviation over seeds. Finished runs are reused (a run whose
-``metrics.json`` exists is not trained again; an interrupted training resumes from its last
-checkpoint), so a long grid can be stopped and restarted.
+A run folder (``<work_dir>/runs/<name>``, named by :func:`run_name`) holds the mmengine work dir of
+one training (``config.py``, checkpoints, logs), ``metrics.json`` (the evaluator's) and ``run.json``
+(what the run is: its settings, a digest of its built config and of the code that trained it).
+:func:`run_one` trains (or resumes) and evaluates a run unless an identical one is there:
+
+- another config, or other training code (:data:`TRAIN_CODE`), under the same name: the folder is
+  discarded and trained again, so changed code or settings never serve old numbers;
+- only other evaluation code (:data:`EVAL_CODE`): the trained model is kept and evaluated again.
+
+:func:`run_many` trains the runs that need it side by side, one process per core. The report runner
+asks notebooks which runs they used (:func:`note_run_used`, :func:`runs_unchanged`), so a notebook
+page is rebuilt when a run under it changed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
 
-from .io_utils import atomic_write_json, source_digest, usable_cpus
-from .stats import headline, seed_stats
+from ..catalog import default_backbone, embedded_data, parse_model_spec
+from ..data.scenes import GENERATOR_VERSION, make_dataset
+from ..eval.evaluate import evaluate
+from ..io_utils import atomic_write_json, source_digest, usable_cpus
+from ..models import build_config
+from ..train import train
 
-#: Columns of the comparison table: (label, key path in metrics.json, higher is better).
-COLUMNS = tuple((m.label, m.path, m.higher_is_better)
-                for m in headline("miou", "ece", "bayes_ece", "ece_ts", "auroc", "ap", "fpr95"))
+__all__ = ["EVAL_CODE", "RUN_RECORD", "RUNS_USED_ENV", "TRAIN_CODE", "code_digest", "config_digest",
+           "ensure_dataset", "ensure_run", "note_run_used", "run_dir_of", "run_is_current", "run_many", "run_name",
+           "run_one", "runs_unchanged"]
 
 
-def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
-    """The number at ``path`` in a ``metrics.json`` dict (e.g. ``("anomaly", "auroc")``), None if absent."""
-    value: Any = metrics
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return None if value is None else float(value)
+#: Written in a run folder before training: what the run is (its settings and a digest of its config).
+RUN_RECORD = "run.json"
+
+#: Set by the report runner: the file where :func:`run_one` notes every run a notebook used.
+RUNS_USED_ENV = "GMMSEG_LAB_RUNS_USED"
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+#: The parts of the package whose code decides what a training run learns (the GMM, the model, data
+#: loading and sampling, the training loop and its checkpoints, the presets and shipped configs); a
+#: change in any of them retrains.
+TRAIN_CODE = ("gmm", "models", "data", "train", "checkpoints.py", "catalog.py", "configs")
+#: The parts that decide what ``metrics.json`` says about a trained model; a change re-evaluates.
+EVAL_CODE = ("eval",)
+
+
+def code_digest(parts: tuple[str, ...]) -> str:
+    """SHA-256 of the package's source files under ``parts`` (see :data:`TRAIN_CODE`, :data:`EVAL_CODE`)."""
+    return source_digest(_PACKAGE_DIR, parts)
+
+def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
+    """SHA-256 of a built mmengine config with its data and run folders replaced by placeholders.
+
+    Two runs with the same digest were trained from the same model, schedule, data preset and seed
+    settings; a changed preset, variant or default in the shipped configs changes it.
+    """
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+    text = text.replace(str(Path(run_dir).resolve()), "<run_dir>").replace(str(run_dir), "<run_dir>")
+    text = text.replace(str(Path(data_dir).resolve()), "<data_dir>").replace(str(data_dir), "<data_dir>")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "default",
+             backbone: str | None = None) -> str:
+    """Folder name of one training run: ``<arch>_<head>_<preset>_s<seed>``, then ``_<backbone>`` when a
+    backbone other than the preset's default is asked for, and ``_<variant>`` for a GMM variant."""
+    base = f"{arch}_{head}_{preset}_s{seed}"
+    if backbone is not None and backbone != default_backbone(arch, preset):
+        base += f"_{backbone}"
+    return base if variant == "default" or head != "gmm" else f"{base}_{variant}"
+
+
+def run_dir_of(work_dir: str | Path, arch: str, head: str, preset: str, seed: int, variant: str = "default") -> Path:
+    """Where the run of these settings lives (trained by :func:`train_twins` / :func:`train_ablation`);
+    ``arch`` may name a backbone as ``arch@backbone``."""
+    arch, backbone = parse_model_spec(arch)
+    return Path(work_dir) / "runs" / run_name(arch, head, preset, seed, variant, backbone=backbone)
 
 
 def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
@@ -41,9 +91,6 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
     its data set (``demo`` -> ``cpu``). A set made by another version of the generator
     (``meta.json``'s ``version``) is made again.
     """
-    from .catalog import embedded_data
-    from .data.scenes import GENERATOR_VERSION, make_dataset
-
     preset = embedded_data(preset)
 
     meta = data_dir / "meta.json"
@@ -58,35 +105,6 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
         raise FileExistsError(f"{data_dir} holds a data set made with preset {info.get('preset')!r} "
                               f"seed {info.get('seed')}, not {preset!r} seed {seed}; choose another --out")
     return make_dataset(data_dir, preset=preset, seed=seed, progress=True)
-
-
-#: Written in a run folder before training: what the run is (its settings and a digest of its config).
-RUN_RECORD = "run.json"
-#: Set by the report runner: the file where :func:`run_one` notes every run a notebook used.
-RUNS_USED_ENV = "GMMSEG_LAB_RUNS_USED"
-_PACKAGE_DIR = Path(__file__).resolve().parent
-#: The parts of the package whose code decides what a training run learns (model, GMM, data loading
-#: and sampling, the training loop, the shipped configs); a change in any of them retrains.
-TRAIN_CODE = ("gmm", "models", "data", "train.py", "configs")
-#: The parts that decide what ``metrics.json`` says about a trained model; a change re-evaluates.
-EVAL_CODE = ("eval",)
-
-
-def code_digest(parts: tuple[str, ...]) -> str:
-    """SHA-256 of the package's source files under ``parts`` (see :data:`TRAIN_CODE`, :data:`EVAL_CODE`)."""
-    return source_digest(_PACKAGE_DIR, parts)
-
-
-def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
-    """SHA-256 of a built mmengine config with its data and run folders replaced by placeholders.
-
-    Two runs with the same digest were trained from the same model, schedule, data preset and seed
-    settings; a changed preset, variant or default in the shipped configs changes it.
-    """
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
-    text = text.replace(str(Path(run_dir).resolve()), "<run_dir>").replace(str(run_dir), "<run_dir>")
-    text = text.replace(str(Path(data_dir).resolve()), "<data_dir>").replace(str(data_dir), "<data_dir>")
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
@@ -104,8 +122,6 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
     Returns:
         the run's ``metrics.json`` as a dict.
     """
-    from .models import build_config
-
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
                        gmm_head=gmm_head, backbone=backbone, cfg_options=cfg_options)
@@ -120,9 +136,6 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
         if metrics_file.is_file() and old.get("eval_code_sha256") == eval_code:
             metrics = json.loads(metrics_file.read_text())
         else:
-            from .eval.evaluate import evaluate
-            from .train import train
-
             if not metrics_file.is_file():
                 atomic_write_json(run_dir / RUN_RECORD, record)
                 train(cfg, resume=True, progress=progress, log_level="WARNING")
@@ -132,13 +145,21 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
     return metrics
 
 
+def ensure_run(work_dir: str | Path, data_dir: str | Path, arch: str, head: str, preset: str, seed: int,
+               progress: bool = True) -> Path:
+    """Train (or reuse) one run of :func:`train_twins` and return its folder; ``arch`` may name a
+    backbone as ``arch@backbone``."""
+    name, backbone = parse_model_spec(arch)
+    run_dir = run_dir_of(work_dir, arch, head, preset, seed)
+    run_one(Path(data_dir), run_dir, name, head, preset, seed, progress=progress, backbone=backbone)
+    return run_dir
+
+
 def run_is_current(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
                    gmm_cfg: dict | None = None, gmm_head: dict | None = None, *, backbone: str | None = None,
                    cfg_options: dict | None = None, **_ignored) -> bool:
     """Whether :func:`run_one` with these arguments would only read ``run_dir/metrics.json`` (the run is
     trained and evaluated by the current code and config)."""
-    from .models import build_config
-
     if not (Path(run_dir) / "metrics.json").is_file():
         return False
     cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
@@ -226,8 +247,6 @@ def _discard_if_other_config(run_dir: Path, record: dict) -> None:
 @contextmanager
 def _run_lock(run_dir: Path):
     """An exclusive lock per run folder (held while a run is checked, trained and evaluated)."""
-    import fcntl
-
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(run_dir.parent / f".{run_dir.name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -269,83 +288,3 @@ def runs_unchanged(used_file: Path) -> bool:
         except (ValueError, KeyError, TypeError, OSError):
             return False
     return True
-
-
-def run_comparison(data_dir: Path, out_dir: Path, archs: Iterable[str] = ("segformer",),
-                   heads: Iterable[str] = ("gmm", "softmax"), seeds: Iterable[int] = (0,),
-                   preset: str = "quick", progress: bool = True) -> dict:
-    """Train and evaluate every combination; returns and writes ``out_dir/summary.json``.
-
-    Returns:
-        ``{"runs": {name: metrics}, "aggregate": {arch: {head: {column: {"mean", "std", "n",
-        "values"}}}}, "seeds": [...], "preset": ...}``.
-    """
-    from .ablation import run_name  # ablation builds on this module
-
-    archs, heads, seeds = list(archs), list(heads), list(seeds)
-    runs: dict[str, dict] = {}
-    for arch in archs:
-        for seed in seeds:
-            for head in heads:
-                name = run_name(arch, head, preset, seed)
-                print(f"== {name}", flush=True)
-                runs[name] = run_one(data_dir, out_dir / name, arch, head, preset, seed, progress=progress)
-    aggregate = aggregate_over_seeds({arch: {head: [runs[run_name(arch, head, preset, s)] for s in seeds]
-                                             for head in heads} for arch in archs})
-    summary = {"preset": preset, "seeds": seeds, "data": str(data_dir), "runs": runs, "aggregate": aggregate}
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
-
-
-def aggregate_over_seeds(metrics: dict[str, dict[str, list[dict]]]) -> dict:
-    """``{arch: {head: [metrics.json per seed]}}`` -> ``{arch: {head: {column: {"mean", "std", "n",
-    "values"}}}}`` for the :data:`COLUMNS` (sample std; a column no seed reports is left out)."""
-    aggregate: dict = {}
-    for arch, by_head in metrics.items():
-        for head, per_seed in by_head.items():
-            cols = {}
-            for label, path, _ in COLUMNS:
-                values = [v for v in (metric_value(m, path) for m in per_seed) if v is not None]
-                if values:
-                    cols[label] = seed_stats(values)
-            aggregate.setdefault(arch, {})[head] = cols
-    return aggregate
-
-
-def format_table(summary: dict) -> str:
-    """A Markdown table of mean ± std over seeds, one row per (architecture, head)."""
-    seeds = summary["seeds"]
-    header = "| model | head | " + " | ".join(
-        f"{label} {'↑' if up else '↓'}" for label, _, up in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
-    for arch, by_head in summary["aggregate"].items():
-        for head, cols in by_head.items():
-            cells = []
-            for label, _, _ in COLUMNS:
-                if label not in cols:
-                    cells.append("n/a")
-                elif len(seeds) > 1:
-                    cells.append(f"{cols[label]['mean']:.3f} ± {cols[label]['std']:.3f}")
-                else:
-                    cells.append(f"{cols[label]['mean']:.3f}")
-            lines.append(f"| {arch} | {head} | " + " | ".join(cells) + " |")
-    seeds_text = ", ".join(str(s) for s in seeds)
-    lines.append("")
-    lines.append(f"preset `{summary['preset']}`, seeds {seeds_text}"
-                 + (" (mean ± sample std over seeds)" if len(seeds) > 1 else " (one seed: no spread)")
-                 + "; anomaly scores: GMMSeg −max_c log p(x|c), softmax 1 − max p(c|x).")
-    return "\n".join(lines)
-
-
-def run_demo(out: str | Path = "runs/demo", arch: str = "segformer", preset: str = "quick", seed: int = 0) -> dict:
-    """``make demo``: make the data, train both heads, evaluate them and print the comparison table."""
-    out = Path(out)
-    data_dir = ensure_dataset(out / f"data_{preset}", preset)
-    summary = run_comparison(data_dir, out / "runs", archs=[arch], seeds=[seed], preset=preset)
-    print()
-    print(format_table(summary))
-    print(f"\nmetrics of every run: {out / 'runs' / 'summary.json'}")
-    if preset == "quick":
-        print("The quick preset is a smoke run (tens of iterations from random weights): its numbers show the\n"
-              "pipeline works, not how the heads compare. The README's table comes from the cpu preset, 3 seeds.")
-    return summary
