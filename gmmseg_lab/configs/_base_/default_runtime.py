@@ -1,7 +1,8 @@
 # Runtime shared by every gmmseg-lab config (mmseg 1.x idiom).
 default_scope = 'mmseg'
-# Registers GMMSegHead / GMMLabDataset when a config is used outside gmmseg_lab.train.
-custom_imports = dict(imports=['gmmseg_lab.models'], allow_failed_imports=False)
+# Registers GMMSegHead, GMMLabDataset, ClassBalancedSampler and EfficientNetLite (gmmseg_lab.models) and the
+# lab's training hooks (gmmseg_lab.train.hooks: --init-from) when a config is used outside gmmseg_lab.train.
+custom_imports = dict(imports=['gmmseg_lab.models', 'gmmseg_lab.train.hooks'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
