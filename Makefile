@@ -10,14 +10,14 @@ STAMP  := $(VENV)/.gmmseg-lab-installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo report-cpu test bench toy clean
+.PHONY: setup demo report-cpu test bench toy docs clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	$(PY) -c "import torch, mmseg, mmcv, mmengine; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| mmseg', mmseg.__version__, '| mmcv', mmcv.__version__, '| mmengine', mmengine.__version__)"
 	touch $(STAMP)
 
@@ -38,5 +38,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_gmm.py
 
+# The documentation site (mkdocs.yml, docs/) into site/: every warning is an error (--strict), and the
+# pages work offline (open site/index.html; MathJax and the search come with the site).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+	@echo "open $(CURDIR)/site/index.html"
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info
