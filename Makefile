@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.gmmseg-lab-installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo report-cpu test bench toy docs clean
+.PHONY: setup demo report-cpu test bench docs clean
 
 setup: $(STAMP)
 
