@@ -66,7 +66,8 @@ class GMMClassifier(nn.Module):
         memory_size: FIFO capacity per component; for ``"stats"`` it sets the default decay.
         samples_per_component: at most this many new samples per component per update (evenly
             spaced); ``None`` keeps them all.
-        sinkhorn_iters, sinkhorn_epsilon: Sinkhorn-Knopp iterations and entropic regulariser.
+        sinkhorn_iters: Sinkhorn-Knopp iterations of the E-step.
+        sinkhorn_epsilon: the E-step's entropic regulariser.
         var_floor: added to every variance (keeps every standard deviation >= sqrt(var_floor)).
         normalize_means: keep means on the unit sphere (the paper's, for L2-normalised embeddings).
             Set ``False`` for raw data such as 2-D teaching examples.
@@ -326,10 +327,10 @@ class GMMClassifier(nn.Module):
             ``{"pixels": int, "classes": int, "m_step": bool}`` for logging (pixels over all ranks).
 
         Raises:
-            ValueError (TypeError for a non-tensor): bad ``x``, ``labels``, ``correct`` or
-            ``assignment``, before any state changes. Under ``torch.distributed`` every rank raises
-            when one rank's input is bad (that rank its own error, the others one naming it), instead
-            of leaving them waiting.
+            ValueError: bad ``x``, ``labels``, ``correct`` or ``assignment``, before any state
+                changes (``TypeError`` for a non-tensor). Under ``torch.distributed`` every rank
+                raises when one rank's input is bad (that rank its own error, the others one naming
+                it), instead of leaving them waiting.
 
         Under ``torch.distributed`` the E-step is local to each rank (as the release's); the used
         pixels, with their labels and assignments, are then gathered from every rank and every rank

@@ -174,8 +174,9 @@ def grouped_diag_gaussian_log_prob(
 
     Args:
         x: ``[N, D]`` points. groups: ``[N]`` int64 in ``[0, G)``.
-        means, stds: ``[G, M, D]``; stds strictly positive (shapes are checked, values are not: a hot
-            path whose callers hold valid parameters).
+        means: ``[G, M, D]``.
+        stds: ``[G, M, D]``, strictly positive (shapes are checked, values are not: a hot path whose
+            callers hold valid parameters).
         chunk_rows: points per block (bounds the ``[chunk_rows, M, D]`` temporaries).
 
     Returns:

@@ -89,7 +89,8 @@ def segmented_sinkhorn_assign(log_prob: Tensor, segments: Tensor, num_segments: 
         segments: ``[N]`` int64 group of each row, in ``[0, num_segments)``; rows of a group need not
             be contiguous.
         num_segments: S, the number of groups (empty groups are allowed).
-        n_iters, epsilon: as in :func:`sinkhorn`.
+        n_iters: Sinkhorn iterations, as in :func:`sinkhorn`.
+        epsilon: entropic regularisation, as in :func:`sinkhorn`.
 
     Returns:
         ``[N]`` int64 component index per row.
