@@ -7,6 +7,7 @@
     gmmseg-lab train --data DIR --arch segformer|deeplabv3plus|upernet|ocrnet --head gmm|softmax
                      --preset quick|cpu --seed S --work-dir W        (or: gmmseg-lab train CONFIG.py)
     gmmseg-lab evaluate --checkpoint CKPT_OR_WORK_DIR --data DIR --out metrics.json
+    gmmseg-lab import-release CKPT --out WORK_DIR    (a checkpoint of the authors' release -> a work dir)
     gmmseg-lab demo [--out runs/demo]
     gmmseg-lab toy
     gmmseg-lab report --preset quick --out DIR
@@ -129,6 +130,17 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _non_negative_int = _int_at_least(0, "a non-negative integer")
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -269,6 +281,23 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_import_release(sub) -> None:
+    imp = sub.add_parser("import-release", help="convert a checkpoint of the authors' GMMSeg release into a work dir",
+                         description="Convert a checkpoint of the authors' release (leonnnop/GMMSeg, mmseg 0.x: the "
+                                     "SegFormer GMMSeg head, e.g. GMMSeg-Segformer-b5-512x512-80k-cocostuff10k.pth) "
+                                     "into a work dir every command takes (config.py, iter_N.pth, last_checkpoint, "
+                                     "classes.json, import_report.json); its class logits are the release's.")
+    imp.add_argument("checkpoint", type=Path, metavar="CKPT", help="the release's .pth file")
+    imp.add_argument("--out", required=True, type=Path, metavar="WORK_DIR", help="a new (or empty) folder")
+    imp.add_argument("--max-memory-gb", type=_non_negative_float, default=2.0, metavar="GB",
+                     help="import the GMM memory queue only when its float32 copy is at most GB x 10^9 bytes "
+                          "(default 2; the COCO-Stuff release's queue is 7 GB, and loading the work dir then takes "
+                          "about twice that); otherwise the memory is an empty placeholder")
+    imp.add_argument("--memory-size", type=_positive_int, metavar="N",
+                     help="samples per component of the placeholder memory when the queue is absent or left out "
+                          "(default 100)")
+
+
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="GMMSeg against its softmax twin end to end: data, both heads, metrics table")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
@@ -305,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Exit status: 0 success, 1 a data error (a missing, corrupt or "
                                             "unsuitable input), 2 a usage error (bad options).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_train, _add_evaluate, _add_demo, _add_toy, _add_report):
+    for add in (_add_data, _add_train, _add_evaluate, _add_import_release, _add_demo, _add_toy, _add_report):
         add(sub)
     return parser
 
@@ -507,6 +536,18 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_import_release(args) -> int:
+    _output_folder(args.out, "--out")
+    if args.out.is_dir() and any(args.out.iterdir()):
+        raise UsageError(f"--out {args.out}: not empty; give a new or empty folder for the work dir")
+    from .models.release import format_summary, import_release
+
+    report = import_release(args.checkpoint, args.out, max_memory_gb=args.max_memory_gb,
+                            memory_size=args.memory_size)
+    print(format_summary(report))
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report.runner import ReportRunner
     from .report.spec import ReportSpecError
@@ -549,8 +590,8 @@ def _cmd_toy(args) -> int:
 
 
 #: Subcommand -> the function that runs it (returns the exit status).
-COMMANDS = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "report": _cmd_report, "toy": _cmd_toy}
+COMMANDS = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate, "import-release": _cmd_import_release,
+            "demo": _cmd_demo, "report": _cmd_report, "toy": _cmd_toy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,38 @@ CASES = {
         ["data", "check", "{data}", "--format", "cityscapes"], DATA, ["problem(s)", "looks like lab", "--format lab"]),
     "data check: --make-train-ids on the lab layout": (
         ["data", "check", "{data}", "--make-train-ids"], USAGE, ["--make-train-ids", "Cityscapes"]),
+    # ---- import-release
+    "import-release: missing checkpoint": (
+        ["import-release", "{out}/none.pth", "--out", "{out}/w"], DATA, ["none.pth", "does not exist"]),
+    "import-release: empty checkpoint": (
+        ["import-release", "{f}/empty.pth", "--out", "{out}/w"], DATA, ["empty.pth", "empty (0 bytes)"]),
+    "import-release: random bytes": (
+        ["import-release", "{f}/random.pth", "--out", "{out}/w"], DATA, ["random.pth", "not a torch checkpoint"]),
+    "import-release: a plain tensor": (
+        ["import-release", "{f}/tensor.pth", "--out", "{out}/w"], DATA, ["tensor.pth", "not a checkpoint", "Tensor"]),
+    "import-release: a dict without state_dict": (
+        ["import-release", "{f}/no_state_dict.pth", "--out", "{out}/w"], DATA,
+        ["no_state_dict.pth", "without 'state_dict'", "'epoch'"]),
+    "import-release: not a release checkpoint": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w"], DATA,
+        ["other_weights.pth", "no decode_head.means: not a GMMSeg release checkpoint", "fc.weight"]),
+    "import-release: a directory": (
+        ["import-release", "{f}/empty_dir", "--out", "{out}/w"], DATA, ["empty_dir", "a directory"]),
+    "import-release: --out not empty": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/work_no_config"], USAGE,
+        ["--out", "work_no_config", "not empty"]),
+    "import-release: --out is a file": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth"], USAGE,
+        ["--out", "random.pth", "not a directory"]),
+    "import-release: --out under a file": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth/w"], USAGE, ["--out", "is a file"]),
+    "import-release: --max-memory-gb -1": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--max-memory-gb", "-1"], USAGE,
+        ["--max-memory-gb", "non-negative"]),
+    "import-release: --memory-size 0": (
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--memory-size", "0"], USAGE,
+        ["--memory-size", "positive integer"]),
+    "import-release: no --out": (["import-release", "{f}/other_weights.pth"], USAGE, ["--out"]),
     # ---- report / demo
     "report: unknown --preset": (
         ["report", "--preset", "nope", "--out", "{out}/r"], USAGE, ["--preset", "'nope'", "quick"]),
