@@ -342,3 +342,32 @@ def test_slide_inference_matches_shapes(quick_dataset, tmp_path):
     with torch.no_grad():
         mm = model.inference(x, [dict(m) for m in metas])
     assert torch.allclose(mm, out["seg_logits"], atol=1e-5)
+
+
+def test_slide_inference_stitches_embeddings_and_softmax_features(quick_dataset):
+    """Slide mode gives the GMM's embeddings (unit vectors on the stride grid) and a softmax head's
+    fused features; with one window covering the image they equal whole-image inference."""
+    import copy as _copy
+
+    from mmengine.config import ConfigDict
+
+    for head_kind, key in (("gmm", "embeddings"), ("softmax", "features")):
+        torch.manual_seed(0)
+        cfg = build_config("segformer", head_kind, "quick", data_root=quick_dataset)
+        model = build_model(cfg).eval()
+        inputs = torch.rand(1, 3, 64, 96)
+        metas = [dict(img_shape=(64, 96), pad_shape=(64, 96), ori_shape=(64, 96))]
+        whole = segmentor_outputs(model, inputs, metas, features=True)
+        one = _copy.deepcopy(model)
+        one.test_cfg = ConfigDict(mode="slide", crop_size=(64, 96), stride=(64, 96))
+        single = segmentor_outputs(one, inputs, metas, features=True)
+        assert torch.allclose(single[key], whole[key], atol=1e-5) and torch.allclose(
+            single["seg_logits"], whole["seg_logits"], atol=1e-5)
+        tiled = _copy.deepcopy(model)
+        tiled.test_cfg = ConfigDict(mode="slide", crop_size=(32, 32), stride=(24, 24))
+        out = segmentor_outputs(tiled, inputs, metas, features=True)
+        assert out[key].shape == whole[key].shape and out["seg_logits"].shape == (1, 9, 64, 96)
+        if key == "embeddings":
+            assert torch.allclose(out[key].norm(dim=1), torch.ones(1, *out[key].shape[2:]), atol=1e-5)
+        else:
+            assert out[key].shape[1] == decode_head_of(model).conv_seg.in_channels

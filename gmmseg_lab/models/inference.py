@@ -90,10 +90,19 @@ def decode_head_of(segmentor: nn.Module) -> nn.Module:
     return head[-1] if isinstance(head, nn.ModuleList) else head
 
 
-def _whole(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str, Tensor]:
+def _whole(segmentor: nn.Module, inputs: Tensor, metas: list[dict], features: bool = False) -> dict[str, Tensor]:
     head = decode_head_of(segmentor)
     if not is_gmm_head(head):
-        return dict(seg_logits=segmentor.encode_decode(inputs, metas))
+        if not features:
+            return dict(seg_logits=segmentor.encode_decode(inputs, metas))
+        # The decode head's fused feature is what its 1x1 softmax classifier (conv_seg) reads.
+        seen: list[Tensor] = []
+        hook = head.conv_seg.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        try:
+            logits = segmentor.encode_decode(inputs, metas)
+        finally:
+            hook.remove()
+        return dict(seg_logits=logits, features=seen[-1])
     feats = segmentor.extract_feat(inputs)
     prev = None
     if isinstance(segmentor.decode_head, nn.ModuleList):
@@ -104,13 +113,26 @@ def _whole(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str,
     return head.predict_gmm(feats, metas, segmentor.test_cfg, prev_output=prev)
 
 
-def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str, Tensor]:
+#: Outputs of a window at the input's resolution, and at the feature resolution (embeddings of a GMM
+#: head, the decode head's fused feature of a softmax head).
+_PIXEL_KEYS = ("seg_logits", "class_log_likelihood")
+_GRID_KEYS = ("embeddings", "features")
+
+
+def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict], features: bool = False) -> dict[str, Tensor]:
+    """mmseg's sliding-window inference: windows of ``test_cfg.crop_size`` every ``test_cfg.stride``,
+    overlaps averaged. The per-pixel outputs are exact averages; the feature-resolution grids
+    (``embeddings``, ``features``) are stitched at the windows' stride ``s`` with their offsets rounded
+    to the grid (each window's grid cell ``(i, j)`` lands at ``(round(y1 / s) + i, round(x1 / s) + j)``),
+    averaged where windows overlap, and embeddings renormalised to unit length."""
     h_stride, w_stride = segmentor.test_cfg.stride
     h_crop, w_crop = segmentor.test_cfg.crop_size
     b, _, h_img, w_img = inputs.shape
     rows = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
     cols = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
     sums: dict[str, Tensor] = {}
+    grids: dict[str, Tensor] = {}
+    grid_count: Tensor | None = None
     count = inputs.new_zeros((b, 1, h_img, w_img))
     for r in range(rows):
         for c in range(cols):
@@ -118,30 +140,50 @@ def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict]) -> dict[str,
             y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
             crop = inputs[:, :, y1:y2, x1:x2]
             crop_metas = [dict(m, img_shape=crop.shape[2:]) for m in metas]
-            out = _whole(segmentor, crop, crop_metas)
-            for key in ("seg_logits", "class_log_likelihood"):
+            out = _whole(segmentor, crop, crop_metas, features=features)
+            for key in _PIXEL_KEYS:
                 if key in out:
                     if key not in sums:
                         sums[key] = inputs.new_zeros((b, out[key].shape[1], h_img, w_img))
                     sums[key][:, :, y1:y2, x1:x2] += out[key]
             count[:, :, y1:y2, x1:x2] += 1
-    return {k: v / count for k, v in sums.items()}
+            for key in _GRID_KEYS:
+                if key not in out:
+                    continue
+                grid = out[key]
+                scale = crop.shape[2] / grid.shape[2]  # input pixels per grid cell
+                if key not in grids:
+                    shape = (b, grid.shape[1], -(-h_img // round(scale)), -(-w_img // round(scale)))
+                    grids[key] = grid.new_zeros(shape)
+                    grid_count = grid.new_zeros((b, 1, *shape[2:]))
+                gy, gx = round(y1 / scale), round(x1 / scale)
+                gh = min(grid.shape[2], grids[key].shape[2] - gy)
+                gw = min(grid.shape[3], grids[key].shape[3] - gx)
+                grids[key][:, :, gy:gy + gh, gx:gx + gw] += grid[:, :, :gh, :gw]
+                grid_count[:, :, gy:gy + gh, gx:gx + gw] += 1  # a head gives one of the grid keys
+    result = {k: v / count for k, v in sums.items()}
+    for key, grid in grids.items():
+        grid = grid / grid_count.clamp_min(1)
+        result[key] = torch.nn.functional.normalize(grid, dim=1) if key == "embeddings" else grid
+    return result
 
 
 @torch.no_grad()
-def segmentor_outputs(segmentor: nn.Module, inputs: Tensor, batch_img_metas: list[dict]) -> dict[str, Tensor]:
+def segmentor_outputs(segmentor: nn.Module, inputs: Tensor, batch_img_metas: list[dict],
+                      features: bool = False) -> dict[str, Tensor]:
     """Per-pixel outputs of a batch at the (padded) input size, mmseg's whole or slide inference.
 
     Returns ``seg_logits`` ``[B, C, H, W]``; for GMM heads also ``class_log_likelihood``
-    ``[B, C, H, W]`` (``log p(x|c)``) and, in whole mode, ``embeddings`` ``[B, D, h, w]`` (feature
-    resolution).
+    ``[B, C, H, W]`` (``log p(x|c)``) and ``embeddings`` ``[B, D, h, w]`` at feature resolution
+    (stitched from the windows in slide mode); with ``features=True`` a softmax head also gives its
+    decode head's fused feature ``features`` ``[B, Ch, h, w]``, the input of its 1x1 classifier.
     """
     mode = segmentor.test_cfg.get("mode", "whole") if segmentor.test_cfg else "whole"
     if mode == "slide":
-        return _slide(segmentor, inputs, batch_img_metas)
+        return _slide(segmentor, inputs, batch_img_metas, features=features)
     if mode != "whole":
         raise ValueError(f"test_cfg.mode must be 'whole' or 'slide', got {mode!r}")
-    return _whole(segmentor, inputs, batch_img_metas)
+    return _whole(segmentor, inputs, batch_img_metas, features=features)
 
 
 def _undo_geometry(x: Tensor, meta: dict, align_corners: bool) -> Tensor:
@@ -156,13 +198,15 @@ def _undo_geometry(x: Tensor, meta: dict, align_corners: bool) -> Tensor:
 
 
 @torch.no_grad()
-def predict_batch(segmentor: nn.Module, data_batch: dict) -> list[dict]:
+def predict_batch(segmentor: nn.Module, data_batch: dict, features: bool = False) -> list[dict]:
     """Run a data-loader batch through the model; one dict per image at its original size.
 
     Keys: ``seg_logits`` ``[C, H, W]``, ``pred`` ``[H, W]`` (argmax), ``gt`` ``[H, W]`` (when the batch
     has labels), ``img_path``; for GMM heads also ``class_log_likelihood`` ``[C, H, W]``
-    (``log p(x|c)``), ``anomaly_score`` ``[H, W]`` (``-max_c log p(x|c)``) and, in whole mode,
-    ``embeddings`` ``[D, h, w]`` at feature resolution of the (padded) input.
+    (``log p(x|c)``), ``anomaly_score`` ``[H, W]`` (``-max_c log p(x|c)``) and ``embeddings``
+    ``[D, h, w]`` at feature resolution of the (padded) input; with ``features=True`` a softmax head
+    also gives ``features`` ``[Ch, h, w]`` (its decode head's fused feature, see
+    :func:`segmentor_outputs`).
     """
     was_training = segmentor.training
     segmentor.eval()
@@ -170,7 +214,7 @@ def predict_batch(segmentor: nn.Module, data_batch: dict) -> list[dict]:
         data = segmentor.data_preprocessor(data_batch, False)
         inputs, samples = data["inputs"], data["data_samples"]
         metas = [s.metainfo for s in samples]
-        out = segmentor_outputs(segmentor, inputs, metas)
+        out = segmentor_outputs(segmentor, inputs, metas, features=features)
     finally:
         segmentor.train(was_training)
     align = decode_head_of(segmentor).align_corners
@@ -183,8 +227,9 @@ def predict_batch(segmentor: nn.Module, data_batch: dict) -> list[dict]:
             cll = _undo_geometry(out["class_log_likelihood"][i], meta, align)
             r["class_log_likelihood"] = cll
             r["anomaly_score"] = -cll.amax(dim=0)
-        if "embeddings" in out:
-            r["embeddings"] = out["embeddings"][i]
+        for key in _GRID_KEYS:
+            if key in out:
+                r[key] = out[key][i]
         if "gt_sem_seg" in sample:
             r["gt"] = sample.gt_sem_seg.data[0]
         results.append(r)
