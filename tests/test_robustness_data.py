@@ -217,12 +217,17 @@ def test_broken_mask_is_named_by_the_checker_and_by_the_training_loader(lab, cas
     data, loader_fails = BROKEN_MASKS[case]
     (lab / "annotations/train/t0.png").write_bytes(data)
     _assert_refused(lab, "t0.png")
-    dataset = _dataset(lab, "train", loader="train")
     if loader_fails:
+        # the class-balanced sampler reads every training mask when the loader is built
+        with pytest.raises(DatasetError) as info:
+            _dataset(lab, "train", loader="train")
+        assert "annotations/train/t0.png" in str(info.value) and "images/train/t0.png" in str(info.value)
+        dataset = _dataset(lab, "train", loader="val")  # without the sampler: the loading transform names it
         with pytest.raises(DatasetError) as info:
             dataset[0]
         assert "annotations/train/t0.png" in str(info.value) and "images/train/t0.png" in str(info.value)
     else:
+        dataset = _dataset(lab, "train", loader="train")
         assert dataset[0]["data_samples"].gt_sem_seg.data.shape[-2:] == (H, W)
 
 
@@ -492,7 +497,10 @@ def test_empty_anomaly_split_is_refused(lab):
 def test_image_without_mask_is_named_by_checker_and_loader(lab):
     (lab / "annotations/train/t1.png").unlink()
     _assert_refused(lab, "t1.png", "image without its mask")
-    dataset = _dataset(lab, "train", loader="train")
+    with pytest.raises(DatasetError) as info:  # the class-balanced sampler reads every training mask
+        _dataset(lab, "train", loader="train")
+    assert "annotations/train/t1.png" in str(info.value) and "No such file" in str(info.value)
+    dataset = _dataset(lab, "train", loader="val")
     with pytest.raises(DatasetError) as info:
         dataset[1]
     assert "annotations/train/t1.png" in str(info.value) and "No such file" in str(info.value)

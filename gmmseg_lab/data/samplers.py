@@ -20,6 +20,8 @@ from mmengine.dataset.sampler import DATA_SAMPLERS
 from mmengine.dist import get_dist_info, sync_random_seed
 from torch.utils.data import Sampler
 
+from gmmseg_lab.data.layout import DatasetError
+
 __all__ = ["ClassBalancedSampler", "class_presence"]
 
 
@@ -40,6 +42,9 @@ def class_presence(dataset, num_classes: int | None = None, progress: bool = Fal
     Args:
         dataset: an mmseg ``BaseSegDataset`` (lazy ones are fully initialised here).
         num_classes: default ``len(dataset.metainfo['classes'])``.
+
+    Raises:
+        DatasetError: a mask is missing or cannot be decoded; every such pair is named.
     """
     from tqdm.auto import tqdm
 
@@ -59,14 +64,23 @@ def class_presence(dataset, num_classes: int | None = None, progress: bool = Fal
             mapped[lookup == old] = new
         lookup = mapped
     presence = np.zeros((len(dataset), num_classes), dtype=bool)
+    broken: list[str] = []
     for i in tqdm(range(len(dataset)), desc="class presence", disable=not progress, unit="img"):
-        path = dataset.get_data_info(i).get("seg_map_path")
+        info = dataset.get_data_info(i)
+        path = info.get("seg_map_path")
         if path is None:
             raise ValueError(f"ClassBalancedSampler: image {i} of the data set has no seg_map_path")
-        raw = np.unique(_read_label_map(path))
+        try:
+            raw = np.unique(_read_label_map(path))
+        except (OSError, ValueError) as exc:  # missing, truncated or not an image (PIL's errors)
+            broken.append(f"{info.get('img_path')} and {path}: failed to load ({type(exc).__name__}: {exc})")
+            continue
         values = np.unique(lookup[raw[(raw >= 0) & (raw < 256)].astype(np.int64)])
         values = values[(values >= 0) & (values < num_classes)]
         presence[i, values] = True
+    if broken:
+        raise DatasetError(broken + ["ClassBalancedSampler reads every training mask; "
+                                     "`gmmseg-lab data check DIR` lists every broken file"])
     return presence
 
 
