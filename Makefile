@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -m gmmseg_lab report --preset demo --out $(REPORT) --jobs 2
 	@echo "open $(CURDIR)/$(REPORT)/index.html"
 
-# The README's numbers (about two hours on 2 CPU cores; rerunning reuses finished work).
+# The README's numbers (about 1.5 hours on 2 CPU cores; rerunning reuses finished work).
 report-cpu: $(STAMP)
 	$(PY) -m gmmseg_lab report --preset cpu --out runs/report-cpu --jobs 2
 
