@@ -60,3 +60,47 @@ def test_static_menu_changes_the_view(quick_report, chromium):
     context.close()
     assert after != before, "choosing another image in the menu did not change the figure"
     assert any("00001" in name for name in visible), visible
+
+
+def test_code_is_folded_and_the_contents_block_works(quick_report, chromium):
+    """A reader sees figures and text first: code opens per cell (and all at once from the contents
+    block), each contents link brings its heading into view, formulas show as text; all offline."""
+    page_path = quick_report.out / "html" / "04_calibration.html"
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, offline=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(page_path.resolve().as_uri(), wait_until="load")
+    page.wait_for_selector("div.js-plotly-plot")
+    folded = page.locator("details.gl-code")
+    editors = page.locator("details.gl-code .jp-InputArea-editor")
+    count = folded.count()
+    assert count >= 5 and editors.count() == count
+    assert page.evaluate("() => Array.from(document.querySelectorAll('details.gl-code')).every(d => !d.open)")
+    assert not any(editors.nth(i).is_visible() for i in range(count)), "code is shown before it is asked for"
+    assert page.locator("div.plotly-graph-div").first.is_visible()
+    # one cell's code, by its own summary (no script involved)
+    folded.nth(2).locator("summary").click()
+    assert editors.nth(2).is_visible() and not editors.nth(3).is_visible()
+    # every cell's code, by the contents block's button, and back
+    toggle = page.locator("nav.gl-toc button.gl-code-toggle")
+    toggle.click()
+    assert page.evaluate("() => Array.from(document.querySelectorAll('details.gl-code')).every(d => d.open)")
+    assert toggle.text_content() == "hide all code"
+    toggle.click()
+    assert page.evaluate("() => Array.from(document.querySelectorAll('details.gl-code')).every(d => !d.open)")
+    # each contents link scrolls its heading into view
+    links = page.locator("nav.gl-toc a")
+    assert links.count() >= 4
+    for i in (links.count() - 1, 1):
+        target = links.nth(i).get_attribute("href")[1:]
+        links.nth(i).click()
+        page.wait_for_timeout(300)
+        top = page.evaluate("(id) => { const h = document.getElementById(id); "
+                            "return h ? h.getBoundingClientRect().top : null; }", target)
+        assert top is not None and -5 <= top < 300, (target, top)
+    # formulas are text, with HTML subscripts
+    assert page.locator(".jp-RenderedMarkdown sub").count() > 5
+    context.close()
+    assert not errors, errors

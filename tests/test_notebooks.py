@@ -77,3 +77,57 @@ def test_rerun_reuses_every_notebook(quick_report):
     again = ReportRunner(quick_report.out, preset="quick", progress=False)
     summary = again.run()
     assert {job["status"] for job in summary["jobs"].values()} == {"reused"}
+
+
+def test_every_figure_is_followed_by_what_to_look_for_and_math_is_text():
+    """Teaching: each figure or table a cell shows is followed by a markdown cell saying what to look
+    for; formulas are Unicode text (no TeX, which the offline pages could not typeset)."""
+    for name in NOTEBOOKS:
+        nb = nbformat.read(str(default_notebooks_dir() / f"{name}.ipynb"), as_version=4)
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type == "markdown":
+                assert "$" not in cell.source and "\\frac" not in cell.source, f"{name} cell {i}: TeX in markdown"
+            elif ".show()" in cell.source:
+                after = next((c for c in nb.cells[i + 1:] if c.cell_type == "markdown"), None)
+                assert after is not None and "What to look for" in after.source, \
+                    f"{name} cell {i} shows a figure without a 'what to look for' cell after it"
+        setup = [c for c in nb.cells if c.cell_type == "code" and "resolve_dirs" in c.source]
+        assert not setup, f"{name}: start with gmmseg_lab.experiments.notebook.setup(...)"
+
+
+def test_notebooks_run_top_to_bottom_with_their_defaults_as_opened_in_jupyterlab(tmp_path):
+    """A fresh copy of notebooks/, each notebook executed in its own fresh kernel with NO parameters
+    injected (preset "quick", work_dir None -> ../runs/lab-quick, live=True: widgets displayed in a
+    headless kernel), in the notebooks' folder, in order (01 trains the runs the others reuse)."""
+    import shutil
+    import time
+
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    folder = tmp_path / "notebooks"
+    shutil.copytree(default_notebooks_dir(), folder)
+    seconds = {}
+    for name in NOTEBOOKS:
+        path = folder / f"{name}.ipynb"
+        nb = nbformat.read(str(path), as_version=4)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
+        start = time.monotonic()
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            pytest.fail(f"{name}, run with its defaults, failed:\n{str(err)[-3000:]}")
+        seconds[name] = round(time.monotonic() - start)
+        nbformat.write(nb, str(path))
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.get("execution_count") for c in code), name
+        outputs = [o for c in code for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], name
+        # live=True: the notebook's ipywidgets view was displayed (and its state kept by the client)
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), name
+        assert nb.metadata.get("widgets"), name
+    print(f"\nseconds per notebook, run with its defaults: {seconds}")
+    runs = tmp_path / "runs" / "lab-quick"
+    assert (runs / "data" / "meta.json").is_file()
+    assert (runs / "runs" / "segformer_gmm_quick_s0" / "metrics.json").is_file()
+    assert (runs / "runs" / "segformer_softmax_quick_s0" / "metrics.json").is_file()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
@@ -271,3 +273,139 @@ def test_a_grid_over_seeds_aggregates_its_jobs_as_the_seeds_of_one_group():
     (group,) = aggregate(results)
     assert group["group"] == {"model": "m"} and group["seeds"] == [0, 1, 2]
     assert group["metrics"]["miou"]["mean"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------- the pages themselves
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class Page(HTMLParser):
+    """What a reader of an exported page meets: its contents block, headings, folded code, outputs, scripts."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, set]] = []
+        self.toc_links: list[str] = []
+        self.toc_texts: list[str] = []
+        self.heading_ids: list[str] = []
+        self.details_open: list[bool] = []
+        self.summaries: list[str] = []
+        self.editors_folded: list[bool] = []  # per code editor: inside a <details class="gl-code">
+        self.stderr_blocks = 0
+        self.script_srcs: list[str] = []
+        self.output_text: list[str] = []
+        self.markdown_text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def inside(self, flag: str) -> bool:
+        return any(flag in flags for _, flags in self.stack)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        flags = set()
+        if tag == "nav" and "gl-toc" in classes:
+            flags.add("toc")
+        if tag == "a" and self.inside("toc"):
+            self.toc_links.append(attrs.get("href") or "")
+            flags.add("toc_link")
+            self.toc_texts.append("")
+        if tag == "details" and "gl-code" in classes:
+            flags.add("code")
+            self.details_open.append("open" in attrs)
+        if tag == "summary" and self.inside("code"):
+            flags.add("summary")
+            self.summaries.append("")
+        if "jp-InputArea-editor" in classes:
+            self.editors_folded.append(self.inside("code"))
+        if "jp-OutputArea-output" in classes:
+            flags.add("output")
+        if "jp-RenderedMarkdown" in classes:
+            flags.add("markdown")
+        if attrs.get("data-mime-type") == "application/vnd.jupyter.stderr" or "output_stderr" in classes:
+            self.stderr_blocks += 1
+        if tag in ("script", "style"):
+            flags.add("script")
+            if tag == "script" and attrs.get("src"):
+                self.script_srcs.append(attrs["src"])
+        if len(tag) == 2 and tag[0] == "h" and tag[1] in "123456" and attrs.get("id") and not self.inside("toc"):
+            self.heading_ids.append(attrs["id"])
+        if tag not in _VOID:
+            self.stack.append((tag, flags))
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data):
+        if self.inside("script"):
+            return
+        if self.inside("toc_link"):
+            self.toc_texts[-1] += data
+        if self.inside("summary"):
+            self.summaries[-1] += data
+        if self.inside("output"):
+            self.output_text.append(data)
+        if self.inside("markdown"):
+            self.markdown_text.append(data)
+
+
+def test_export_folds_code_links_every_heading_and_loads_nothing(tmp_path):
+    from gmmseg_lab.report._execute import export_html
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("seed = 0")
+    params.metadata["tags"] = ["parameters"]
+    shown = nbformat.v4.new_code_cell("print('hello')", execution_count=2,
+                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="hello\n")])
+    nb.cells = [nbformat.v4.new_markdown_cell("# 00 · A title\nSome text with p(x|c) = Σ<sub>m</sub> π<sub>m</sub>."),
+                params, shown, nbformat.v4.new_markdown_cell("## A *part*, with: punctuation?\n\n### Sub-part"),
+                nbformat.v4.new_code_cell("")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    ipynb, html = tmp_path / "n.ipynb", tmp_path / "n.html"
+    nbformat.write(nb, str(ipynb))
+    export_html(ipynb, html)
+    page = Page(html.read_text())
+    assert page.toc_texts == ["00 · A title", "A part, with: punctuation?", "Sub-part"]
+    assert page.toc_links == ["#" + i for i in page.heading_ids] and len(page.heading_ids) == 3
+    assert page.details_open == [False, False]  # the two cells with code; the empty one has none
+    assert [s.strip() for s in page.summaries] == ["show code (parameters)", "show code"]
+    assert page.editors_folded == [True, True]
+    assert "hello" in "".join(page.output_text) and page.stderr_blocks == 0
+    assert page.script_srcs == []  # nothing is loaded: no require.js, no MathJax, no widget manager
+    assert "Σ" in "".join(page.markdown_text) and "<sub>" not in "".join(page.markdown_text)
+
+
+@pytest.mark.slow
+def test_report_pages_have_contents_folded_code_no_warnings_and_offline_math(quick_report):
+    pages = sorted((quick_report.out / "html").glob("*.html"))
+    assert len(pages) == 7
+    for path in pages:
+        name = path.stem
+        page = Page(path.read_text())
+        nb = nbformat.read(str(quick_report.out / "notebooks" / f"{name}.ipynb"), as_version=4)
+        # a contents block at the top, linking every markdown heading of the notebook
+        headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                    if re.match(r"#{1,6} ", line)]
+        assert len(headings) >= 3, name
+        assert len(page.heading_ids) == len(headings), (name, page.heading_ids)
+        assert page.toc_links == ["#" + i for i in page.heading_ids], name
+        # every code cell folded behind a closed <details>
+        code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+        assert len(page.details_open) == len(code) and not any(page.details_open), name
+        assert page.editors_folded and all(page.editors_folded), name
+        # no stderr block, no warning in any output, in the page or in the executed notebook
+        assert page.stderr_blocks == 0, name
+        text = "".join(page.output_text)
+        assert not re.search(r"warning", text, re.IGNORECASE), (name, text[text.lower().find("warning") - 300:][:600])
+        streams = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+        assert not [o for o in streams if o.get("name") == "stderr"], name
+        # math as text: no script from anywhere, no TeX left for a MathJax that is not there
+        assert page.script_srcs == [], (name, page.script_srcs)
+        markdown = "".join(page.markdown_text)
+        assert not re.search(r"\$|\\\(|\\\[|\\frac|\\sum|\\log", markdown), name
+    calibration = "".join(Page((quick_report.out / "html" / "04_calibration.html").read_text()).markdown_text)
+    assert "ECE = Σ" in " ".join(calibration.split()) and "√(C − 1)" in calibration

@@ -10,15 +10,15 @@ Markdown table; :func:`run_demo` is ``gmmseg-lab demo``: data, both twins, the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ..catalog import HEADS, parse_model_spec
 from ..io_utils import atomic_write_json
 from ..stats import TABLE_COLUMNS, flatten_metrics, metric_value, seed_stats
 from .runs import ensure_dataset, run_dir_of, run_many
 
-__all__ = ["aggregate_over_seeds", "format_table", "run_comparison", "run_demo", "train_twins", "twin_records",
-           "twin_summary"]
+__all__ = ["aggregate_over_seeds", "by_model", "format_table", "run_comparison", "run_demo", "train_twins",
+           "twin_records", "twin_summary"]
 
 
 def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str], seeds: Iterable[int],
@@ -43,6 +43,35 @@ def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str]
                                      arch=arch, head=head, preset=preset, seed=seed, backbone=backbone))
     metrics = run_many(requests, jobs=jobs, progress=progress)
     return {key: {"run_dir": r["run_dir"], "metrics": m} for key, r, m in zip(keys, requests, metrics)}
+
+
+def by_model(runs: Mapping[tuple[str, str, int], Any], archs: Iterable[str], seeds: Iterable[int] | int,
+             key: str | Callable[[Any], Any] | None = "metrics", heads: Iterable[str] = HEADS) -> dict[str, Any]:
+    """One entry per model, ``"<arch> <head>"``, in the order of ``archs`` then ``heads``: what the
+    figures and tables of the notebooks take.
+
+    Args:
+        runs: keyed by ``(arch, head, seed)``, as :func:`train_twins` returns (any dict keyed so works,
+            e.g. one of anomaly curves per run).
+        seeds: a list of seeds (each model gets a list, one item per seed, in that order) or one seed
+            (each model gets that seed's item alone).
+        key: what of each run: its entry's ``key`` (``"metrics"``, ``"run_dir"``, ...), ``key(entry)``
+            for a callable, the entry itself for None.
+
+    ``by_model(runs, ["segformer"], [0, 1])`` is ``{"segformer gmm": [metrics seed 0, metrics seed 1],
+    "segformer softmax": [...]}``; a run missing from ``runs`` raises ``KeyError`` naming it.
+    """
+    def pick(arch: str, head: str, seed: int) -> Any:
+        if (arch, head, seed) not in runs:
+            raise KeyError(f"no run ({arch!r}, {head!r}, {seed}) in runs (has {sorted(runs)})")
+        entry = runs[(arch, head, seed)]
+        return entry if key is None else key(entry) if callable(key) else entry[key]
+
+    archs, heads = list(archs), list(heads)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        return {f"{arch} {head}": pick(arch, head, seeds) for arch in archs for head in heads}
+    seeds = list(seeds)
+    return {f"{arch} {head}": [pick(arch, head, seed) for seed in seeds] for arch in archs for head in heads}
 
 
 def twin_records(runs: dict[tuple[str, str, int], dict]) -> list[dict]:
