@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.gmmseg-lab-installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo report-cpu test bench docs clean
+.PHONY: setup demo report-cpu test lint format bench docs clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ report-cpu: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff: lint (pyflakes, pycodestyle, import order) and the formatter's check, as CI runs them.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) bench/bench_gmm.py
