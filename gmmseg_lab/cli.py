@@ -11,6 +11,7 @@
     gmmseg-lab demo [--out runs/demo]
     gmmseg-lab toy
     gmmseg-lab report --preset quick --out DIR
+    gmmseg-lab explore --checkpoint W --images DIR --out REPORT [--softmax W2]   (your photographs, no labels)
 
 Exit status: 0 success; 2 a usage error (an unknown, out-of-range or contradictory option, a bad
 ``KEY=VALUE``, an output path of the wrong kind: argparse's own errors included); 1 a data error
@@ -311,6 +312,24 @@ def _add_toy(sub) -> None:
     sub.add_parser("toy", help="fit a GMM classifier on 2-D multimodal toy data and print what it learned")
 
 
+def _add_explore(sub) -> None:
+    exp = sub.add_parser("explore", help="explore a model on your own photographs (no labels) as an HTML report",
+                         description="Run notebooks 02 (components), 03 (t-SNE) and 06 (anomaly maps) on a folder of "
+                                     "unlabeled photographs of any size into a report (index.html); metrics that "
+                                     "need labels are left out. Images larger than the model's training crop go "
+                                     "through sliding-window inference.")
+    exp.add_argument("--checkpoint", required=True, type=Path,
+                     help="the GMMSeg model: a `gmmseg-lab train` or `import-release` work dir (or a .pth)")
+    exp.add_argument("--images", required=True, type=Path, help="a folder of photographs (png, jpg, ...)")
+    exp.add_argument("--out", required=True, type=Path, help="report folder (index.html, html/, notebooks/)")
+    exp.add_argument("--softmax", type=Path, help="a softmax model to explore beside it: the lab's softmax twin work "
+                     "dir, or an mmseg checkpoint .pth (with --softmax-config)")
+    exp.add_argument("--softmax-config", type=Path, help="the mmseg config file of a --softmax checkpoint")
+    exp.add_argument("--max-images", type=_positive_int, default=8, help="the first N photographs (default 8)")
+    exp.add_argument("--timeout", type=_positive_int, help="seconds a notebook cell may run (default: no limit)")
+    exp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _add_report(sub) -> None:
     rep = sub.add_parser("report", help="execute the lab's notebooks with papermill into an HTML report",
                          description="Execute notebooks/ in dependency order (training once, reused by later "
@@ -334,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Exit status: 0 success, 1 a data error (a missing, corrupt or "
                                             "unsuitable input), 2 a usage error (bad options).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_data, _add_train, _add_evaluate, _add_import_release, _add_demo, _add_toy, _add_report):
+    for add in (_add_data, _add_train, _add_evaluate, _add_import_release, _add_demo, _add_toy, _add_report,
+                _add_explore):
         add(sub)
     return parser
 
@@ -574,6 +594,33 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_explore(args) -> int:
+    _output_folder(args.out, "--out")
+    _input_folder(args.images, "--images", "a folder of photographs")
+    if args.softmax_config is not None and args.softmax is None:
+        raise UsageError("--softmax-config names the config of a --softmax checkpoint; give --softmax too")
+    if not args.checkpoint.exists():
+        raise DataError(f"--checkpoint {args.checkpoint}: no such work dir or checkpoint file")
+    if args.softmax is not None and not args.softmax.exists():
+        raise DataError(f"--softmax {args.softmax}: no such work dir or checkpoint file")
+    from .experiments.explore import IMAGE_SUFFIXES, explore_report
+    from .models.inference import read_config
+
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in args.images.iterdir()):
+        raise DataError(f"--images {args.images}: no image files in it (expected {', '.join(IMAGE_SUFFIXES)})")
+    if args.softmax_config is not None:
+        read_config(args.softmax_config, "--softmax-config")
+    summary, failed = explore_report(args.checkpoint, args.images, args.out, softmax=args.softmax,
+                                     softmax_config=args.softmax_config, max_images=args.max_images,
+                                     progress=not args.no_progress, timeout=args.timeout)
+    index = Path(args.out).resolve() / "index.html"
+    print(f"report: {index}")
+    if failed:
+        print(f"{len(failed)} notebook(s) did not succeed: {', '.join(failed)} (see {index})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .experiments.compare import run_demo
 
@@ -591,7 +638,7 @@ def _cmd_toy(args) -> int:
 
 #: Subcommand -> the function that runs it (returns the exit status).
 COMMANDS = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate, "import-release": _cmd_import_release,
-            "demo": _cmd_demo, "report": _cmd_report, "toy": _cmd_toy}
+            "demo": _cmd_demo, "report": _cmd_report, "toy": _cmd_toy, "explore": _cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:

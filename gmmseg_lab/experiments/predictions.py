@@ -53,6 +53,12 @@ class Predictions:
         gt_small: ``[N, h, w]`` int64, ``gt`` resized (nearest) to the embeddings' grid (GMM only).
         means, stds: ``[C, M, D]`` float32 mixture parameters; log_weights ``[C, M]`` (GMM only).
         split, run_dir: where the arrays come from.
+        labeled: False for photographs without labels (:func:`gmmseg_lab.experiments.explore.predict_images`):
+            ``gt`` and ``gt_small`` are then all 255 and the views colour by ``pred`` instead.
+        features: ``[N, Ch, h, w]`` float32, a softmax head's fused feature (the input of its 1x1
+            classifier), at feature resolution (unlabeled predictions of a softmax head only).
+        score_maps: ``{score name: [N, H, W] float32}``, every anomaly score the head offers
+            (:func:`gmmseg_lab.eval.evaluate._anomaly_score_maps`; unlabeled predictions only).
     """
 
     names: list[str]
@@ -72,6 +78,9 @@ class Predictions:
     means: np.ndarray | None = None
     stds: np.ndarray | None = None
     log_weights: np.ndarray | None = None
+    labeled: bool = True
+    features: np.ndarray | None = None
+    score_maps: dict[str, np.ndarray] | None = None
 
     @property
     def is_gmm(self) -> bool:

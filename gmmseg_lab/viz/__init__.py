@@ -6,7 +6,8 @@ own sliders and menus (no kernel); every ``*_widget`` builder returns an ipywidg
 ``.figure``) whose callbacks redraw from the same functions, live in JupyterLab.
 
 Modules: :mod:`.toy` (notebook 00), :mod:`.training` (01), :mod:`.components` (02), :mod:`.embedding`
-(03), :mod:`.calibration` (04), :mod:`.ablation` (05), :mod:`.anomaly` (06); shared by them:
+(03), :mod:`.calibration` (04), :mod:`.ablation` (05), :mod:`.anomaly` (06), :mod:`.explore` (your own
+pictures, no labels: segmentation, every anomaly score, the upload control); shared by them:
 :mod:`.style` (colours, image axes), :mod:`.common` (PNG data URIs, mean ± std over seeds) and
 :mod:`._widgets` (the ipywidgets plumbing).
 """

@@ -7,6 +7,10 @@ metrics of :class:`gmmseg_lab.eval.metrics.AnomalyScores` (``curves()`` and ``co
 per seed. A pixel is flagged anomalous when its score is ``>=`` the threshold, the convention of
 ``AnomalyScores.curves``.
 
+Photographs without labels (:func:`gmmseg_lab.experiments.explore.predict_images`) pass ``mask=None``
+(``masks=None``) to the image views: every pixel is scored, no ground-truth outline is drawn, and the
+views give the share of pixels flagged where they would give TPR / FPR.
+
 Images travel inside the figures as PNG data URIs (``go.Image(source=...)``,
 :func:`~gmmseg_lab.viz.common.png_data_uri`): a slider step then carries a few kilobytes per image
 instead of a list of every pixel value.
@@ -160,14 +164,17 @@ def _quantile_levels(scores, masks, num: int, low: float, high: float) -> tuple[
     return levels, np.quantile(scored.astype(np.float64), levels)
 
 
-def quantile_thresholds(scores, masks, num: int = 21, low: float = 0.5, high: float = 0.999) -> np.ndarray:
+def quantile_thresholds(scores, masks=None, num: int = 21, low: float = 0.5, high: float = 0.999) -> np.ndarray:
     """``num`` thresholds at evenly spaced quantiles in ``[low, high]`` of the scored pixels' scores.
 
     Args:
-        scores, masks: ``[..., H, W]`` arrays of the same shape (void = 255 pixels are left out).
+        scores, masks: ``[..., H, W]`` arrays of the same shape (void = 255 pixels are left out);
+            ``masks=None`` (no labels): every pixel is scored.
 
     Ties can make quantiles coincide: the result is sorted and unique, so it may be shorter.
     """
+    if masks is None:
+        masks = np.zeros(np.shape(scores), dtype=np.int64)
     return np.unique(_quantile_levels(scores, masks, num, low, high)[1])
 
 
@@ -200,7 +207,7 @@ def _image_trace(image: np.ndarray, step: int, name: str) -> go.Image:
 # Figures.
 
 
-def score_overlay_figure(image, score, mask, *, threshold: float | None = None, score_range=None,
+def score_overlay_figure(image, score, mask=None, *, threshold: float | None = None, score_range=None,
                          opacity: float = 0.7, title: str | None = None, max_side: int = 384) -> go.Figure:
     """An image, its anomaly score over it, and (with ``threshold``) the pixels flagged at that threshold.
 
@@ -211,7 +218,8 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
 
     Args:
         image: ``[H, W, 3]`` uint8. score: ``[H, W]`` float, higher = more anomalous.
-        mask: ``[H, W]`` 0 inlier, 1 anomaly, 255 void.
+        mask: ``[H, W]`` 0 inlier, 1 anomaly, 255 void; None for an image without labels (every
+            pixel scored, no outline; the flagged panel gives the share of pixels flagged).
         threshold: optional flagging threshold.
         score_range: ``(low, high)`` of the colour scale; default the 1st and 99th percentiles of
             the scored pixels (pass one range to compare images of the same model).
@@ -223,6 +231,9 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
         score with NaN at void pixels.
     """
     image = _check_image(image)
+    labeled = mask is not None
+    if not labeled:
+        mask = np.zeros(image.shape[:2], dtype=np.int64)
     score, mask = _check_score_and_mask(score, mask, image.shape[:2])
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
@@ -234,14 +245,16 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
     if not high > low:
         high = low + 1e-6  # a constant score still gets a valid colour scale
     step = _stride(image.shape[:2], max_side)
-    panels = ["image and ground-truth anomalies", "anomaly score"]
+    panels = ["image and ground-truth anomalies" if labeled else "image (no labels)", "anomaly score"]
     if threshold is not None:
         rates = flag_rates(score, mask, threshold)
-        panels.append(f"score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])}, FPR {_percent(rates['fpr'])}")
+        panels.append(f"score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])}, FPR {_percent(rates['fpr'])}"
+                      if labeled else f"score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the pixels flagged")
     # Room between the panels for the score's colour bar, right of the second panel.
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.1)
     fig.add_trace(_image_trace(image, step, "image"), row=1, col=1)
-    for trace in _outline_traces(mask, show_legend=True):
+    outlines = _outline_traces if labeled else (lambda _mask, show_legend: [])
+    for trace in outlines(mask, show_legend=True):
         fig.add_trace(trace, row=1, col=1)
     fig.add_trace(_image_trace(image, step, "image"), row=1, col=2)
     shown = np.where(scored, score, np.nan)[::step, ::step]
@@ -251,11 +264,11 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
         colorbar=dict(title=dict(text="anomaly<br>score"), len=0.8, x=fig.layout.xaxis2.domain[1] + 0.005,
                       xanchor="left", thickness=14),
         hovertemplate="(%{x}, %{y})<br>score %{z:.4g}<extra></extra>"), row=1, col=2)
-    for trace in _outline_traces(mask, show_legend=False):
+    for trace in outlines(mask, show_legend=False):
         fig.add_trace(trace, row=1, col=2)
     if threshold is not None:
         fig.add_trace(_image_trace(flagged_overlay(image, score, mask, threshold), step, "flagged"), row=1, col=3)
-        for trace in _outline_traces(mask, show_legend=False):
+        for trace in outlines(mask, show_legend=False):
             fig.add_trace(trace, row=1, col=3)
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"flagged (score ≥ {threshold:.4g})",
                                  marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR))),
@@ -263,7 +276,8 @@ def score_overlay_figure(image, score, mask, *, threshold: float | None = None, 
     image_axes(fig, len(panels), shape=image.shape[:2])
     width = 380 * len(panels) + 160
     fig.update_layout(
-        title=dict(text=title or "Anomaly score (higher = more anomalous); void pixels are not scored",
+        title=dict(text=title or ("Anomaly score (higher = more anomalous); void pixels are not scored" if labeled
+                                  else "Anomaly score (higher = more anomalous); no labels, every pixel scored"),
                    x=0.01, xanchor="left"),
         font=FONT, template="plotly_white", width=width, height=500, margin=dict(l=60, r=40, t=90, b=90),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"))
@@ -415,7 +429,8 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
 
     Args:
         images: ``[N, H, W, 3]`` uint8 (or a list of such arrays of one size).
-        scores: ``[N, H, W]`` float. masks: ``[N, H, W]`` 0 / 1 / 255.
+        scores: ``[N, H, W]`` float. masks: ``[N, H, W]`` 0 / 1 / 255, or None for images without
+            labels (no outline; the title gives the share of pixels flagged).
         thresholds: ``[K]`` increasing or not; one slider step each, in the given order.
         titles: optional ``N`` panel titles (default ``"image i"``).
         max_side: larger images are subsampled to this many pixels per side.
@@ -424,6 +439,9 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
         A figure with ``layout.sliders[0].steps`` of length K; step ``k``'s ``args[0]["source"]``
         holds the N PNG data URIs and its label the threshold.
     """
+    labeled = masks is not None
+    if not labeled:
+        masks = np.zeros(np.shape(scores), dtype=np.int64)
     images, scores, masks = _check_stack(images, scores, masks)
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 0 or np.isnan(thresholds).any():
@@ -443,6 +461,10 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
 
     def heading(threshold: float) -> str:
         rates = flag_rates(scores, masks, threshold)
+        if not labeled:
+            return (f"Pixels flagged anomalous at score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the "
+                    f"pixels (magenta)<br><sup>pooled over {n} image{'s' if n > 1 else ''}; no labels, so no "
+                    "TPR / FPR</sup>")
         return (f"Pixels flagged anomalous at score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])} of the anomalous "
                 f"pixels, FPR {_percent(rates['fpr'])} of the inliers<br><sup>pooled over {n} image"
                 f"{'s' if n > 1 else ''}; {_percent(rates['flagged'])} of all scored pixels flagged (magenta)</sup>")
@@ -453,7 +475,7 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
                                name=titles[i], hovertemplate="(%{x}, %{y})<extra></extra>",
                                meta={"role": "flagged", "image": i}), row=1, col=i + 1)
         image_traces.append(len(fig.data) - 1)
-        for trace in _outline_traces(masks[i], show_legend=i == 0):
+        for trace in _outline_traces(masks[i], show_legend=i == 0) if labeled else []:
             fig.add_trace(trace, row=1, col=i + 1)
     image_axes(fig, n, shape=images.shape[1:3])
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="flagged pixels (score ≥ threshold)",
@@ -532,13 +554,17 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
     :func:`score_overlay_figure` with the flagged panel.
 
     Args:
-        images: ``[N, H, W, 3]`` uint8. masks: ``[N, H, W]`` 0 / 1 / 255.
+        images: ``[N, H, W, 3]`` uint8. masks: ``[N, H, W]`` 0 / 1 / 255, or None for images
+            without labels (every pixel scored, no outline, the share of pixels flagged).
         scores_by_model: ``{label: [N, H, W] float scores}``.
     """
     import ipywidgets as widgets
 
     if not isinstance(scores_by_model, Mapping) or not scores_by_model:
         raise ValueError("scores_by_model must be a non-empty dict {label: [N, H, W] scores}")
+    labeled = masks is not None
+    if not labeled:
+        masks = np.zeros(np.shape(images)[:3], dtype=np.int64)
     checked = {}
     for label, scores in scores_by_model.items():
         checked_images, checked[label], checked_masks = _check_stack(images, scores, masks)
@@ -581,7 +607,8 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
         if label not in score_ranges:
             score_ranges[label] = tuple(np.percentile(scores[masks != VOID], [1, 99]).tolist())
         title = f"{label}, image {i}: anomaly score and pixels flagged at score ≥ {threshold:.4g}"
-        return score_overlay_figure(images[i], scores[i], masks[i], threshold=threshold, max_side=max_side,
+        return score_overlay_figure(images[i], scores[i], masks[i] if labeled else None, threshold=threshold,
+                                    max_side=max_side,
                                     score_range=score_ranges[label], title=title)
 
     # The model's own handler (on_model) redraws once after the thresholds follow; observing the

@@ -390,7 +390,7 @@ def _luminance(rgb) -> float:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
-def component_usage(preds, image_indices: Sequence[int] | None = None) -> np.ndarray:
+def component_usage(preds, image_indices: Sequence[int] | None = None, by: str | None = None) -> np.ndarray:
     """``[C, M]`` int64: labelled pixels whose most likely component of their ground-truth class is ``m``.
 
     Counted on the embedding grid (``gt_small``, ignore = 255 and out-of-range labels skipped); a
@@ -398,17 +398,31 @@ def component_usage(preds, image_indices: Sequence[int] | None = None) -> np.nda
     posteriori component, not the training E-step's assignment: the head's default Sinkhorn E-step
     balances the components over each batch and can give a pixel a less likely component, so this
     usage is typically less even than training achieved.
+
+    ``by="pred"`` counts by the predicted class instead (``preds.pred`` at the pixel each grid cell
+    was resized from): the usage on images without labels. ``by=None``: ``"gt"`` for labelled
+    predictions, ``"pred"`` for unlabeled ones (``preds.labeled`` False).
     """
     _require_gmm(preds, "component_usage")
-    if preds.gt_small is None:
+    if by is None:
+        by = "gt" if getattr(preds, "labeled", True) else "pred"
+    if by not in ("gt", "pred"):
+        raise ValueError(f"by must be 'gt' or 'pred', got {by!r}")
+    if by == "gt" and not getattr(preds, "labeled", True):
+        raise ValueError("component_usage(by='gt') needs labels and these predictions have none; "
+                         "use by='pred' (usage by predicted class)")
+    if by == "gt" and preds.gt_small is None:
         raise ValueError("component_usage needs preds.gt_small (the labels on the embedding grid)")
     image_indices = range(len(preds.names)) if image_indices is None else [
         _check_index(preds, i, "image_indices") for i in image_indices]
     num_c, num_m = len(preds.classes), preds.num_components
+    height, width = preds.gt.shape[1:]
+    h, w = preds.embeddings.shape[2:]
+    src_rows, src_cols = np.arange(h) * height // h, np.arange(w) * width // w  # the pixel each cell was resized from
     counts = np.zeros(num_c * num_m, dtype=np.int64)
     for i in image_indices:
         best = preds.component_log_prob(i).argmax(1)  # [C, h, w]
-        labels = preds.gt_small[i]
+        labels = preds.gt_small[i] if by == "gt" else preds.pred[i][src_rows[:, None], src_cols[None, :]]
         rows, cols = np.nonzero((labels >= 0) & (labels < num_c))
         own = labels[rows, cols]
         counts += np.bincount(own * num_m + best[own, rows, cols], minlength=num_c * num_m)
@@ -442,14 +456,18 @@ def component_balance(usage: np.ndarray) -> np.ndarray:
 
 def component_usage_figure(usage: np.ndarray, classes: Sequence[str], palette,
                            title: str = "How each class uses its mixture components (labelled pixels, most "
-                                        "likely component)") -> go.Figure:
+                                        "likely component)", labeled: bool = True) -> go.Figure:
     """Stacked horizontal bars: each class's share of pixels per component, in the component shades,
     with the normalised entropy (:func:`component_balance`) written after each bar.
 
     Args:
         usage: ``[C, M]`` pixel counts (:func:`component_usage`).
         classes: ``C`` class names; ``palette``: ``[C, 3]`` uint8 class colours.
+        labeled: False for usage by predicted class on images without labels (``by="pred"``): the
+            default title and axis then say so.
     """
+    if not labeled and title.startswith("How each class uses its mixture components (labelled pixels"):
+        title = "How each predicted class uses its mixture components (no labels: pixels by predicted class)"
     usage = np.asarray(usage)
     if usage.ndim != 2 or usage.shape[0] != len(classes):
         raise ValueError(f"usage must be [C, M] with C = len(classes) = {len(classes)}, got shape {usage.shape}")
@@ -477,7 +495,8 @@ def component_usage_figure(usage: np.ndarray, classes: Sequence[str], palette,
                        yanchor="bottom", showarrow=False)
     fig.update_layout(
         title=dict(text=title, x=0.01), font=FONT, template="plotly_white", barmode="stack",
-        xaxis=dict(title="share of the class's labelled pixels (segments: component 0 dark → light)",
+        xaxis=dict(title=f"share of the class's {'labelled' if labeled else 'predicted'} pixels (segments: "
+                         "component 0 dark → light)",
                    range=[0, 1.3], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1.0]),
         yaxis=dict(title=dict(text="class", standoff=12), autorange="reversed"), height=max(300, 34 * num_c + 160),
         margin=dict(l=130, r=30, t=90, b=70), uniformtext=dict(minsize=9, mode="hide"))
