@@ -352,7 +352,7 @@ def test_explore_builds_a_report_from_unlabeled_photos(tmp_path, photos, lab_run
     assert (out / "index.html").is_file() and json.loads((out / "explore.json").read_text())["softmax"]
     release_out = tmp_path / "release_report"
     assert main(["explore", "--checkpoint", str(release_work), "--images", str(photos), "--out", str(release_out),
-                 "--max-images", "2", "--no-progress"]) == 0
+                 "--max-images", "1", "--no-progress"]) == 0
     summary = json.loads((release_out / "summary.json").read_text())
     assert all(job["status"] == "ok" for job in summary["jobs"].values())
     assert "stuff_" in (release_out / "html" / "02_component_assignments.html").read_text()

@@ -454,10 +454,12 @@ def fit_embedding_map(x: np.ndarray, info: dict, means: np.ndarray | None = None
     """Fit a 2-D openTSNE map on pixel embeddings ``x`` ``[n, D]`` and the means ``[C, M, D]`` together.
 
     Unlike scikit-learn's t-SNE (:func:`gmmseg_lab.viz.embedding.tsne_embedding`), openTSNE's map
-    can place new points afterwards (:func:`place_on_map`) without moving the fitted ones.
+    can place new points afterwards (:func:`place_on_map`) without moving the fitted ones. A
+    perplexity too large for the number of points (openTSNE needs ``3 * perplexity`` neighbours) is
+    lowered to fit.
 
     Raises:
-        ValueError: shapes that do not fit, or a perplexity not below the number of points.
+        ValueError: shapes that do not fit.
     """
     from openTSNE import TSNE
 
@@ -553,9 +555,11 @@ def explore_report(checkpoint: str | Path, images: str | Path, out: str | Path, 
     plan, nb_dir = explore_jobs(checkpoint, images, softmax, softmax_config, max_images, notebooks_dir)
     runner = _explore_runner(out, plan, nb_dir, progress=progress, timeout=timeout)
     summary = runner.run()
-    atomic_write_json(Path(runner.out) / "explore.json", {"checkpoint": str(checkpoint), "images": str(images),
-                                     "softmax": None if softmax is None else str(softmax),
-                                     "notebooks": list(EXPLORE_NOTEBOOKS), "note": NO_LABELS_NOTE})
+    inputs = {"checkpoint": str(checkpoint), "images": str(images),
+              "softmax": None if softmax is None else str(softmax),
+              "softmax_config": None if softmax_config is None else str(softmax_config),
+              "notebooks": list(EXPLORE_NOTEBOOKS), "note": NO_LABELS_NOTE}
+    atomic_write_json(Path(runner.out) / "explore.json", inputs)
     return summary, runner.failed
 
 
@@ -703,6 +707,12 @@ class ExploreSession:
     def gmm(self) -> Predictions:
         return next(iter(self.preds.values()))
 
+    def summary(self) -> str:
+        """What was predicted, by which model, and what is left out (plain text)."""
+        lines = [f"{label}: {images_summary(p)} ({self.sources[label]})" for label, p in self.preds.items()]
+        return "\n".join(lines + [f"{NO_LABELS_NOTE}; the sections after the pictures' views need labels and show "
+                                  "nothing here"])
+
     def _repr_markdown_(self) -> str:
         lines = [f"- **{label}**: {images_summary(p)} (`{self.sources[label]}`)" for label, p in self.preds.items()]
         return "\n".join(lines + ["", f"*{NO_LABELS_NOTE}.*"])
@@ -716,8 +726,8 @@ class ExploreSession:
         gmm = self.gmm
         order = list(range(len(gmm.names)))[:max_images]
         figures = [segmentation_figure(self.preds, order)]
-        figures += [anomaly_maps_figure(p, 0, title=f"{label}: every anomaly score on {p.names[0]} (bright = "
-                                                     "anomalous; each map on its own scale)")
+        figures += [anomaly_maps_figure(p, 0, max_side=160, title=f"{label}: every anomaly score on {p.names[0]} "
+                                        "(bright = anomalous; each map on its own scale)")
                     for label, p in self.preds.items()]
         figures += [van.score_overlay_figure(p.images[0], p.anomaly_score[0], None, title=f"{label}: {p.names[0]}")
                     for label, p in self.preds.items()]
@@ -757,4 +767,6 @@ def anomaly_session(lab, images, checkpoint=None, softmax=None, softmax_config=N
         preds["softmax"] = predict_images(softmax, _images_of(gmm), config=softmax_config, max_images=max_images,
                                           max_side=max(gmm.images.shape[1:3]))
         sources["softmax"] = str(softmax)
-    return ExploreSession(preds, sources)
+    session = ExploreSession(preds, sources)
+    print(session.summary())
+    return session
