@@ -237,6 +237,10 @@ def test_softmax_features_make_a_map_without_means(lab_runs, photos):
     assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["colour: predicted class", "colour: anomaly score"]
     with pytest.raises(ValueError, match="colour_by"):
         ve.tsne_figure(coords, info, None, preds.classes, preds.palette, colour_by="component")
+    box = ve.tsne_widget(preds, n_per_class=10, perplexity=5)  # the live view: no component colouring offered
+    assert [v for _, v in box.controls["colour_by"].options] == ["class", "anomaly"]
+    box.controls["colour_by"].value = "anomaly"
+    assert [t.visible for t in box.figure.data][-1] is True and box.figure.data[-1].name == "anomaly score"
 
 
 def test_new_pixels_are_placed_on_a_map_of_labelled_pixels(lab_runs, gmm_preds):
