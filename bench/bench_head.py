@@ -16,6 +16,7 @@ Usage::
     python bench/bench_head.py                        # every architecture and backbone, 19 and 150 classes
     python bench/bench_head.py --arch segformer --classes 19 --repeats 5
     python bench/bench_head.py --json                 # one JSON object on stdout, nothing else
+    python bench/bench_head.py --profile --arch segformer --classes 150   # where the GMM's extra time goes
 """
 
 from __future__ import annotations
@@ -109,6 +110,49 @@ def time_twins(arch: str, preset: str, classes: int, backbone: str | None, kind:
             "gmm_s": gmm, "softmax_s": softmax, "ratio": gmm / softmax}
 
 
+def profile_train_step(arch: str, preset: str, classes: int, batch_size: int, size: int, steps: int = 10,
+                       rows: int = 15) -> dict:
+    """Where a training step's time goes, GMMSeg against its twin: torch.profiler over ``steps`` steps
+    of each (after a warm-up past the first M-step), the ops by self CPU time, and each operator's
+    extra self time in the GMM model (its time there minus its time in the twin)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tables, self_ms = {}, {}
+    for head in ("gmm", "softmax"):
+        model, _ = build(arch, head, preset, classes, None)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch = make_batch(batch_size, size, classes)
+        for _ in range(5):
+            train_step(model, optimizer, batch)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                train_step(model, optimizer, batch)
+        averages = prof.key_averages()
+        tables[head] = averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+        self_ms[head] = {e.key: e.self_cpu_time_total / 1e3 / steps for e in averages}
+    total = {h: sum(v.values()) for h, v in self_ms.items()}
+    extra = {k: v - self_ms["softmax"].get(k, 0.0) for k, v in self_ms["gmm"].items()}
+    top_extra = sorted(extra.items(), key=lambda kv: -kv[1])[:rows]
+    return {"arch": arch, "classes": classes, "steps": steps, "tables": tables,
+            "self_cpu_ms_per_step": total, "extra_ms_per_step_by_op": dict(top_extra)}
+
+
+def print_profiles(args, out) -> None:
+    for arch in args.train_arch or args.arch:
+        for classes in args.classes:
+            r = profile_train_step(arch, args.preset, classes, args.batch_size, args.size)
+            if args.json:
+                print(json.dumps({k: v for k, v in r.items() if k != "tables"}, indent=1))
+                continue
+            print(f"== {arch}, {classes} classes: self CPU per step gmm {r['self_cpu_ms_per_step']['gmm']:.1f} ms, "
+                  f"softmax {r['self_cpu_ms_per_step']['softmax']:.1f} ms", file=out)
+            print("the GMM model's extra self time per step by operator (gmm minus softmax, ms):", file=out)
+            for op, ms in r["extra_ms_per_step_by_op"].items():
+                print(f"  {ms:8.2f}  {op}", file=out)
+            print(r["tables"]["gmm"], file=out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=list(ARCH_NAMES), choices=ARCH_NAMES)
@@ -125,12 +169,18 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (targets are for 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the training step of --train-arch/--arch at --classes instead of timing: "
+                             "the GMM's extra time per operator")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mmengine.logging import MMLogger
 
     MMLogger.get_instance("mmengine").setLevel(logging.WARNING)
     out = sys.stderr if args.json else sys.stdout
+    if args.profile:
+        print_profiles(args, out)
+        return
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "preset": args.preset,
             "batch": args.batch_size, "size": args.size}
