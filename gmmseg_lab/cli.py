@@ -603,7 +603,8 @@ def _cmd_explore(args) -> int:
         raise DataError(f"--checkpoint {args.checkpoint}: no such work dir or checkpoint file")
     if args.softmax is not None and not args.softmax.exists():
         raise DataError(f"--softmax {args.softmax}: no such work dir or checkpoint file")
-    from .experiments.explore import IMAGE_SUFFIXES, explore_report
+    from .experiments.explore import IMAGE_SUFFIXES
+    from .report.explore import explore_report
     from .models.inference import read_config
 
     if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in args.images.iterdir()):

@@ -342,7 +342,7 @@ def test_explore_refuses_bad_input_naming_it(tmp_path, photos, lab_runs, capsys)
 
 @pytest.mark.slow
 def test_explore_builds_a_report_from_unlabeled_photos(tmp_path, photos, lab_runs, release_work):
-    from gmmseg_lab.experiments.explore import EXPLORE_NOTEBOOKS
+    from gmmseg_lab.report.explore import EXPLORE_NOTEBOOKS
 
     out = tmp_path / "report"
     assert main(["explore", "--checkpoint", str(lab_runs["gmm"]), "--images", str(photos), "--out", str(out),

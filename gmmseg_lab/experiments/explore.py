@@ -22,8 +22,9 @@ is stretched and no padding is scored.
 :class:`ImageScorer` keeps a loaded model for repeated calls (the upload control,
 :mod:`gmmseg_lab.viz.upload`). :func:`fit_embedding_map` / :func:`place_on_map` fit an openTSNE map on
 labelled pixels (and the mixture means) and place new images' pixels on it with openTSNE's
-``transform``: where an anomaly lands among the training classes. :func:`explore_report` builds
-notebooks 02, 03 and 06 on a folder of photographs into a report (``gmmseg-lab explore``).
+``transform``: where an anomaly lands among the training classes. Notebooks 02, 03 and 06 build
+their views of a folder of photographs from these; :mod:`gmmseg_lab.report.explore` runs them into a
+report (``gmmseg-lab explore``).
 """
 
 from __future__ import annotations
@@ -37,23 +38,41 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .predictions import Predictions
+from ..data.layout import DatasetError, load_image, read_classes, validate_dataset
+from ..eval.evaluate import _anomaly_score_maps, _test_transforms, resolve_model
+from ..models import is_gmm_head, load_segmentor
+from ..models.inference import decode_head_of, predict_batch
+from ..viz import anomaly as van
+from ..viz import embedding as ve
+from ..viz.explore import anomaly_maps_figure, segmentation_figure, upload_widget
+from .notebook import embedding_sentences as labelled
+from .predictions import Predictions, collect_predictions
+from .runs import ensure_run
 
 #: File suffixes :func:`list_images` reads from a folder (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: What the views say in place of a metric that needs labels.
-NO_LABELS_NOTE = ("these images have no labels: metrics that need them (mIoU, calibration, AUROC / AP / FPR95, "
-                  "component usage on labelled pixels) are left out; the views colour by the predicted class "
-                  "and the anomaly score instead")
+NO_LABELS_NOTE = (
+    "these images have no labels: metrics that need them (mIoU, calibration, AUROC / AP / FPR95, "
+    "component usage on labelled pixels) are left out; the views colour by the predicted class "
+    "and the anomaly score instead"
+)
 #: Default longest side of the images predicted (larger ones are resized down first): CPU time and
 #: the figures' size grow with the pixel count.
 MAX_SIDE = 384
-#: Notebooks of the explore report and the views they build on unlabeled images.
-EXPLORE_NOTEBOOKS = ("02_component_assignments", "03_embedding_tsne", "06_open_world_anomaly")
 
-__all__ = ["EXPLORE_NOTEBOOKS", "IMAGE_SUFFIXES", "NO_LABELS_NOTE", "EmbeddingMap", "ImageScorer", "explore_report",
-           "fit_embedding_map", "list_images", "model_classes", "place_on_map", "predict_images",
-           "reference_predictions"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "NO_LABELS_NOTE",
+    "EmbeddingMap",
+    "ImageScorer",
+    "fit_embedding_map",
+    "list_images",
+    "model_classes",
+    "place_on_map",
+    "predict_images",
+    "reference_predictions",
+]
 
 
 # ----------------------------------------------------------------------------------- images
@@ -71,10 +90,8 @@ def list_images(images, max_images: int | None = None) -> list[tuple[str, np.nda
         ValueError: a folder without images, a file that is not a readable image, an array of
             another shape or type (each message names the file or the list position).
     """
-    from ..data.layout import load_image
 
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
-                                   or max_images < 1):
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
     if isinstance(images, (str, Path)):
         path = Path(images).expanduser()
@@ -94,8 +111,10 @@ def list_images(images, max_images: int | None = None) -> list[tuple[str, np.nda
     elif isinstance(images, Sequence) and not isinstance(images, (bytes, bytearray)):
         items = list(images)
     else:
-        raise ValueError(f"images must be a folder, an image file, a list of files or arrays, or a "
-                         f"{{name: array}} mapping; got {type(images).__name__}")
+        raise ValueError(
+            f"images must be a folder, an image file, a list of files or arrays, or a "
+            f"{{name: array}} mapping; got {type(images).__name__}"
+        )
     if not items:
         raise ValueError("images: an empty list; give at least one image")
     items = items[:max_images] if max_images else items
@@ -155,7 +174,7 @@ def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     new = (max(width, round(w * scale)), max(height, round(h * scale)))  # PIL sizes are (W, H)
     resized = np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
     top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
-    return np.ascontiguousarray(resized[top:top + height, left:left + width])
+    return np.ascontiguousarray(resized[top : top + height, left : left + width])
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -163,8 +182,13 @@ def _default_palette(num_classes: int) -> np.ndarray:
     """``[C, 3]`` uint8 distinct colours for a model that names no palette (golden-angle hues)."""
     import colorsys
 
-    return np.asarray([[round(255 * v) for v in colorsys.hsv_to_rgb((0.61803398875 * c) % 1.0, 0.65, 0.9)]
-                       for c in range(num_classes)], dtype=np.uint8)
+    return np.asarray(
+        [
+            [round(255 * v) for v in colorsys.hsv_to_rgb((0.61803398875 * c) % 1.0, 0.65, 0.9)]
+            for c in range(num_classes)
+        ],
+        dtype=np.uint8,
+    )
 
 
 def model_classes(model_path: str | Path, cfg, num_classes: int) -> tuple[list[str], np.ndarray, str]:
@@ -175,7 +199,6 @@ def model_classes(model_path: str | Path, cfg, num_classes: int) -> tuple[list[s
     data set); the config's dataset ``metainfo``; else generic names ``class 0`` ... with distinct
     colours. A source whose number of classes is not the head's ``num_classes`` is skipped.
     """
-    from ..data.layout import DatasetError, read_classes
 
     model_path = Path(model_path)
     folder = model_path if model_path.is_dir() else model_path.parent
@@ -195,8 +218,11 @@ def model_classes(model_path: str | Path, cfg, num_classes: int) -> tuple[list[s
         classes = list(meta.get("classes") or [])
         if len(classes) == num_classes:
             palette = meta.get("palette")
-            palette = (np.asarray(palette, dtype=np.uint8) if palette is not None and len(palette) == num_classes
-                       else _default_palette(num_classes))
+            palette = (
+                np.asarray(palette, dtype=np.uint8)
+                if palette is not None and len(palette) == num_classes
+                else _default_palette(num_classes)
+            )
             return [str(c) for c in classes], palette, f"{loader}.dataset.metainfo"
     return [f"class {c}" for c in range(num_classes)], _default_palette(num_classes), "generic names"
 
@@ -248,8 +274,6 @@ class ImageScorer:
     """
 
     def __init__(self, model, cfg, checkpoint, source, classes, palette, classes_source: str):
-        from ..models import is_gmm_head
-        from ..models.inference import decode_head_of
 
         self.model, self.cfg, self.checkpoint, self.source = model, cfg, str(checkpoint), str(source)
         self.decode_head = decode_head_of(model)
@@ -258,8 +282,9 @@ class ImageScorer:
         self._transforms = None
 
     @classmethod
-    def load(cls, checkpoint: str | Path, config: str | Path | None = None, device: str | None = None,
-             slide=None) -> "ImageScorer":
+    def load(
+        cls, checkpoint: str | Path, config: str | Path | None = None, device: str | None = None, slide=None
+    ) -> "ImageScorer":
         """Load a work dir (``gmmseg-lab train`` or ``import-release``), or a checkpoint ``.pth`` with
         ``config`` (an mmseg config file; default the ``config.py`` beside it or the one stored in it).
 
@@ -273,9 +298,6 @@ class ImageScorer:
             :func:`gmmseg_lab.eval.evaluate.resolve_model` and :func:`gmmseg_lab.models.load_segmentor`
             (each names the file).
         """
-        from ..eval.evaluate import resolve_model
-        from ..models import load_segmentor
-        from ..models.inference import decode_head_of
 
         cfg, weights = resolve_model(checkpoint, config)
         cfg.model.test_cfg = _test_cfg(cfg, slide)
@@ -297,15 +319,20 @@ class ImageScorer:
         dropped; RGB flipped to BGR as mmseg's ``LoadImageFromFile`` gives it)."""
         from mmengine.dataset import pseudo_collate
 
-        from ..eval.evaluate import _test_transforms
-
         if self._transforms is None:
             self._transforms = _test_transforms(self.cfg)
         samples = []
         for name, rgb in named:
-            sample = self._transforms(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_path=name,
-                                           ori_shape=rgb.shape[:2], img_shape=rgb.shape[:2], seg_fields=[],
-                                           reduce_zero_label=False))
+            sample = self._transforms(
+                dict(
+                    img=np.ascontiguousarray(rgb[..., ::-1]),
+                    img_path=name,
+                    ori_shape=rgb.shape[:2],
+                    img_shape=rgb.shape[:2],
+                    seg_fields=[],
+                    reduce_zero_label=False,
+                )
+            )
             if samples and (len(samples) == batch_size or sample["inputs"].shape != samples[0]["inputs"].shape):
                 yield pseudo_collate(samples)
                 samples = []
@@ -313,8 +340,9 @@ class ImageScorer:
         if samples:
             yield pseudo_collate(samples)
 
-    def predict(self, images, max_images: int | None = 8, max_side: int = MAX_SIDE, batch_size: int = 2,
-                progress: bool = False) -> Predictions:
+    def predict(
+        self, images, max_images: int | None = 8, max_side: int = MAX_SIDE, batch_size: int = 2, progress: bool = False
+    ) -> Predictions:
         """Per-pixel outputs on unlabeled ``images`` (anything :func:`list_images` takes).
 
         Every image is brought to one size ``(H, W)``: the first image's, scaled so that its longest
@@ -327,8 +355,6 @@ class ImageScorer:
             ``gt_small`` (all 255 on that grid), ``class_log_likelihood`` and the mixture; for a
             softmax head ``features`` ``[N, Ch, h, w]``; ``score_maps`` ``{name: [N, H, W]}``.
         """
-        from ..eval.evaluate import _anomaly_score_maps
-        from ..models.inference import predict_batch
 
         named = list_images(images, max_images)
         size = common_size(named[0][1].shape[:2], max_side)
@@ -356,11 +382,20 @@ class ImageScorer:
         images_arr = np.stack([rgb for _, rgb in named])
         grid = np.stack(out["grid"]).astype(np.float32)
         preds = Predictions(
-            names=[name for name, _ in named], images=images_arr, gt=np.full(images_arr.shape[:3], 255, np.int64),
-            pred=np.stack(out["pred"]), probs=np.stack(out["probs"]),
-            anomaly_score=np.stack(out["anomaly_score"]).astype(np.float32), classes=list(self.classes),
-            palette=self.palette.copy(), head=self.head, split="images", run_dir=self.source, labeled=False,
-            score_maps={k: np.stack(v).astype(np.float32) for k, v in maps.items()})
+            names=[name for name, _ in named],
+            images=images_arr,
+            gt=np.full(images_arr.shape[:3], 255, np.int64),
+            pred=np.stack(out["pred"]),
+            probs=np.stack(out["probs"]),
+            anomaly_score=np.stack(out["anomaly_score"]).astype(np.float32),
+            classes=list(self.classes),
+            palette=self.palette.copy(),
+            head=self.head,
+            split="images",
+            run_dir=self.source,
+            labeled=False,
+            score_maps={k: np.stack(v).astype(np.float32) for k, v in maps.items()},
+        )
         if gmm:
             gmm_module = self.decode_head.gmm
             preds.class_log_likelihood = np.stack(out["class_log_likelihood"]).astype(np.float32)
@@ -374,8 +409,16 @@ class ImageScorer:
         return preds
 
 
-def predict_images(checkpoint, images, max_images: int | None = 8, device: str | None = None, slide=None,
-                   config: str | Path | None = None, max_side: int = MAX_SIDE, progress: bool = False) -> Predictions:
+def predict_images(
+    checkpoint,
+    images,
+    max_images: int | None = 8,
+    device: str | None = None,
+    slide=None,
+    config: str | Path | None = None,
+    max_side: int = MAX_SIDE,
+    progress: bool = False,
+) -> Predictions:
     """A model's per-pixel outputs on unlabeled photographs (see the module docstring).
 
     Args:
@@ -396,8 +439,9 @@ def predict_images(checkpoint, images, max_images: int | None = 8, device: str |
     return scorer.predict(images, max_images=max_images, max_side=max_side, progress=progress)
 
 
-def reference_predictions(checkpoint: str | Path, data_dir: str | Path | None = None, max_images: int = 8,
-                          device: str | None = None) -> tuple[Predictions | None, str]:
+def reference_predictions(
+    checkpoint: str | Path, data_dir: str | Path | None = None, max_images: int = 8, device: str | None = None
+) -> tuple[Predictions | None, str]:
     """Labelled predictions of the model's own data set, for a map the new images are placed on.
 
     ``data_dir`` default: the config's ``data_root`` of a lab-trained work dir. Returns
@@ -406,9 +450,6 @@ def reference_predictions(checkpoint: str | Path, data_dir: str | Path | None = 
     None with a note saying why there is no reference (a converted release model has no data set
     beside it; a data set that is gone or whose classes are not the model's).
     """
-    from ..data.layout import DatasetError, read_classes, validate_dataset
-    from ..eval.evaluate import resolve_model
-    from .predictions import collect_predictions
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -449,8 +490,9 @@ class EmbeddingMap:
     mean_coords: np.ndarray | None
 
 
-def fit_embedding_map(x: np.ndarray, info: dict, means: np.ndarray | None = None, seed: int = 0,
-                      perplexity: float = 30.0) -> EmbeddingMap:
+def fit_embedding_map(
+    x: np.ndarray, info: dict, means: np.ndarray | None = None, seed: int = 0, perplexity: float = 30.0
+) -> EmbeddingMap:
     """Fit a 2-D openTSNE map on pixel embeddings ``x`` ``[n, D]`` and the means ``[C, M, D]`` together.
 
     Unlike scikit-learn's t-SNE (:func:`gmmseg_lab.viz.embedding.tsne_embedding`), openTSNE's map
@@ -476,11 +518,12 @@ def fit_embedding_map(x: np.ndarray, info: dict, means: np.ndarray | None = None
     if not 0 < perplexity < len(points) / 3:  # openTSNE needs 3 * perplexity neighbours
         perplexity = max(1.0, min(float(perplexity), (len(points) - 1) / 3))
     # one thread: the maps are small, and the lab's machines share their cores
-    embedding = TSNE(n_components=2, perplexity=float(perplexity), initialization="pca", random_state=seed,
-                     n_jobs=1, verbose=False).fit(points)
+    embedding = TSNE(
+        n_components=2, perplexity=float(perplexity), initialization="pca", random_state=seed, n_jobs=1, verbose=False
+    ).fit(points)
     coords = np.array(embedding)  # a copy: the map's own array is the embedding's state
-    mean_coords = None if means is None else coords[len(x):].reshape(means.shape[:-1] + (2,))
-    return EmbeddingMap(embedding=embedding, coords=coords[:len(x)], info=dict(info), mean_coords=mean_coords)
+    mean_coords = None if means is None else coords[len(x) :].reshape(means.shape[:-1] + (2,))
+    return EmbeddingMap(embedding=embedding, coords=coords[: len(x)], info=dict(info), mean_coords=mean_coords)
 
 
 def place_on_map(emap: EmbeddingMap, x_new: np.ndarray) -> np.ndarray:
@@ -500,98 +543,14 @@ def place_on_map(emap: EmbeddingMap, x_new: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- the report
-def explore_jobs(checkpoint: str | Path, images: str | Path, softmax: str | Path | None = None,
-                 softmax_config: str | Path | None = None, max_images: int = 8,
-                 notebooks_dir: str | Path | None = None):
-    """The explore report's definition, built in code: one job per notebook of :data:`EXPLORE_NOTEBOOKS`
-    with ``checkpoint`` and ``images`` (and the softmax model where the notebook has a view of it),
-    checked against each notebook's parameters cell. Returns ``(plan, notebooks_dir)``."""
-    from ..report.runner import default_notebooks_dir
-    from ..report.spec import INJECTED, Job, ReportPlan, ReportSpecError, _check_parameters, notebook_parameters
-
-    notebooks_dir = Path(notebooks_dir or default_notebooks_dir()).resolve()
-    jobs = []
-    for name in EXPLORE_NOTEBOOKS:
-        path = notebooks_dir / f"{name}.ipynb"
-        if not path.is_file():
-            raise ReportSpecError(f"no notebook {path} (the explore report runs {', '.join(EXPLORE_NOTEBOOKS)})")
-        defaults = notebook_parameters(path)
-        missing = [k for k in (*INJECTED, "checkpoint", "images") if k not in defaults]
-        if missing:
-            raise ReportSpecError(f"{path}: its parameters cell must define {', '.join(missing)} for explore")
-        params: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "images": str(Path(images).resolve())}
-        if "max_images" in defaults:
-            params["max_images"] = int(max_images)
-        if softmax is not None and "softmax" in defaults:
-            params["softmax"] = str(Path(softmax).resolve())
-            if softmax_config is not None and "softmax_config" in defaults:
-                params["softmax_config"] = str(Path(softmax_config).resolve())
-        params = _check_parameters(f"explore ({name})", params, defaults, name)
-        jobs.append(Job(name=name, notebook=name, parameters=params))
-    return ReportPlan(preset="quick", data_seed=0, jobs=jobs, definition=Path("<gmmseg-lab explore>")), notebooks_dir
-
-
-def explore_report(checkpoint: str | Path, images: str | Path, out: str | Path, softmax: str | Path | None = None,
-                   softmax_config: str | Path | None = None, max_images: int = 8, progress: bool = True,
-                   timeout: int | None = None, notebooks_dir: str | Path | None = None) -> tuple[dict, list[str]]:
-    """Build notebooks 02, 03 and 06 on a folder of unlabeled photographs into a report at ``out``
-    (``index.html``, ``summary.json``, ``html/``, ``notebooks/``), with the papermill runner of
-    ``gmmseg-lab report``; returns ``(summary, names of the notebooks that did not succeed)``.
-
-    Every input is checked before any notebook runs: the images are read (:func:`list_images`) and
-    the model's config and checkpoint resolved (the softmax model's too).
-
-    Raises:
-        FileNotFoundError, ValueError, ConfigError, CheckpointError: a missing or unusable input,
-            naming it.
-    """
-    from ..eval.evaluate import resolve_model
-    from ..io_utils import atomic_write_json
-
-    list_images(images, max_images)  # a folder without images fails here, not in three notebooks
-    resolve_model(checkpoint)
-    if softmax is not None:
-        resolve_model(softmax, softmax_config)
-    plan, nb_dir = explore_jobs(checkpoint, images, softmax, softmax_config, max_images, notebooks_dir)
-    runner = _explore_runner(out, plan, nb_dir, progress=progress, timeout=timeout)
-    summary = runner.run()
-    inputs = {"checkpoint": str(checkpoint), "images": str(images),
-              "softmax": None if softmax is None else str(softmax),
-              "softmax_config": None if softmax_config is None else str(softmax_config),
-              "notebooks": list(EXPLORE_NOTEBOOKS), "note": NO_LABELS_NOTE}
-    atomic_write_json(Path(runner.out) / "explore.json", inputs)
-    return summary, runner.failed
-
-
-_RUNNER_CLASS: list = []
-
-
-def _explore_runner(out, plan, notebooks_dir: Path, progress: bool = True, timeout: int | None = None):
-    """A :class:`~gmmseg_lab.report.runner.ReportRunner` whose definition is ``plan`` (built in code by
-    :func:`explore_jobs`) instead of a preset file; the class is made on first use, so importing this
-    module does not import the report machinery."""
-    if not _RUNNER_CLASS:
-        from ..report.runner import JobState, ReportRunner
-
-        class ExploreRunner(ReportRunner):
-            def __init__(self, out, plan, notebooks_dir, progress=True, timeout=None):
-                # ReportRunner.__init__ reads a preset file; what it sets is set here from the plan.
-                self.out = Path(out).expanduser().resolve()
-                self.notebooks_dir = self.definitions_dir = Path(notebooks_dir)
-                self.plan, self.jobs, self.progress, self.timeout = plan, 1, progress, timeout
-                self.states = {job.name: JobState(job) for job in plan.jobs}
-                self._check_existing_data()
-
-        _RUNNER_CLASS.append(ExploreRunner)
-    return _RUNNER_CLASS[0](out, plan, notebooks_dir, progress=progress, timeout=timeout)
-
-
 def images_summary(preds: Predictions) -> str:
     """One line on what was predicted: model, head, images and their size, inference mode."""
     height, width = preds.images.shape[1:3]
-    return (f"{Path(preds.run_dir).name} ({preds.head} head): {len(preds.names)} unlabeled images at "
-            f"{width}x{height} px, {len(preds.classes)} classes" + (
-                f" x {preds.num_components} components" if preds.is_gmm else ""))
+    return (
+        f"{Path(preds.run_dir).name} ({preds.head} head): {len(preds.names)} unlabeled images at "
+        f"{width}x{height} px, {len(preds.classes)} classes"
+        + (f" x {preds.num_components} components" if preds.is_gmm else "")
+    )
 
 
 # ----------------------------------------------------------------------------------- what the notebooks call
@@ -602,12 +561,12 @@ class Note(str):
         return str(self)
 
 
-def notebook_predictions(run_dir: str | Path, data_dir: str | Path, images=None, max_images: int = 8,
-                         progress: bool = False) -> Predictions:
+def notebook_predictions(
+    run_dir: str | Path, data_dir: str | Path, images=None, max_images: int = 8, progress: bool = False
+) -> Predictions:
     """Notebooks 02 and 03: the validation predictions of ``run_dir`` on ``data_dir`` (labelled,
     :func:`~gmmseg_lab.experiments.predictions.collect_predictions`), or with ``images`` set, its
     predictions on those photographs (unlabeled, :func:`predict_images`)."""
-    from .predictions import collect_predictions
 
     if not images:
         return collect_predictions(run_dir, data_dir, "val", max_images)
@@ -617,8 +576,10 @@ def notebook_predictions(run_dir: str | Path, data_dir: str | Path, images=None,
 def summary_line(preds: Predictions, arch: str, seed: int) -> str:
     """The line notebooks 02 and 03 print about their predictions (with the no-labels note for photographs)."""
     if preds.labeled:
-        return (f"{arch} GMMSeg, seed {seed}: {len(preds.names)} validation images, "
-                f"{len(preds.classes)} classes x {preds.num_components} components")
+        return (
+            f"{arch} GMMSeg, seed {seed}: {len(preds.names)} validation images, "
+            f"{len(preds.classes)} classes x {preds.num_components} components"
+        )
     return f"{images_summary(preds)}\n{NO_LABELS_NOTE}"
 
 
@@ -627,22 +588,28 @@ def embedding_sentences(info: Mapping[str, np.ndarray], classes: Sequence[str]):
     :func:`gmmseg_lab.experiments.notebook.embedding_sentences`; for unlabeled ones (``info["label_kind"]
     == "predicted"``) how often the head's prediction is also the mixtures' Bayes class."""
     if info.get("label_kind") != "predicted":
-        from .notebook import embedding_sentences as labelled
-
         return labelled(info, classes)
     label, bayes = np.asarray(info["label"]), np.asarray(info["bayes_class"])
     if (np.asarray(info["component"]) < 0).all():
         return Note(f"{len(label)} pixels sampled by predicted class; no labels, so no accuracy.")
     agree = bayes == label
-    return Note(f"No labels: the {len(label)} sampled pixels are grouped by the class the head predicts. For "
-                f"{100 * agree.mean():.0f} % of them the mixtures' Bayes class (argmax over c of log p(x|c)) is that "
-                "class too; a pixel where they differ sits between classes in the embedding space, which is where "
-                "an unfamiliar object lands.")
+    return Note(
+        f"No labels: the {len(label)} sampled pixels are grouped by the class the head predicts. For "
+        f"{100 * agree.mean():.0f} % of them the mixtures' Bayes class (argmax over c of log p(x|c)) is that "
+        "class too; a pixel where they differ sits between classes in the embedding space, which is where "
+        "an unfamiliar object lands."
+    )
 
 
-def embedding_figures(run_dir: str | Path, preds: Predictions, softmax: str | Path | None = None,
-                      softmax_config: str | Path | None = None, n_per_class: int = 60, seed: int = 0,
-                      perplexity: float = 30.0) -> list:
+def embedding_figures(
+    run_dir: str | Path,
+    preds: Predictions,
+    softmax: str | Path | None = None,
+    softmax_config: str | Path | None = None,
+    n_per_class: int = 60,
+    seed: int = 0,
+    perplexity: float = 30.0,
+) -> list:
     """Notebook 03's extra maps for photographs (``[]`` for labelled predictions):
 
     - the photographs' pixels placed (openTSNE ``transform``) on a map fitted on the model's own
@@ -651,7 +618,6 @@ def embedding_figures(run_dir: str | Path, preds: Predictions, softmax: str | Pa
     - with ``softmax``, a t-SNE map of the softmax model's fused features on the same photographs,
       coloured by its predicted class or its anomaly score (1 - max softmax).
     """
-    from ..viz import embedding as ve
 
     if preds.labeled:
         return []
@@ -662,15 +628,37 @@ def embedding_figures(run_dir: str | Path, preds: Predictions, softmax: str | Pa
         x_ref, info_ref = ve.sample_pixels(reference, n_per_class=n_per_class, seed=seed)
         emap = fit_embedding_map(x_ref, info_ref, reference.means, seed=seed, perplexity=perplexity)
         x_new, info_new = ve.sample_pixels(preds, n_per_class=max(1, n_per_class // 2), seed=seed)
-        figures.append(ve.tsne_placed_figure(emap.coords, emap.info, emap.mean_coords, place_on_map(emap, x_new),
-                                             info_new, reference.classes, reference.palette))
+        figures.append(
+            ve.tsne_placed_figure(
+                emap.coords,
+                emap.info,
+                emap.mean_coords,
+                place_on_map(emap, x_new),
+                info_new,
+                reference.classes,
+                reference.palette,
+            )
+        )
     if softmax is not None:
-        twin = predict_images(softmax, _images_of(preds), config=softmax_config, max_images=len(preds.names),
-                              max_side=max(preds.images.shape[1:3]))
+        twin = predict_images(
+            softmax,
+            _images_of(preds),
+            config=softmax_config,
+            max_images=len(preds.names),
+            max_side=max(preds.images.shape[1:3]),
+        )
         x, info = ve.sample_pixels(twin, n_per_class=n_per_class, seed=seed)
         coords, _ = ve.tsne_embedding(x, None, seed=seed, perplexity=min(perplexity, len(x) - 1))
-        figures.append(ve.tsne_figure(coords, info, None, twin.classes, twin.palette,
-                                      title=f"t-SNE of the softmax model's fused features ({Path(str(softmax)).name})"))
+        figures.append(
+            ve.tsne_figure(
+                coords,
+                info,
+                None,
+                twin.classes,
+                twin.palette,
+                title=f"t-SNE of the softmax model's fused features ({Path(str(softmax)).name})",
+            )
+        )
     return figures
 
 
@@ -680,11 +668,14 @@ def _images_of(preds: Predictions) -> dict[str, np.ndarray]:
     return {name: preds.images[i] for i, name in enumerate(preds.names)}
 
 
-def upload_control(run_dir: str | Path, softmax: str | Path | None = None, softmax_config: str | Path | None = None,
-                   max_side: int = MAX_SIDE):
+def upload_control(
+    run_dir: str | Path,
+    softmax: str | Path | None = None,
+    softmax_config: str | Path | None = None,
+    max_side: int = MAX_SIDE,
+):
     """The JupyterLab upload control (:func:`gmmseg_lab.viz.explore.upload_widget`) scoring a dropped
     picture with the GMMSeg model of ``run_dir`` (and the ``softmax`` model beside it)."""
-    from ..viz.explore import upload_widget
 
     scorers = {"GMMSeg": ImageScorer.load(run_dir)}
     if softmax is not None:
@@ -710,8 +701,9 @@ class ExploreSession:
     def summary(self) -> str:
         """What was predicted, by which model, and what is left out (plain text)."""
         lines = [f"{label}: {images_summary(p)} ({self.sources[label]})" for label, p in self.preds.items()]
-        return "\n".join(lines + [f"{NO_LABELS_NOTE}; the sections after the pictures' views need labels and show "
-                                  "nothing here"])
+        return "\n".join(
+            lines + [f"{NO_LABELS_NOTE}; the sections after the pictures' views need labels and show nothing here"]
+        )
 
     def _repr_markdown_(self) -> str:
         lines = [f"- **{label}**: {images_summary(p)} (`{self.sources[label]}`)" for label, p in self.preds.items()]
@@ -720,25 +712,33 @@ class ExploreSession:
     def figures(self, max_images: int | None = None) -> list:
         """Segmentation of every model, every anomaly score of each model on the first image, each
         model's headline score over that image, and the GMM's flagged pixels at a threshold slider."""
-        from ..viz import anomaly as van
-        from ..viz.explore import anomaly_maps_figure, segmentation_figure
 
         gmm = self.gmm
         order = list(range(len(gmm.names)))[:max_images]
         figures = [segmentation_figure(self.preds, order)]
-        figures += [anomaly_maps_figure(p, 0, max_side=160, title=f"{label}: every anomaly score on {p.names[0]} "
-                                        "(bright = anomalous; each map on its own scale)")
-                    for label, p in self.preds.items()]
-        figures += [van.score_overlay_figure(p.images[0], p.anomaly_score[0], None, title=f"{label}: {p.names[0]}")
-                    for label, p in self.preds.items()]
+        figures += [
+            anomaly_maps_figure(
+                p,
+                0,
+                max_side=160,
+                title=f"{label}: every anomaly score on {p.names[0]} (bright = anomalous; each map on its own scale)",
+            )
+            for label, p in self.preds.items()
+        ]
+        figures += [
+            van.score_overlay_figure(p.images[0], p.anomaly_score[0], None, title=f"{label}: {p.names[0]}")
+            for label, p in self.preds.items()
+        ]
         thresholds = van.quantile_thresholds(gmm.anomaly_score[order])
-        figures.append(van.threshold_figure(gmm.images[order], gmm.anomaly_score[order], None, thresholds,
-                                            titles=[gmm.names[i] for i in order]))
+        figures.append(
+            van.threshold_figure(
+                gmm.images[order], gmm.anomaly_score[order], None, thresholds, titles=[gmm.names[i] for i in order]
+            )
+        )
         return figures
 
     def widgets(self) -> list:
         """Live views: the anomaly explorer over the photographs (no masks) and the upload control."""
-        from ..viz import anomaly as van
 
         gmm = self.gmm
         labels = list(self.preds)
@@ -747,15 +747,22 @@ class ExploreSession:
         return [anomaly, upload]
 
 
-def anomaly_session(lab, images, checkpoint=None, softmax=None, softmax_config=None, arch: str = "segformer",
-                    seed: int = 0, max_images: int = 8) -> ExploreSession | None:
+def anomaly_session(
+    lab,
+    images,
+    checkpoint=None,
+    softmax=None,
+    softmax_config=None,
+    arch: str = "segformer",
+    seed: int = 0,
+    max_images: int = 8,
+) -> ExploreSession | None:
     """Notebook 06 with ``images`` set: the GMMSeg model (``checkpoint``, default the notebook's own
     quick run of ``arch`` and ``seed``, trained once) and the softmax model beside it (``softmax``
     with ``softmax_config``, default: the lab run's softmax twin when no checkpoint is given) on the
     photographs. None when ``images`` is not set (the labelled notebook runs instead)."""
     if not images:
         return None
-    from .runs import ensure_run
 
     if checkpoint is None:
         checkpoint = ensure_run(lab.work_dir, lab.data_dir, arch, "gmm", lab.preset, seed, progress=lab.progress)
@@ -764,8 +771,9 @@ def anomaly_session(lab, images, checkpoint=None, softmax=None, softmax_config=N
     gmm = predict_images(checkpoint, images, max_images=max_images, progress=lab.progress)
     preds, sources = {"GMMSeg": gmm}, {"GMMSeg": str(checkpoint)}
     if softmax is not None:
-        preds["softmax"] = predict_images(softmax, _images_of(gmm), config=softmax_config, max_images=max_images,
-                                          max_side=max(gmm.images.shape[1:3]))
+        preds["softmax"] = predict_images(
+            softmax, _images_of(gmm), config=softmax_config, max_images=max_images, max_side=max(gmm.images.shape[1:3])
+        )
         sources["softmax"] = str(softmax)
     session = ExploreSession(preds, sources)
     print(session.summary())

@@ -22,7 +22,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._widgets import figure_box
+from .anomaly import score_overlay_figure
 from .common import png_data_uri
+from .components import component_overlay_figure
 from .style import FONT, SCORE_COLORSCALE, blend, colourise, image_axes
 from .training import _class_legend, add_menus
 
@@ -220,8 +222,6 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
     """
     import ipywidgets as widgets
 
-    from .anomaly import score_overlay_figure
-    from .components import component_overlay_figure
 
     if not isinstance(scorers, Mapping):
         scorers = {getattr(scorers, "head", "model"): scorers}
