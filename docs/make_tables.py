@@ -38,8 +38,8 @@ from gmmseg_lab.stats import metric_value  # noqa: E402
 
 HEADLINE_SCORE = {"gmm": "neg_max_log_likelihood", "softmax": "max_softmax"}
 SCORE_LABELS = {"max_softmax": "1 − max softmax", "entropy": "entropy", "max_logit": "−max logit",
-                "energy": "energy (−logsumexp z)", "neg_max_log_likelihood": "−max log p(x|c)",
-                "neg_logsumexp_log_likelihood": "−logsumexp log p(x|c)"}
+                "energy": "energy (−logsumexp z)", "neg_max_log_likelihood": "−max log p(x\\|c)",
+                "neg_logsumexp_log_likelihood": "−logsumexp log p(x\\|c)"}
 
 
 def mean_std(values) -> str:
@@ -145,7 +145,7 @@ def ablation_table(runs: dict[str, dict], arch: str, preset: str, seeds: list[in
             return f"{np.mean([values[s] for s in common]) - np.mean(ref):+.3f}"
 
         balance = [_balance(r["path"]) for r in found.values()]
-        lines.append(f"| `{name}` ({variant.label}) | {', '.join(map(str, sorted(found)))} | "
+        lines.append(f"| `{name}`: {variant.label} | {', '.join(map(str, sorted(found)))} | "
                      f"{mean_std(list(miou.values()))} | {delta(miou, ('miou',))} | {mean_std(list(auroc.values()))} | "
                      f"{delta(auroc, ('anomaly_by_score', score, 'auroc'))} | {mean_std(fpr)} | {mean_std(balance)} |")
     return "\n".join(lines)
