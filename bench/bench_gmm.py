@@ -38,7 +38,7 @@ from gmmseg_lab.gmm import GMMClassifier, diag_gaussian_log_prob
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from gmm_loop_oracle import LoopGMMClassifier
+from gmm_loop_oracle import LoopGMMClassifier  # noqa: E402 (from tests/, put on sys.path above)
 
 D = 64
 #: Memory left free for the rest of the process (and the machine) when sizing a FIFO queue.
@@ -72,8 +72,11 @@ def peak_memory_child(variant: str, n: int, k: int) -> None:
     """Run in a subprocess: print the peak RSS increase (bytes) caused by one call of `variant`."""
     x, means, stds = make_inputs(n, k)
     weight = torch.randn(D, k)
-    fns = {"matmul": lambda: diag_gaussian_log_prob(x, means, stds), "naive": lambda: naive_log_prob(x, means, stds),
-           "plain": lambda: plain_matmul(x, weight)}
+    fns = {
+        "matmul": lambda: diag_gaussian_log_prob(x, means, stds),
+        "naive": lambda: naive_log_prob(x, means, stds),
+        "plain": lambda: plain_matmul(x, weight),
+    }
     fns[variant]()  # warm-up: thread pools and allocator caches are not the variant's cost
     base = _rss_bytes(reset_peak=True)
     out = fns[variant]()
@@ -140,9 +143,11 @@ def fifo_size_that_fits(num_classes: int, wanted: int, notes: list[str]) -> int:
     if available is None or wanted * per_sample <= available - MEMORY_MARGIN:
         return wanted
     size = max(1000, (available - MEMORY_MARGIN) // per_sample // 1000 * 1000)
-    notes.append(f"FIFO at C = {num_classes}: {wanted} samples per component would be "
-                 f"{wanted * per_sample / 2**30:.1f} GiB with {available / 2**30:.1f} GiB available: "
-                 f"measured with memory_size = {size} ({size * per_sample / 2**30:.1f} GiB) instead")
+    notes.append(
+        f"FIFO at C = {num_classes}: {wanted} samples per component would be "
+        f"{wanted * per_sample / 2**30:.1f} GiB with {available / 2**30:.1f} GiB available: "
+        f"measured with memory_size = {size} ({size * per_sample / 2**30:.1f} GiB) instead"
+    )
     return size
 
 
@@ -200,7 +205,9 @@ def bench_update(configs, n, repeats, progress=None):
             gc.collect()  # the queue (gigabytes at the release's size) is freed before the next one
             row["memory_bytes"] = nbytes
             row[name] = dict(wall_s=wall, cpu_s=cpu)
-        row["ratio_wall"] = {k: row["loop"]["wall_s"][k] / row["vectorized"]["wall_s"][k] for k in row["loop"]["wall_s"]}
+        row["ratio_wall"] = {
+            k: row["loop"]["wall_s"][k] / row["vectorized"]["wall_s"][k] for k in row["loop"]["wall_s"]
+        }
         row["ratio_cpu"] = {k: row["loop"]["cpu_s"][k] / row["vectorized"]["cpu_s"][k] for k in row["loop"]["cpu_s"]}
         rows.append(row)
     return rows
@@ -229,59 +236,101 @@ def main(argv=None):
     min_run_time = 0.2 if args.quick else 1.0
     say(f"torch {torch.__version__}, {torch.get_num_threads()} thread, device cpu; D = {D}\n")
     say("diag_gaussian_log_prob: time ratios measured in this run (median of repeated calls)")
-    say(f"{'N':>6} {'K':>5} | {'matmul ms':>9} {'naive ms':>9} {'plain ms':>9} | {'naive/ours':>10} "
-        f"{'ours/plain':>10} | {'max abs err':>11}")
+    say(
+        f"{'N':>6} {'K':>5} | {'matmul ms':>9} {'naive ms':>9} {'plain ms':>9} | {'naive/ours':>10} "
+        f"{'ours/plain':>10} | {'max abs err':>11}"
+    )
     if progress:
         progress("diag_gaussian_log_prob ...")
     rows = bench_density(sizes, min_run_time)
     for r in rows:
-        say(f"{r['n']:>6} {r['k']:>5} | {r['t_ours']*1e3:>9.2f} {r['t_naive']*1e3:>9.2f} {r['t_plain']*1e3:>9.2f} | "
-            f"{r['t_naive']/r['t_ours']:>9.1f}x {r['t_ours']/r['t_plain']:>9.2f}x | {r['err']:>11.2e}")
+        say(
+            f"{r['n']:>6} {r['k']:>5} | {r['t_ours'] * 1e3:>9.2f} {r['t_naive'] * 1e3:>9.2f} {r['t_plain'] * 1e3:>9.2f} | "  # noqa: E501
+            f"{r['t_naive'] / r['t_ours']:>9.1f}x {r['t_ours'] / r['t_plain']:>9.2f}x | {r['err']:>11.2e}"
+        )
     say("\nPeak extra memory of one call (fresh process; MiB) and its ratio to the N x K float32 output")
-    say(f"{'N':>6} {'K':>5} | {'output':>8} | {'matmul':>8} {'naive':>9} {'plain':>8} | {'matmul/out':>10} {'naive/out':>9}")
+    say(
+        f"{'N':>6} {'K':>5} | {'output':>8} | {'matmul':>8} {'naive':>9} {'plain':>8} | {'matmul/out':>10} {'naive/out':>9}"  # noqa: E501
+    )
     for r in rows:
         out = r["mem"]["matmul"]["output"]
         m = {k: v["extra"] for k, v in r["mem"].items()}
-        say(f"{r['n']:>6} {r['k']:>5} | {mib(out):>8.1f} | {mib(m['matmul']):>8.1f} {mib(m['naive']):>9.1f} "
-            f"{mib(m['plain']):>8.1f} | {m['matmul']/out:>9.2f}x {m['naive']/out:>8.1f}x")
+        say(
+            f"{r['n']:>6} {r['k']:>5} | {mib(out):>8.1f} | {mib(m['matmul']):>8.1f} {mib(m['naive']):>9.1f} "
+            f"{mib(m['plain']):>8.1f} | {m['matmul'] / out:>9.2f}x {m['naive'] / out:>8.1f}x"
+        )
 
     n_update = 8 * 32 * 32 if not args.quick else 2048
     fifo_slots = 32000 if not args.quick else 1000
     classes = (19, 150, 171)
-    configs = [(c, memory, fifo_size_that_fits(c, fifo_slots, notes) if memory == "fifo" else fifo_slots)
-               for c in classes for memory in ("fifo", "stats")]
+    configs = [
+        (c, memory, fifo_size_that_fits(c, fifo_slots, notes) if memory == "fifo" else fifo_slots)
+        for c in classes
+        for memory in ("fifo", "stats")
+    ]
     updates = bench_update(configs, n_update, repeats=2 if args.quick else 3, progress=progress)
     say(f"\nGMMClassifier.update on N = {n_update} pixels (M = 5, D = {D}, FIFO size {fifo_slots}), one thread:")
-    say("vectorised (every class at once) against the per-class loop (tests/gmm_loop_oracle.py); median ms, "
-        "wall clock; ratio = loop / vectorised (wall, and thread CPU time in brackets)")
-    say(f"{'C':>4} {'memory':>6} {'size':>6} | {'memory MiB':>10} | {'update':>7} {'loop':>7} {'ratio':>14} | "
-        f"{'+M-step':>7} {'loop':>7} {'ratio':>14} | {'head path':>9} {'loop':>7} {'ratio':>14}")
+    say(
+        "vectorised (every class at once) against the per-class loop (tests/gmm_loop_oracle.py); median ms, "
+        "wall clock; ratio = loop / vectorised (wall, and thread CPU time in brackets)"
+    )
+    say(
+        f"{'C':>4} {'memory':>6} {'size':>6} | {'memory MiB':>10} | {'update':>7} {'loop':>7} {'ratio':>14} | "
+        f"{'+M-step':>7} {'loop':>7} {'ratio':>14} | {'head path':>9} {'loop':>7} {'ratio':>14}"
+    )
     for r in updates:
         cells = []
         for key, width in (("update", 7), ("update_m_step", 7), ("head_path", 9)):
             ours, loop = r["vectorized"]["wall_s"][key], r["loop"]["wall_s"][key]
             ratio = f"{r['ratio_wall'][key]:.1f}x ({r['ratio_cpu'][key]:.1f}x)"
-            cells.append(f"{ours*1e3:>{width}.1f} {loop*1e3:>7.1f} {ratio:>14}")
-        say(f"{r['classes']:>4} {r['memory']:>6} {r['memory_size']:>6} | {mib(r['memory_bytes']):>10.1f} | "
-            + " | ".join(cells))
+            cells.append(f"{ours * 1e3:>{width}.1f} {loop * 1e3:>7.1f} {ratio:>14}")
+        say(
+            f"{r['classes']:>4} {r['memory']:>6} {r['memory_size']:>6} | {mib(r['memory_bytes']):>10.1f} | "
+            + " | ".join(cells)
+        )
     target = [r["ratio_wall"]["update"] for r in updates if r["classes"] == 150]
     verdict = "met" if target and min(target) >= 5 else "MISSED"
-    say(f"\ntarget: update at 150 classes >= 5x faster than the loop: {verdict} "
-        f"({', '.join(f'{t:.1f}x' for t in target)})")
+    say(
+        f"\ntarget: update at 150 classes >= 5x faster than the loop: {verdict} "
+        f"({', '.join(f'{t:.1f}x' for t in target)})"
+    )
     for note in notes:
         say(f"note: {note}")
 
     if args.json:
-        print(json.dumps(dict(
-            torch=torch.__version__, threads=torch.get_num_threads(), device="cpu", dim=D, quick=args.quick,
-            density=[dict(n=r["n"], k=r["k"], t_matmul_s=r["t_ours"], t_naive_s=r["t_naive"], t_plain_s=r["t_plain"],
-                          ratio_naive_over_matmul=r["t_naive"] / r["t_ours"],
-                          ratio_matmul_over_plain=r["t_ours"] / r["t_plain"], max_abs_err=r["err"],
-                          peak_extra_bytes={k: v["extra"] for k, v in r["mem"].items()},
-                          output_bytes=r["mem"]["matmul"]["output"]) for r in rows],
-            update=updates, target=dict(what="update at 150 classes >= 5x faster than the loop (wall clock)",
-                                        ratios=target, met=verdict == "met"),
-            notes=notes)))
+        print(
+            json.dumps(
+                dict(
+                    torch=torch.__version__,
+                    threads=torch.get_num_threads(),
+                    device="cpu",
+                    dim=D,
+                    quick=args.quick,
+                    density=[
+                        dict(
+                            n=r["n"],
+                            k=r["k"],
+                            t_matmul_s=r["t_ours"],
+                            t_naive_s=r["t_naive"],
+                            t_plain_s=r["t_plain"],
+                            ratio_naive_over_matmul=r["t_naive"] / r["t_ours"],
+                            ratio_matmul_over_plain=r["t_ours"] / r["t_plain"],
+                            max_abs_err=r["err"],
+                            peak_extra_bytes={k: v["extra"] for k, v in r["mem"].items()},
+                            output_bytes=r["mem"]["matmul"]["output"],
+                        )
+                        for r in rows
+                    ],
+                    update=updates,
+                    target=dict(
+                        what="update at 150 classes >= 5x faster than the loop (wall clock)",
+                        ratios=target,
+                        met=verdict == "met",
+                    ),
+                    notes=notes,
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def build(arch: str, head: str, preset: str, num_classes: int, backbone: str | N
     from mmseg.registry import MODELS
 
     from gmmseg_lab.models import build_config
-    from gmmseg_lab.models.presets import _set_num_classes
     from gmmseg_lab.models.inference import quiet_mmengine
+    from gmmseg_lab.models.presets import _set_num_classes
 
     gmm_head = dict(update_correct_only=False) if head == "gmm" else None
     cfg = build_config(arch, head, preset, seed=0, backbone=backbone, gmm_head=gmm_head)
@@ -85,8 +85,9 @@ def infer(model, batch):
     model.predict(data["inputs"], data["data_samples"])
 
 
-def time_twins(arch: str, preset: str, classes: int, backbone: str | None, kind: str, repeats: int,
-               batch_size: int, size: int) -> dict:
+def time_twins(
+    arch: str, preset: str, classes: int, backbone: str | None, kind: str, repeats: int, batch_size: int, size: int
+) -> dict:
     """Median time (s) of ``kind`` ('train' or 'infer') for both twins, alternating."""
     twins = {}
     for head in ("gmm", "softmax"):
@@ -105,13 +106,24 @@ def time_twins(arch: str, preset: str, classes: int, backbone: str | None, kind:
     gmm, softmax = statistics.median(times["gmm"]), statistics.median(times["softmax"])
     from gmmseg_lab.catalog import default_backbone
 
-    return {"arch": arch, "backbone": backbone or default_backbone(arch, preset), "preset": preset, "classes": classes,
-            "kind": kind, "batch": batch_size, "size": size, "repeats": repeats,
-            "gmm_s": gmm, "softmax_s": softmax, "ratio": gmm / softmax}
+    return {
+        "arch": arch,
+        "backbone": backbone or default_backbone(arch, preset),
+        "preset": preset,
+        "classes": classes,
+        "kind": kind,
+        "batch": batch_size,
+        "size": size,
+        "repeats": repeats,
+        "gmm_s": gmm,
+        "softmax_s": softmax,
+        "ratio": gmm / softmax,
+    }
 
 
-def profile_train_step(arch: str, preset: str, classes: int, batch_size: int, size: int, steps: int = 10,
-                       rows: int = 15) -> dict:
+def profile_train_step(
+    arch: str, preset: str, classes: int, batch_size: int, size: int, steps: int = 10, rows: int = 15
+) -> dict:
     """Where a training step's time goes, GMMSeg against its twin: torch.profiler over ``steps`` steps
     of each (after a warm-up past the first M-step), the ops by self CPU time, and each operator's
     extra self time in the GMM model (its time there minus its time in the twin)."""
@@ -134,8 +146,14 @@ def profile_train_step(arch: str, preset: str, classes: int, batch_size: int, si
     total = {h: sum(v.values()) for h, v in self_ms.items()}
     extra = {k: v - self_ms["softmax"].get(k, 0.0) for k, v in self_ms["gmm"].items()}
     top_extra = sorted(extra.items(), key=lambda kv: -kv[1])[:rows]
-    return {"arch": arch, "classes": classes, "steps": steps, "tables": tables,
-            "self_cpu_ms_per_step": total, "extra_ms_per_step_by_op": dict(top_extra)}
+    return {
+        "arch": arch,
+        "classes": classes,
+        "steps": steps,
+        "tables": tables,
+        "self_cpu_ms_per_step": total,
+        "extra_ms_per_step_by_op": dict(top_extra),
+    }
 
 
 def print_profiles(args, out) -> None:
@@ -145,8 +163,11 @@ def print_profiles(args, out) -> None:
             if args.json:
                 print(json.dumps({k: v for k, v in r.items() if k != "tables"}, indent=1))
                 continue
-            print(f"== {arch}, {classes} classes: self CPU per step gmm {r['self_cpu_ms_per_step']['gmm']:.1f} ms, "
-                  f"softmax {r['self_cpu_ms_per_step']['softmax']:.1f} ms", file=out)
+            print(
+                f"== {arch}, {classes} classes: self CPU per step gmm {r['self_cpu_ms_per_step']['gmm']:.1f} ms, "
+                f"softmax {r['self_cpu_ms_per_step']['softmax']:.1f} ms",
+                file=out,
+            )
             print("the GMM model's extra self time per step by operator (gmm minus softmax, ms):", file=out)
             for op, ms in r["extra_ms_per_step_by_op"].items():
                 print(f"  {ms:8.2f}  {op}", file=out)
@@ -157,21 +178,37 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=list(ARCH_NAMES), choices=ARCH_NAMES)
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--backbones", nargs="+", default=["default", "native"],
-                        help="backbones compared at inference: 'default' (the preset's), 'native' (the "
-                             "architecture's own) or a name; each architecture runs the ones it has")
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["default", "native"],
+        help="backbones compared at inference: 'default' (the preset's), 'native' (the "
+        "architecture's own) or a name; each architecture runs the ones it has",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--classes", type=int, nargs="+", default=[19, 150],
-                        help="class counts of the training-step comparison (inference uses the first)")
-    parser.add_argument("--train-arch", nargs="+", default=None,
-                        help="architectures of the training-step comparison (default: those of --arch)")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        default=[19, 150],
+        help="class counts of the training-step comparison (inference uses the first)",
+    )
+    parser.add_argument(
+        "--train-arch",
+        nargs="+",
+        default=None,
+        help="architectures of the training-step comparison (default: those of --arch)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (targets are for 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile the training step of --train-arch/--arch at --classes instead of timing: "
-                             "the GMM's extra time per operator")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the training step of --train-arch/--arch at --classes instead of timing: "
+        "the GMM's extra time per operator",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mmengine.logging import MMLogger
@@ -181,11 +218,19 @@ def main(argv=None):
     if args.profile:
         print_profiles(args, out)
         return
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "preset": args.preset,
-            "batch": args.batch_size, "size": args.size}
-    print(f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['device']}; preset {args.preset}, "
-          f"batch {args.batch_size} x {args.size} px; median of {args.repeats}, twins timed alternately", file=out)
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "preset": args.preset,
+        "batch": args.batch_size,
+        "size": args.size,
+    }
+    print(
+        f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['device']}; preset {args.preset}, "
+        f"batch {args.batch_size} x {args.size} px; median of {args.repeats}, twins timed alternately",
+        file=out,
+    )
     results = []
     from gmmseg_lab.catalog import BACKBONES
 
@@ -203,17 +248,24 @@ def main(argv=None):
             target = 1.10 if classes <= 19 else 1.25
             r["target"] = target
             results.append(r)
-            print(f"train step {arch:>14} {classes:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
-                  f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= {target:.2f}x)", file=out)
+            print(
+                f"train step {arch:>14} {classes:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
+                f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= {target:.2f}x)",
+                file=out,
+            )
     for arch in args.arch:
         for backbone in backbones_of(arch):
-            r = time_twins(arch, args.preset, args.classes[0], backbone, "infer", args.repeats, args.batch_size,
-                           args.size)
+            r = time_twins(
+                arch, args.preset, args.classes[0], backbone, "infer", args.repeats, args.batch_size, args.size
+            )
             r["target"] = 1.10
             results.append(r)
             name = f"{arch} ({backbone or 'preset default'})"
-            print(f"inference  {name:>34} {args.classes[0]:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
-                  f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= 1.10x)", file=out)
+            print(
+                f"inference  {name:>34} {args.classes[0]:>4} classes: gmm {r['gmm_s'] * 1e3:7.1f} ms, softmax "
+                f"{r['softmax_s'] * 1e3:7.1f} ms, ratio {r['ratio']:.2f}x (target <= 1.10x)",
+                file=out,
+            )
     if args.json:
         print(json.dumps({"benchmark": "bench_head", **meta, "results": results}, indent=1))
 

@@ -85,8 +85,17 @@ def read_runs(report: Path) -> list[Run]:
         backbone = record.get("backbone") or default_backbone(record["arch"], record["preset"])
         if backbone == "native":
             backbone = default_backbone(record["arch"], "quick")  # the architecture's own
-        runs.append(Run(run_dir, record["arch"], record["head"], record["preset"], int(record["seed"]), backbone,
-                        json.loads(metrics_file.read_text())))
+        runs.append(
+            Run(
+                run_dir,
+                record["arch"],
+                record["head"],
+                record["preset"],
+                int(record["seed"]),
+                backbone,
+                json.loads(metrics_file.read_text()),
+            )
+        )
     if not runs:
         raise SystemExit(f"{report}: no finished run under work/runs/ (is this a folder made by gmmseg-lab report?)")
     return runs
@@ -114,8 +123,12 @@ def choose_model(runs: list[Run], wanted: str | None) -> str:
 def model_label(model: str) -> str:
     arch, backbone = model.split("@")
     names = {"segformer": "SegFormer", "deeplabv3plus": "DeepLabV3+", "upernet": "UPerNet", "ocrnet": "OCRNet"}
-    encoder = {PRETRAINED_BACKBONE: "EfficientNet-Lite0 (ImageNet)", "mit": "MiT (from scratch)",
-               "resnet": "ResNet (from scratch)", "hrnet": "HRNet (from scratch)"}.get(backbone, backbone)
+    encoder = {
+        PRETRAINED_BACKBONE: "EfficientNet-Lite0 (ImageNet)",
+        "mit": "MiT (from scratch)",
+        "resnet": "ResNet (from scratch)",
+        "hrnet": "HRNet (from scratch)",
+    }.get(backbone, backbone)
     return f"{names.get(arch, arch)}, {encoder}"
 
 
@@ -144,7 +157,8 @@ def save(fig, path: Path) -> Path:
     buffer.seek(0)
     with Image.open(buffer) as im:
         im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-            path, optimize=True)
+            path, optimize=True
+        )
     size = path.stat().st_size
     print(f"{path}: {size / 1000:.0f} kB" + ("  (over the 200 kB budget)" if size > MAX_BYTES else ""))
     return path
@@ -162,8 +176,10 @@ def _mean_std(values: list[float]) -> str:
 # ---------------------------------------------------------------------- (a) a photographed anomaly
 def _prediction_cache(run: Run, split: str) -> Path | None:
     """The run's largest cached prediction file of ``split`` (``analysis/predictions_<split>_<n>.npz``)."""
-    caches = sorted((run.path / "analysis").glob(f"predictions_{split}_*.npz"),
-                    key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1)
+    caches = sorted(
+        (run.path / "analysis").glob(f"predictions_{split}_*.npz"),
+        key=lambda p: int(p.stem.rsplit("_", 1)[-1]) if p.stem.rsplit("_", 1)[-1].isdigit() else -1,
+    )
     return caches[-1] if caches else None
 
 
@@ -214,9 +230,11 @@ def figure_anomaly(runs: list[Run], model: str, report: Path, out: Path, data_se
     outline = (gmm["gt"] == 1).astype(float)
 
     fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.3), constrained_layout=True)
-    panels = [(gmm["images"], "image (outline: the anomaly)", None),
-              (gmm["anomaly_score"], "GMMSeg: $-\\max_c \\log p(x|c)$", "magma"),
-              (soft["anomaly_score"], "softmax twin: $1 - \\max_c p(c|x)$", "magma")]
+    panels = [
+        (gmm["images"], "image (outline: the anomaly)", None),
+        (gmm["anomaly_score"], "GMMSeg: $-\\max_c \\log p(x|c)$", "magma"),
+        (soft["anomaly_score"], "softmax twin: $1 - \\max_c p(c|x)$", "magma"),
+    ]
     for ax, (img, title, cmap) in zip(axes, panels):
         if cmap is None:
             ax.imshow(img, interpolation="nearest")
@@ -227,8 +245,9 @@ def figure_anomaly(runs: list[Run], model: str, report: Path, out: Path, data_se
         ax.contour(outline, levels=[0.5], colors="#3fe0ff", linewidths=1.0)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    fig.suptitle(f"A photographed anomaly ({name}): {model_label(model)}; "
-                 f"{provenance([by_head['gmm']], data_seed)}", fontsize=9)
+    fig.suptitle(
+        f"A photographed anomaly ({name}): {model_label(model)}; {provenance([by_head['gmm']], data_seed)}", fontsize=9
+    )
     return save(fig, out / "anomaly_photo.png")
 
 
@@ -262,26 +281,53 @@ def figure_reliability(runs: list[Run], model: str, out: Path, data_seed: int | 
     soft = [r for r in runs if r.model == model and r.head == "softmax"]
     panels = []
     if gmm:
-        panels.append(("GMMSeg: softmax of the logits", [r.metrics["calibration_bins"] for r in gmm],
-                       [r.metrics.get("ece") for r in gmm], GMM_COLOUR))
+        panels.append(
+            (
+                "GMMSeg: softmax of the logits",
+                [r.metrics["calibration_bins"] for r in gmm],
+                [r.metrics.get("ece") for r in gmm],
+                GMM_COLOUR,
+            )
+        )
         bayes = [r for r in gmm if r.metrics.get("bayes_posterior_calibration")]
         if bayes:
-            panels.append(("GMMSeg: Bayes' posterior",
-                           [r.metrics["bayes_posterior_calibration"]["bins"] for r in bayes],
-                           [r.metrics["bayes_posterior_calibration"].get("ece") for r in bayes], BAYES_COLOUR))
+            panels.append(
+                (
+                    "GMMSeg: Bayes' posterior",
+                    [r.metrics["bayes_posterior_calibration"]["bins"] for r in bayes],
+                    [r.metrics["bayes_posterior_calibration"].get("ece") for r in bayes],
+                    BAYES_COLOUR,
+                )
+            )
     if soft:
-        panels.append(("softmax twin", [r.metrics["calibration_bins"] for r in soft],
-                       [r.metrics.get("ece") for r in soft], SOFTMAX_COLOUR))
+        panels.append(
+            (
+                "softmax twin",
+                [r.metrics["calibration_bins"] for r in soft],
+                [r.metrics.get("ece") for r in soft],
+                SOFTMAX_COLOUR,
+            )
+        )
     if not panels:
         print("reliability.png: skipped, no run of that model")
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.3), constrained_layout=True,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.0 * len(panels), 3.3), constrained_layout=True, sharey=True, squeeze=False
+    )
     for ax, (title, bin_sets, eces, colour) in zip(axes[0], panels):
         lower, upper, count, conf, acc = _pooled_bins(bin_sets)
         used = count > 0
-        ax.bar(lower[used], acc[used], width=(upper - lower)[used], align="edge", color=colour, alpha=0.75,
-               edgecolor="white", linewidth=0.5, label="accuracy")
+        ax.bar(
+            lower[used],
+            acc[used],
+            width=(upper - lower)[used],
+            align="edge",
+            color=colour,
+            alpha=0.75,
+            edgecolor="white",
+            linewidth=0.5,
+            label="accuracy",
+        )
         ax.plot(conf[used], acc[used], "o", color="black", markersize=2.5, label="(mean confidence, accuracy)")
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
         ax.set_xlim(0, 1)
@@ -291,8 +337,9 @@ def figure_reliability(runs: list[Run], model: str, out: Path, data_seed: int | 
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("accuracy", fontsize=8)
     axes[0][0].legend(fontsize=6, loc="upper left")
-    fig.suptitle(f"Reliability, pooled over seeds: {model_label(model)}; {provenance(gmm + soft, data_seed)}",
-                 fontsize=9)
+    fig.suptitle(
+        f"Reliability, pooled over seeds: {model_label(model)}; {provenance(gmm + soft, data_seed)}", fontsize=9
+    )
     return save(fig, out / "reliability.png")
 
 
@@ -322,36 +369,59 @@ def figure_bound(runs: list[Run], out: Path, data_seed: int | None) -> Path | No
     for run in gmm:
         params = score_norm_parameters(run.path)
         if params is not None:
-            bound = float(layernorm_confidence_bound_per_class(torch.from_numpy(params["gamma"]),
-                                                                torch.from_numpy(params["beta"])).max())
+            bound = float(
+                layernorm_confidence_bound_per_class(
+                    torch.from_numpy(params["gamma"]), torch.from_numpy(params["beta"])
+                ).max()
+            )
             learned.append((run, params["gamma"], bound))
     gammas = np.linspace(0.0, 3.0, 121)
     fig, ax = plt.subplots(figsize=(6.0, 3.6), constrained_layout=True)
     for c, style in ((num_classes, "-"), (19, ":"), (150, "-.")):
         label = f"C = {c}" + (" (this data set)" if c == num_classes else "")
-        ax.plot(gammas, [layernorm_confidence_bound(c, float(g)) for g in gammas], style,
-                color="black" if c == num_classes else "grey", linewidth=1.5 if c == num_classes else 1, label=label)
+        ax.plot(
+            gammas,
+            [layernorm_confidence_bound(c, float(g)) for g in gammas],
+            style,
+            color="black" if c == num_classes else "grey",
+            linewidth=1.5 if c == num_classes else 1,
+            label=label,
+        )
     models = sorted({r.model for r, _, _ in learned}, key=lambda m: not m.endswith("@" + PRETRAINED_BACKBONE))
     seeds = sorted({r.seed for r, _, _ in learned})
     markers, colours = "osD^v<>", (GMM_COLOUR, BAYES_COLOUR, SOFTMAX_COLOUR, "#7b4ea3")
     for i, model in enumerate(models):
         for run, gamma, bound in (x for x in learned if x[0].model == model):
             mean = float(np.mean(gamma))
-            ax.errorbar(mean, bound, xerr=[[mean - float(gamma.min())], [float(gamma.max()) - mean]],
-                        fmt=markers[seeds.index(run.seed) % len(markers)], color=colours[i % len(colours)],
-                        markersize=5, capsize=2, linewidth=1, alpha=0.85,
-                        label=f"{model_label(model)}, seed {run.seed}")
+            ax.errorbar(
+                mean,
+                bound,
+                xerr=[[mean - float(gamma.min())], [float(gamma.max()) - mean]],
+                fmt=markers[seeds.index(run.seed) % len(markers)],
+                color=colours[i % len(colours)],
+                markersize=5,
+                capsize=2,
+                linewidth=1,
+                alpha=0.85,
+                label=f"{model_label(model)}, seed {run.seed}",
+            )
     ax.axvline(1.0, color="grey", linewidth=0.6, linestyle="--")
-    ax.set_xlabel("LayerNorm weight $\\gamma$ \n(curves: one $\\gamma$ for every class; markers: a trained "
-                  "model's mean $\\gamma$, bars: its min..max)", fontsize=7.5)
-    ax.set_ylabel("largest possible top softmax probability\n"
-                  "(markers: the model's bound with its own $\\gamma$, $\\beta$)", fontsize=7.5)
+    ax.set_xlabel(
+        "LayerNorm weight $\\gamma$ \n(curves: one $\\gamma$ for every class; markers: a trained "
+        "model's mean $\\gamma$, bars: its min..max)",
+        fontsize=7.5,
+    )
+    ax.set_ylabel(
+        "largest possible top softmax probability\n(markers: the model's bound with its own $\\gamma$, $\\beta$)",
+        fontsize=7.5,
+    )
     ax.set_xlim(0, 3)
     ax.set_ylim(0, 1.02)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6.5, loc="lower right")
-    ax.set_title(f"The LayerNorm over classes bounds the confidence of the logits\n"
-                 f"{provenance(gmm, data_seed)}", fontsize=9)
+    ax.set_title(
+        f"The LayerNorm over classes bounds the confidence of the logits\n{provenance(gmm, data_seed)}", fontsize=9
+    )
     return save(fig, out / "layernorm_bound.png")
 
 
@@ -366,18 +436,25 @@ def figure_sources(runs: list[Run], model: str, report: Path, out: Path, data_se
         order = [s["name"] for s in json.loads(sources_file.read_text())["sources"]]
     else:
         order = list(pair[0].metrics["anomaly_by_source"])
-    heads = [(h, label, colour) for h, label, colour in
-             (("gmm", "GMMSeg: $-\\max_c \\log p(x|c)$", GMM_COLOUR),
-              ("softmax", "softmax twin: $1 - \\max_c p(c|x)$", SOFTMAX_COLOUR))
-             if any(r.head == h for r in pair)]
+    heads = [
+        (h, label, colour)
+        for h, label, colour in (
+            ("gmm", "GMMSeg: $-\\max_c \\log p(x|c)$", GMM_COLOUR),
+            ("softmax", "softmax twin: $1 - \\max_c p(c|x)$", SOFTMAX_COLOUR),
+        )
+        if any(r.head == h for r in pair)
+    ]
     fig, ax = plt.subplots(figsize=(7.0, 3.4), constrained_layout=True)
     width = 0.8 / len(heads)
     x = np.arange(len(order))
     for i, (head, label, colour) in enumerate(heads):
         values = []
         for source in order:
-            seeds = [r.metrics["anomaly_by_source"].get(source, {}).get(HEADLINE_SCORE[head], {}).get("auroc")
-                     for r in pair if r.head == head]
+            seeds = [
+                r.metrics["anomaly_by_source"].get(source, {}).get(HEADLINE_SCORE[head], {}).get("auroc")
+                for r in pair
+                if r.head == head
+            ]
             values.append([v for v in seeds if v is not None])
         means = [np.mean(v) if v else np.nan for v in values]
         stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
@@ -390,8 +467,11 @@ def figure_sources(runs: list[Run], model: str, report: Path, out: Path, data_se
     ax.set_ylabel("AUROC (anomaly vs every inlier pixel)", fontsize=8)
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"Anomaly detection per kind of object: {model_label(model)}\n"
-                 f"{provenance(pair, data_seed)}; bars: mean ± std, dots: seeds", fontsize=9)
+    ax.set_title(
+        f"Anomaly detection per kind of object: {model_label(model)}\n"
+        f"{provenance(pair, data_seed)}; bars: mean ± std, dots: seeds",
+        fontsize=9,
+    )
     return save(fig, out / "anomaly_by_source.png")
 
 
@@ -400,8 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", required=True, type=Path, help="a folder made by `gmmseg-lab report`")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "figures", help="where the PNGs go")
-    parser.add_argument("--model", default=None,
-                        help="arch or arch@backbone of the compared pair (default: the one with the most seeds)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="arch or arch@backbone of the compared pair (default: the one with the most seeds)",
+    )
     args = parser.parse_args(argv)
     report = args.report
     if not (report / "work" / "runs").is_dir():

@@ -37,9 +37,14 @@ from gmmseg_lab.experiments.predictions import learning_curves  # noqa: E402
 from gmmseg_lab.stats import metric_value  # noqa: E402
 
 HEADLINE_SCORE = {"gmm": "neg_max_log_likelihood", "softmax": "max_softmax"}
-SCORE_LABELS = {"max_softmax": "1 − max softmax", "entropy": "entropy", "max_logit": "−max logit",
-                "energy": "energy (−logsumexp z)", "neg_max_log_likelihood": "−max log p(x\\|c)",
-                "neg_logsumexp_log_likelihood": "−logsumexp log p(x\\|c)"}
+SCORE_LABELS = {
+    "max_softmax": "1 − max softmax",
+    "entropy": "entropy",
+    "max_logit": "−max logit",
+    "energy": "energy (−logsumexp z)",
+    "neg_max_log_likelihood": "−max log p(x\\|c)",
+    "neg_logsumexp_log_likelihood": "−logsumexp log p(x\\|c)",
+}
 
 
 def mean_std(values) -> str:
@@ -56,8 +61,11 @@ def read(report: Path) -> dict[str, dict]:
     runs = {}
     for run_dir in sorted((report / "work" / "runs").glob("*")):
         if (run_dir / "run.json").is_file() and (run_dir / "metrics.json").is_file():
-            runs[run_dir.name] = {"record": json.loads((run_dir / "run.json").read_text()),
-                                  "metrics": json.loads((run_dir / "metrics.json").read_text()), "path": run_dir}
+            runs[run_dir.name] = {
+                "record": json.loads((run_dir / "run.json").read_text()),
+                "metrics": json.loads((run_dir / "metrics.json").read_text()),
+                "path": run_dir,
+            }
     if not runs:
         raise SystemExit(f"{report}: no finished run under work/runs/")
     return runs
@@ -69,10 +77,14 @@ def twins_table(runs: dict[str, dict]) -> str:
         rec = run["record"]
         if rec.get("gmm_cfg") or rec.get("gmm_head") or rec.get("cfg_options"):
             continue  # an ablation variant
-        groups.setdefault((rec["arch"], rec.get("backbone") or default_backbone(rec["arch"], rec["preset"]),
-                                rec["head"]), []).append(run)
-    lines = ["| model | head | seeds | mIoU ↑ | ECE ↓ (logits) | ECE ↓ (logits, after T) | ECE ↓ (Bayes posterior) "
-             "| ECE ↓ (Bayes, after T) | AUROC ↑ | AP ↑ | FPR95 ↓ |", "|" + "---|" * 11]
+        groups.setdefault(
+            (rec["arch"], rec.get("backbone") or default_backbone(rec["arch"], rec["preset"]), rec["head"]), []
+        ).append(run)
+    lines = [
+        "| model | head | seeds | mIoU ↑ | ECE ↓ (logits) | ECE ↓ (logits, after T) | ECE ↓ (Bayes posterior) "
+        "| ECE ↓ (Bayes, after T) | AUROC ↑ | AP ↑ | FPR95 ↓ |",
+        "|" + "---|" * 11,
+    ]
     for (arch, backbone, head), members in sorted(groups.items()):
         members.sort(key=lambda r: r["record"]["seed"])
         m = [r["metrics"] for r in members]
@@ -82,13 +94,24 @@ def twins_table(runs: dict[str, dict]) -> str:
             return mean_std([metric_value(x, path) for x in m])
 
         bayes = head == "gmm"
-        lines.append(" | ".join([
-            f"| {arch} ({backbone})", head, ", ".join(str(r["record"]["seed"]) for r in members), col("miou"),
-            col("ece"), col("temperature_scaling", "logits", "ece_after"),
-            col("bayes_posterior_calibration", "ece") if bayes else "—",
-            col("temperature_scaling", "bayes_posterior", "ece_after") if bayes else "—",
-            col("anomaly_by_score", score, "auroc"), col("anomaly_by_score", score, "ap"),
-            col("anomaly_by_score", score, "fpr95")]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {arch} ({backbone})",
+                    head,
+                    ", ".join(str(r["record"]["seed"]) for r in members),
+                    col("miou"),
+                    col("ece"),
+                    col("temperature_scaling", "logits", "ece_after"),
+                    col("bayes_posterior_calibration", "ece") if bayes else "—",
+                    col("temperature_scaling", "bayes_posterior", "ece_after") if bayes else "—",
+                    col("anomaly_by_score", score, "auroc"),
+                    col("anomaly_by_score", score, "ap"),
+                    col("anomaly_by_score", score, "fpr95"),
+                ]
+            )
+            + " |"
+        )
         temps = [metric_value(x, ("temperature_scaling", "logits", "temperature")) for x in m]
         lines.append(f"<!-- {arch} {head}: fitted temperature of the logits {mean_std(temps)} -->")
     return "\n".join(lines)
@@ -100,15 +123,18 @@ def scores_table(runs: dict[str, dict]) -> str:
     for run in runs.values():
         rec = run["record"]
         if not (rec.get("gmm_cfg") or rec.get("gmm_head") or rec.get("cfg_options")):
-            groups.setdefault((rec["arch"], rec.get("backbone") or default_backbone(rec["arch"], rec["preset"]),
-                                rec["head"]), []).append(run)
+            groups.setdefault(
+                (rec["arch"], rec.get("backbone") or default_backbone(rec["arch"], rec["preset"]), rec["head"]), []
+            ).append(run)
     for (arch, backbone, head), members in sorted(groups.items()):
         m = [r["metrics"] for r in members]
         for score in m[0].get("anomaly_by_score", {}):
-            lines.append(f"| {arch} ({backbone}) | {head} | {SCORE_LABELS.get(score, score)} | "
-                         f"{mean_std([metric_value(x, ('anomaly_by_score', score, 'auroc')) for x in m])} | "
-                         f"{mean_std([metric_value(x, ('anomaly_by_score', score, 'fpr95')) for x in m])} | "
-                         f"{mean_std([metric_value(x, ('anomaly_components_by_score', score, 'mean_f1')) for x in m])} |")
+            lines.append(
+                f"| {arch} ({backbone}) | {head} | {SCORE_LABELS.get(score, score)} | "
+                f"{mean_std([metric_value(x, ('anomaly_by_score', score, 'auroc')) for x in m])} | "
+                f"{mean_std([metric_value(x, ('anomaly_by_score', score, 'fpr95')) for x in m])} | "
+                f"{mean_std([metric_value(x, ('anomaly_components_by_score', score, 'mean_f1')) for x in m])} |"
+            )
     return "\n".join(lines)
 
 
@@ -122,8 +148,10 @@ def _balance(run_dir: Path) -> float | None:
 
 
 def ablation_table(runs: dict[str, dict], arch: str, preset: str, seeds: list[int]) -> str:
-    lines = ["| variant | seeds | mIoU ↑ | Δ mIoU | AUROC ↑ | Δ AUROC | FPR95 ↓ | component balance |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | seeds | mIoU ↑ | Δ mIoU | AUROC ↑ | Δ AUROC | FPR95 ↓ | component balance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     reference: dict[int, dict] = {}
     for name, variant in VARIANTS.items():
         found = {s: runs.get(variant_run_name(arch, preset, s, name)) for s in seeds}
@@ -145,9 +173,11 @@ def ablation_table(runs: dict[str, dict], arch: str, preset: str, seeds: list[in
             return f"{np.mean([values[s] for s in common]) - np.mean(ref):+.3f}"
 
         balance = [_balance(r["path"]) for r in found.values()]
-        lines.append(f"| `{name}`: {variant.label} | {', '.join(map(str, sorted(found)))} | "
-                     f"{mean_std(list(miou.values()))} | {delta(miou, ('miou',))} | {mean_std(list(auroc.values()))} | "
-                     f"{delta(auroc, ('anomaly_by_score', score, 'auroc'))} | {mean_std(fpr)} | {mean_std(balance)} |")
+        lines.append(
+            f"| `{name}`: {variant.label} | {', '.join(map(str, sorted(found)))} | "
+            f"{mean_std(list(miou.values()))} | {delta(miou, ('miou',))} | {mean_std(list(auroc.values()))} | "
+            f"{delta(auroc, ('anomaly_by_score', score, 'auroc'))} | {mean_std(fpr)} | {mean_std(balance)} |"
+        )
     return "\n".join(lines)
 
 

@@ -19,8 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARCHS", "BACKBONES", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "TRAINING_PRESETS", "TrainingPreset",
-           "default_backbone", "embedded_data", "norm_arch", "parse_model_spec"]
+__all__ = [
+    "ARCHS",
+    "BACKBONES",
+    "HEADS",
+    "PRESETS",
+    "PRETRAINED_BACKBONE",
+    "TRAINING_PRESETS",
+    "TrainingPreset",
+    "default_backbone",
+    "embedded_data",
+    "norm_arch",
+    "parse_model_spec",
+]
 
 ARCHS = ("segformer", "deeplabv3plus", "upernet", "ocrnet")
 HEADS = ("gmm", "softmax")
@@ -62,18 +73,43 @@ class TrainingPreset:
     description: str = ""
 
 
-TRAINING_PRESETS: dict[str, TrainingPreset] = {p.name: p for p in (
-    TrainingPreset("quick", "quick", "quick", pretrained_configs=True,
-                   description="64-px embedded scenes, tiny widths, 20 iterations (tests, smoke runs)"),
-    TrainingPreset("demo", "cpu", "cpu", max_iters=150, pretrained_configs=True, pretrained_default=True,
-                   description="the cpu preset's models and data, 150 iterations (make demo)"),
-    TrainingPreset("cpu", "cpu", "cpu", pretrained_configs=True, pretrained_default=True,
-                   description="128-px embedded scenes, the pretrained encoder, 500 iterations (the README's numbers)"),
-    TrainingPreset("paper", "paper", "cityscapes", description="the paper's sizes on Cityscapes"),
-    TrainingPreset("paper-ade20k", "paper-ade20k", "ade20k", description="the paper's sizes on ADE20K"),
-    TrainingPreset("paper-cocostuff10k", "paper-cocostuff10k", "coco-stuff-10k",
-                   description="the paper's sizes on COCO-Stuff-10K"),
-)}
+TRAINING_PRESETS: dict[str, TrainingPreset] = {
+    p.name: p
+    for p in (
+        TrainingPreset(
+            "quick",
+            "quick",
+            "quick",
+            pretrained_configs=True,
+            description="64-px embedded scenes, tiny widths, 20 iterations (tests, smoke runs)",
+        ),
+        TrainingPreset(
+            "demo",
+            "cpu",
+            "cpu",
+            max_iters=150,
+            pretrained_configs=True,
+            pretrained_default=True,
+            description="the cpu preset's models and data, 150 iterations (make demo)",
+        ),
+        TrainingPreset(
+            "cpu",
+            "cpu",
+            "cpu",
+            pretrained_configs=True,
+            pretrained_default=True,
+            description="128-px embedded scenes, the pretrained encoder, 500 iterations (the README's numbers)",
+        ),
+        TrainingPreset("paper", "paper", "cityscapes", description="the paper's sizes on Cityscapes"),
+        TrainingPreset("paper-ade20k", "paper-ade20k", "ade20k", description="the paper's sizes on ADE20K"),
+        TrainingPreset(
+            "paper-cocostuff10k",
+            "paper-cocostuff10k",
+            "coco-stuff-10k",
+            description="the paper's sizes on COCO-Stuff-10K",
+        ),
+    )
+}
 PRESETS = tuple(TRAINING_PRESETS)
 #: The embedded generator's data sets (the same names as gmmseg_lab.data.scenes.PRESETS).
 EMBEDDED_DATA = ("quick", "cpu")

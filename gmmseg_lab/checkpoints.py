@@ -24,8 +24,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CheckpointError", "check_checkpoint", "checkpoint_files", "last_checkpoint", "read_pointer",
-           "read_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "check_checkpoint",
+    "checkpoint_files",
+    "last_checkpoint",
+    "read_pointer",
+    "read_state_dict",
+]
 
 
 class CheckpointError(ValueError):
@@ -85,8 +91,12 @@ def last_checkpoint(work_dir: str | Path) -> Path | None:
         except CheckpointError:
             continue
         if problem != "missing":
-            warnings.warn(f"{work_dir / 'last_checkpoint'} is {problem}: using the newest intact checkpoint "
-                          f"there, {candidate.name}", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{work_dir / 'last_checkpoint'} is {problem}: using the newest intact checkpoint "
+                f"there, {candidate.name}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return candidate
     return None
 
@@ -101,8 +111,10 @@ def _content_problem(obj, for_resume: bool) -> str | None:
         if not isinstance(obj["state_dict"], dict):
             return f"its 'state_dict' is a {type(obj['state_dict']).__name__}, not a dict of tensors"
         if for_resume and not isinstance(obj.get("meta"), dict):
-            return ("it has no 'meta' (iteration, seed...), so it was not saved by a training run; it can be "
-                    "loaded as weights but not resumed from")
+            return (
+                "it has no 'meta' (iteration, seed...), so it was not saved by a training run; it can be "
+                "loaded as weights but not resumed from"
+            )
         return None
     if not for_resume and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return None  # a bare state dict
@@ -141,26 +153,33 @@ def check_checkpoint(path: str | Path, *, for_resume: bool = True) -> Path:
             problem = f"it is corrupt ({type(exc).__name__}: {exc})"
         if problem is None:
             try:  # memory-mapped: the pickle is read, the tensors' bytes are not
-                problem = _content_problem(torch.load(path, map_location="cpu", weights_only=False, mmap=True),
-                                           for_resume)
+                problem = _content_problem(
+                    torch.load(path, map_location="cpu", weights_only=False, mmap=True), for_resume
+                )
             except Exception as exc:  # noqa: BLE001 - any failure means "cannot use it"
-                problem = f"it is a zip archive but not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
+                problem = (
+                    f"it is a zip archive but not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
+                )
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot resume from it"
-            problem = f"it is truncated, corrupt or not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
+            problem = (
+                f"it is truncated, corrupt or not a torch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
+            )
         else:
             problem = _content_problem(obj, for_resume)
     if problem is None:
         return path
     if not for_resume:
         raise CheckpointError(f"cannot load checkpoint {path}: {problem}")
-    others = sorted((p for p in path.parent.glob("*.pth") if p.resolve() != path.resolve()),
-                    key=_checkpoint_iter)
-    hint = (f"other checkpoints there: {', '.join(p.name for p in others)}; resume from one with "
-            "train(cfg, resume=PATH) or `gmmseg-lab train ... --resume-from PATH`"
-            if others else "no other checkpoint there; start afresh in a new work dir")
+    others = sorted((p for p in path.parent.glob("*.pth") if p.resolve() != path.resolve()), key=_checkpoint_iter)
+    hint = (
+        f"other checkpoints there: {', '.join(p.name for p in others)}; resume from one with "
+        "train(cfg, resume=PATH) or `gmmseg-lab train ... --resume-from PATH`"
+        if others
+        else "no other checkpoint there; start afresh in a new work dir"
+    )
     raise CheckpointError(f"cannot resume from {path}: {problem}; {hint}")
 
 
@@ -180,6 +199,8 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: holds no state dict of tensors (expected an mmengine checkpoint with "
-                         "'state_dict', or a dict of tensors)")
+        raise ValueError(
+            f"{path}: holds no state dict of tensors (expected an mmengine checkpoint with "
+            "'state_dict', or a dict of tensors)"
+        )
     return {re.sub(r"^module\.", "", k): v for k, v in state.items()}

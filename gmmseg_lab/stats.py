@@ -27,8 +27,9 @@ HEADLINE_METRICS = (
     # After temperature scaling (T fitted on every other image, scored on the rest; on those scored
     # images only, so compare with temperature_scaling.*.ece_before rather than with "ece").
     HeadlineMetric("ece_ts", "ECE (T-scaled)", ("temperature_scaling", "logits", "ece_after"), False),
-    HeadlineMetric("bayes_ece_ts", "ECE (Bayes, T-scaled)", ("temperature_scaling", "bayes_posterior", "ece_after"),
-                   False),
+    HeadlineMetric(
+        "bayes_ece_ts", "ECE (Bayes, T-scaled)", ("temperature_scaling", "bayes_posterior", "ece_after"), False
+    ),
     HeadlineMetric("auroc", "AUROC", ("anomaly", "auroc"), True),
     HeadlineMetric("ap", "AP", ("anomaly", "ap"), True),
     HeadlineMetric("fpr95", "FPR95", ("anomaly", "fpr95"), False),
@@ -80,8 +81,10 @@ def metric_value(metrics: dict, path: tuple[str, ...]) -> float | None:
 
 
 #: Columns of the twin-comparison tables: (label, key path in metrics.json, higher is better).
-TABLE_COLUMNS = tuple((m.label, m.path, m.higher_is_better)
-                      for m in headline("miou", "ece", "bayes_ece", "ece_ts", "auroc", "ap", "fpr95"))
+TABLE_COLUMNS = tuple(
+    (m.label, m.path, m.higher_is_better)
+    for m in headline("miou", "ece", "bayes_ece", "ece_ts", "auroc", "ap", "fpr95")
+)
 
 
 def flatten_metrics(metrics: dict) -> dict[str, float]:

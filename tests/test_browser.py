@@ -3,12 +3,13 @@ failed requests, every plotly figure drawn; one static menu operated to check it
 
 from __future__ import annotations
 
+import browser
 import pytest
 
-import browser
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason()))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason())),
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +98,10 @@ def test_code_is_folded_and_the_contents_block_works(quick_report, chromium):
         target = links.nth(i).get_attribute("href")[1:]
         links.nth(i).click()
         page.wait_for_timeout(300)
-        top = page.evaluate("(id) => { const h = document.getElementById(id); "
-                            "return h ? h.getBoundingClientRect().top : null; }", target)
+        top = page.evaluate(
+            "(id) => { const h = document.getElementById(id); return h ? h.getBoundingClientRect().top : null; }",
+            target,
+        )
         assert top is not None and -5 <= top < 300, (target, top)
     # formulas are text, with HTML subscripts
     assert page.locator(".jp-RenderedMarkdown sub").count() > 5

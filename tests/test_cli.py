@@ -71,8 +71,22 @@ def test_train_refuses_bad_data_before_writing_anything(breakage, quick_dataset,
     data = _copy(quick_dataset, tmp_path)
     named = BREAKAGES[breakage](data)
     work_dir = tmp_path / "work"
-    rc = main(["train", "--data", str(data), "--arch", "segformer", "--head", "gmm", "--preset", "quick",
-               "--work-dir", str(work_dir), "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--arch",
+            "segformer",
+            "--head",
+            "gmm",
+            "--preset",
+            "quick",
+            "--work-dir",
+            str(work_dir),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1  # a data error
     assert named in err, err
@@ -86,13 +100,23 @@ def test_missing_data_folder(tmp_path, capsys):
 
 
 def test_evaluate_refuses_missing_checkpoint_and_bad_data(quick_dataset, tmp_path, capsys):
-    rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(quick_dataset),
-               "--out", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "none.pth"),
+            "--data",
+            str(quick_dataset),
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 1 and "none.pth" in capsys.readouterr().err
     data = _copy(quick_dataset, tmp_path)
     named = _wrong_size(data)
-    rc = main(["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data),
-               "--out", str(tmp_path / "m.json")])
+    rc = main(
+        ["evaluate", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data), "--out", str(tmp_path / "m.json")]
+    )
     assert rc == 1 and named in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
 
@@ -129,12 +153,34 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     results = {}
     for head in ("gmm", "softmax"):
         work = tmp_path / head
-        assert main(["train", "--data", str(data), "--arch", "segformer", "--head", head, "--preset", "quick",
-                     "--seed", "0", "--work-dir", str(work), "--max-iters", "6", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--arch",
+                    "segformer",
+                    "--head",
+                    head,
+                    "--preset",
+                    "quick",
+                    "--seed",
+                    "0",
+                    "--work-dir",
+                    str(work),
+                    "--max-iters",
+                    "6",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert (work / "last_checkpoint").is_file() and (work / "config.py").is_file()
         out = tmp_path / f"{head}.json"
-        assert main(["evaluate", "--checkpoint", str(work), "--data", str(data), "--out", str(out),
-                     "--no-progress"]) == 0
+        assert (
+            main(["evaluate", "--checkpoint", str(work), "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+        )
         results[head] = json.loads(out.read_text())
     for head, metrics in results.items():
         assert metrics["head"] == head
@@ -144,8 +190,14 @@ def test_quick_run_end_to_end(tmp_path, capsys):
             assert 0.0 <= metrics["anomaly"][key] <= 1.0
     assert results["gmm"]["anomaly"]["score"] == "neg_max_log_likelihood"
     assert results["softmax"]["anomaly"]["score"] == "max_softmax"
-    assert set(results["gmm"]["anomaly_by_score"]) == {"neg_max_log_likelihood", "neg_logsumexp_log_likelihood",
-                                                        "max_softmax", "entropy", "max_logit", "energy"}
+    assert set(results["gmm"]["anomaly_by_score"]) == {
+        "neg_max_log_likelihood",
+        "neg_logsumexp_log_likelihood",
+        "max_softmax",
+        "entropy",
+        "max_logit",
+        "energy",
+    }
     assert set(results["softmax"]["anomaly_by_score"]) == {"max_softmax", "entropy", "max_logit", "energy"}
     assert 0.0 <= results["gmm"]["bayes_posterior_calibration"]["ece"] <= 1.0
     assert "bayes_posterior_calibration" not in results["softmax"]
@@ -155,8 +207,24 @@ def test_quick_run_end_to_end(tmp_path, capsys):
     # Sliding-window inference (48-px windows every 32 px over the 64-px images) scores the same
     # pixels: same pixel count, metrics in range, and close to whole-image inference (same weights).
     out = tmp_path / "slide.json"
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "gmm"), "--data", str(data), "--slide", "48", "32",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "gmm"),
+                "--data",
+                str(data),
+                "--slide",
+                "48",
+                "32",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     slide = json.loads(out.read_text())
     assert slide["anomaly"]["num_pos"] == results["gmm"]["anomaly"]["num_pos"]
     assert 0.0 <= slide["miou"] <= 1.0 and 0.0 <= slide["anomaly"]["auroc"] <= 1.0
@@ -178,11 +246,32 @@ def test_evaluate_on_an_anomaly_benchmark_layout(quick_dataset, tmp_path, capsys
 
     bench = write_smiyc(tmp_path)
     work = tmp_path / "gmm"
-    assert main(["train", "--data", str(quick_dataset), "--arch", "segformer", "--head", "gmm", "--preset",
-                 "quick", "--work-dir", str(work), "--max-iters", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(quick_dataset),
+                "--arch",
+                "segformer",
+                "--head",
+                "gmm",
+                "--preset",
+                "quick",
+                "--work-dir",
+                str(work),
+                "--max-iters",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "bench.json"
-    assert main(["evaluate", "--checkpoint", str(work), "--anomaly-data", str(bench), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(work), "--anomaly-data", str(bench), "--out", str(out), "--no-progress"])
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["anomaly_format"] == "smiyc-anomaly" and result["anomaly"]["score"] == "neg_max_log_likelihood"
     assert 0.0 <= result["anomaly"]["auroc"] <= 1.0
@@ -195,8 +284,11 @@ def test_preset_tables_agree_with_their_sources():
     from gmmseg_lab.data.real import ANOMALY_FORMATS, CLOSED_SETS
     from gmmseg_lab.models import presets
 
-    assert cli.PRESET_LAYOUT == {"paper": "cityscapes", "paper-ade20k": "ade20k",
-                                 "paper-cocostuff10k": "coco-stuff-10k"}
+    assert cli.PRESET_LAYOUT == {
+        "paper": "cityscapes",
+        "paper-ade20k": "ade20k",
+        "paper-cocostuff10k": "coco-stuff-10k",
+    }
     assert all(CLOSED_SETS[layout].preset == preset for preset, layout in cli.PRESET_LAYOUT.items())
     assert (cli.ARCHS, cli.HEADS, cli.TRAIN_PRESETS) == (presets.ARCHS, presets.HEADS, presets.PRESETS)
     assert set(cli.BACKBONE_NAMES) == {b for names in presets.BACKBONES.values() for b in names}
@@ -205,23 +297,36 @@ def test_preset_tables_agree_with_their_sources():
 
 def test_anomaly_format_is_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
-        build_parser().parse_args(["evaluate", "--checkpoint", "x.pth", "--anomaly-data", "d",
-                                   "--anomaly-format", "fishyscape"])
+        build_parser().parse_args(
+            ["evaluate", "--checkpoint", "x.pth", "--anomaly-data", "d", "--anomaly-format", "fishyscape"]
+        )
     assert info.value.code == 2 and "invalid choice: 'fishyscape'" in capsys.readouterr().err
     args = build_parser().parse_args(["evaluate", "--checkpoint", "x.pth", "--anomaly-format", "smiyc-obstacle"])
     assert args.anomaly_format == "smiyc-obstacle"
 
 
 @pytest.mark.slow
-def test_both_twins_train_on_the_pretrained_encoder_and_gmm_starts_from_the_softmax_twin(quick_dataset, tmp_path,
-                                                                                        capsys):
+def test_both_twins_train_on_the_pretrained_encoder_and_gmm_starts_from_the_softmax_twin(
+    quick_dataset, tmp_path, capsys
+):
     """``--backbone efficientnet-lite0`` for both heads, then ``--init-from`` the softmax twin's checkpoint."""
     import torch
 
     from gmmseg_lab.models.transfer import read_state_dict
 
-    common = ["--data", str(quick_dataset), "--arch", "upernet", "--preset", "quick", "--backbone",
-              "efficientnet-lite0", "--max-iters", "2", "--no-progress"]
+    common = [
+        "--data",
+        str(quick_dataset),
+        "--arch",
+        "upernet",
+        "--preset",
+        "quick",
+        "--backbone",
+        "efficientnet-lite0",
+        "--max-iters",
+        "2",
+        "--no-progress",
+    ]
     for head in ("softmax", "gmm"):
         assert main(["train", *common, "--head", head, "--work-dir", str(tmp_path / head)]) == 0
         cfg = (tmp_path / head / "config.py").read_text()
@@ -229,10 +334,27 @@ def test_both_twins_train_on_the_pretrained_encoder_and_gmm_starts_from_the_soft
     capsys.readouterr()
     softmax_ckpt = tmp_path / "softmax" / "iter_2.pth"
     # another seed than the twins': a fresh head would start from other random weights
-    assert main(["train", *common, "--head", "gmm", "--seed", "7", "--work-dir", str(tmp_path / "init"),
-                 "--init-from", str(softmax_ckpt)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--head",
+                "gmm",
+                "--seed",
+                "7",
+                "--work-dir",
+                str(tmp_path / "init"),
+                "--init-from",
+                str(softmax_ckpt),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert f"init from {softmax_ckpt.absolute()}" in out and "softmax classifier not loaded: decode_head.conv_seg" in out
+    assert (
+        f"init from {softmax_ckpt.absolute()}" in out and "softmax classifier not loaded: decode_head.conv_seg" in out
+    )
     assert "missing (left at their initialisation): decode_head.gmm" in out
     # Both twins start their backbone from ImageNet, so the decode head tells: the initialised run's
     # head (seed 7) left the softmax twin's weights only through 2 steps of training, while a fresh
@@ -240,8 +362,15 @@ def test_both_twins_train_on_the_pretrained_encoder_and_gmm_starts_from_the_soft
     source, trained = read_state_dict(softmax_ckpt), read_state_dict(tmp_path / "init" / "iter_2.pth")
     assert main(["train", *common, "--head", "gmm", "--seed", "7", "--work-dir", str(tmp_path / "fresh7")]) == 0
     fresh = read_state_dict(tmp_path / "fresh7" / "iter_2.pth")
-    keys = [k for k in source if k.startswith("decode_head.") and not k.startswith("decode_head.conv_seg")
-            and k.endswith("conv.weight") and k in fresh and source[k].shape == fresh[k].shape]
+    keys = [
+        k
+        for k in source
+        if k.startswith("decode_head.")
+        and not k.startswith("decode_head.conv_seg")
+        and k.endswith("conv.weight")
+        and k in fresh
+        and source[k].shape == fresh[k].shape
+    ]
     assert keys, "the twins share no decode-head conv weight"
     for key in keys[:3]:
         assert (trained[key] - source[key]).abs().max() < 0.1 * (fresh[key] - source[key]).abs().max(), key

@@ -34,52 +34,89 @@ EVAL = ["evaluate", "--checkpoint", "{work}", "--data", "{data}", "--no-progress
 CASES = {
     # ---- evaluate: the checkpoint
     "evaluate: missing checkpoint": (
-        ["evaluate", "--checkpoint", "{out}/none.pth", "--data", "{data}"], DATA, ["none.pth", "no such"]),
+        ["evaluate", "--checkpoint", "{out}/none.pth", "--data", "{data}"],
+        DATA,
+        ["none.pth", "no such"],
+    ),
     "evaluate: empty checkpoint": (
-        ["evaluate", "--checkpoint", "{f}/empty.pth", "--data", "{data}"], DATA, ["empty.pth", "empty (0 bytes)"]),
+        ["evaluate", "--checkpoint", "{f}/empty.pth", "--data", "{data}"],
+        DATA,
+        ["empty.pth", "empty (0 bytes)"],
+    ),
     "evaluate: random bytes": (
-        ["evaluate", "--checkpoint", "{f}/random.pth", "--data", "{data}"], DATA, ["random.pth", "corrupt"]),
+        ["evaluate", "--checkpoint", "{f}/random.pth", "--data", "{data}"],
+        DATA,
+        ["random.pth", "corrupt"],
+    ),
     "evaluate: a text file": (
-        ["evaluate", "--checkpoint", "{f}/notes.txt", "--data", "{data}"], DATA,
-        ["notes.txt", "not a torch checkpoint"]),
+        ["evaluate", "--checkpoint", "{f}/notes.txt", "--data", "{data}"],
+        DATA,
+        ["notes.txt", "not a torch checkpoint"],
+    ),
     "evaluate: a plain tensor": (
-        ["evaluate", "--checkpoint", "{f}/tensor.pth", "--data", "{data}"], DATA,
-        ["tensor.pth", "not a checkpoint", "Tensor"]),
+        ["evaluate", "--checkpoint", "{f}/tensor.pth", "--data", "{data}"],
+        DATA,
+        ["tensor.pth", "not a checkpoint", "Tensor"],
+    ),
     "evaluate: a dict without state_dict": (
-        ["evaluate", "--checkpoint", "{f}/no_state_dict.pth", "--data", "{data}"], DATA,
-        ["no_state_dict.pth", "without 'state_dict'", "'epoch'"]),
+        ["evaluate", "--checkpoint", "{f}/no_state_dict.pth", "--data", "{data}"],
+        DATA,
+        ["no_state_dict.pth", "without 'state_dict'", "'epoch'"],
+    ),
     "evaluate: a state dict of another model": (
         ["evaluate", "--checkpoint", "{f}/other_weights.pth", "--config", "{work}/config.py", "--data", "{data}"],
-        DATA, ["other_weights.pth", "does not fit", "fc.weight"]),
+        DATA,
+        ["other_weights.pth", "does not fit", "fc.weight"],
+    ),
     "evaluate: a bare checkpoint without a config": (
-        ["evaluate", "--checkpoint", "{f}/other_weights.pth", "--data", "{data}"], USAGE,
-        ["other_weights.pth", "--config"]),
+        ["evaluate", "--checkpoint", "{f}/other_weights.pth", "--data", "{data}"],
+        USAGE,
+        ["other_weights.pth", "--config"],
+    ),
     "evaluate: work dir without config.py": (
-        ["evaluate", "--checkpoint", "{f}/work_no_config", "--data", "{data}"], DATA, ["work_no_config", "config.py"]),
+        ["evaluate", "--checkpoint", "{f}/work_no_config", "--data", "{data}"],
+        DATA,
+        ["work_no_config", "config.py"],
+    ),
     "evaluate: work dir without checkpoints": (
-        ["evaluate", "--checkpoint", "{f}/work_no_ckpt", "--data", "{data}"], DATA,
-        ["work_no_ckpt", "no intact checkpoint"]),
+        ["evaluate", "--checkpoint", "{f}/work_no_ckpt", "--data", "{data}"],
+        DATA,
+        ["work_no_ckpt", "no intact checkpoint"],
+    ),
     "evaluate: checkpoint of another architecture": (
-        ["evaluate", "--checkpoint", "{ckpt}", "--config", "{deeplab}", "--data", "{data}"], DATA,
-        ["iter_2.pth", "does not fit", "deeplabv3plus_quick_gmm.py", "another architecture"]),
-    "evaluate: missing --config": (
-        EVAL + ["--config", "{out}/nope.py"], DATA, ["--config", "nope.py", "no such file"]),
-    "evaluate: --config not Python": (
-        EVAL + ["--config", "{f}/broken.py"], DATA, ["broken.py", "SyntaxError"]),
+        ["evaluate", "--checkpoint", "{ckpt}", "--config", "{deeplab}", "--data", "{data}"],
+        DATA,
+        ["iter_2.pth", "does not fit", "deeplabv3plus_quick_gmm.py", "another architecture"],
+    ),
+    "evaluate: missing --config": (EVAL + ["--config", "{out}/nope.py"], DATA, ["--config", "nope.py", "no such file"]),
+    "evaluate: --config not Python": (EVAL + ["--config", "{f}/broken.py"], DATA, ["broken.py", "SyntaxError"]),
     # ---- evaluate: the data
     "evaluate: missing --data": (
-        ["evaluate", "--checkpoint", "{work}", "--data", "{out}/nowhere"], DATA,
-        ["--data", "nowhere", "no such folder"]),
+        ["evaluate", "--checkpoint", "{work}", "--data", "{out}/nowhere"],
+        DATA,
+        ["--data", "nowhere", "no such folder"],
+    ),
     "evaluate: --data is a file": (
-        ["evaluate", "--checkpoint", "{work}", "--data", "{f}/random.pth"], DATA, ["--data", "random.pth", "a file"]),
+        ["evaluate", "--checkpoint", "{work}", "--data", "{f}/random.pth"],
+        DATA,
+        ["--data", "random.pth", "a file"],
+    ),
     "evaluate: 3 classes (labels out of range)": (
-        EVAL[:4] + ["{f}/classes3"], DATA, ["classes3", "out of range for 3 classes", "and", "more"]),
+        EVAL[:4] + ["{f}/classes3"],
+        DATA,
+        ["classes3", "out of range for 3 classes", "and", "more"],
+    ),
     "evaluate: more classes than the model's": (
-        EVAL[:4] + ["{f}/classes25"], DATA, ["classes25", "classes.json", "25 classes", "predicts 9"]),
-    "evaluate: missing split": (
-        EVAL + ["--split", "test"], DATA, ["images/test", "missing folder"]),
+        EVAL[:4] + ["{f}/classes25"],
+        DATA,
+        ["classes25", "classes.json", "25 classes", "predicts 9"],
+    ),
+    "evaluate: missing split": (EVAL + ["--split", "test"], DATA, ["images/test", "missing folder"]),
     "evaluate: an anomaly benchmark that is a file": (
-        ["evaluate", "--checkpoint", "{work}", "--anomaly-data", "{f}/random.pth"], DATA, ["--anomaly-data"]),
+        ["evaluate", "--checkpoint", "{work}", "--anomaly-data", "{f}/random.pth"],
+        DATA,
+        ["--anomaly-data"],
+    ),
     # ---- evaluate: options
     "evaluate: neither --data nor --anomaly-data": (["evaluate", "--checkpoint", "{work}"], USAGE, ["--anomaly-data"]),
     "evaluate: --out is a directory": (EVAL + ["--out", "{out}"], USAGE, ["--out", "a directory"]),
@@ -90,132 +127,262 @@ CASES = {
     "evaluate: unknown --anomaly-format": (EVAL + ["--anomaly-format", "x"], USAGE, ["--anomaly-format"]),
     # ---- train: options
     "train: unknown --gmm option": (
-        TRAIN + ["--gmm", "bogus=1"], USAGE, ["--gmm", "'bogus'", "valid options", "mean_momentum", "memory_size"]),
+        TRAIN + ["--gmm", "bogus=1"],
+        USAGE,
+        ["--gmm", "'bogus'", "valid options", "mean_momentum", "memory_size"],
+    ),
     "train: --gmm value out of range": (TRAIN + ["--gmm", "mean_momentum=2"], USAGE, ["mean_momentum", "[0, 1]"]),
     "train: --gmm value of the wrong type": (
-        TRAIN + ["--gmm", "mean_momentum=abc"], USAGE, ["mean_momentum", "a number"]),
+        TRAIN + ["--gmm", "mean_momentum=abc"],
+        USAGE,
+        ["mean_momentum", "a number"],
+    ),
     "train: --gmm unknown memory": (TRAIN + ["--gmm", "memory=weird"], USAGE, ["memory", "'weird'", "fifo"]),
     "train: --gmm head option": (TRAIN + ["--gmm", "num_components=3"], USAGE, ["num_components", "head"]),
     "train: --gmm without a value": (TRAIN + ["--gmm", "novalue"], USAGE, ["--gmm", "KEY=VALUE", "novalue"]),
     "train: --gmm value not YAML": (TRAIN + ["--gmm", "memory=[1"], USAGE, ["--gmm", "not valid YAML"]),
     "train: --gmm with --head softmax": (TRAIN + ["--head", "softmax", "--gmm", "memory=stats"], USAGE, ["--head gmm"]),
     "train: --backbone the architecture lacks": (
-        TRAIN + ["--arch", "ocrnet", "--backbone", "efficientnet-lite0"], USAGE, ["--backbone", "ocrnet", "hrnet"]),
+        TRAIN + ["--arch", "ocrnet", "--backbone", "efficientnet-lite0"],
+        USAGE,
+        ["--backbone", "ocrnet", "hrnet"],
+    ),
     "train: --backbone another architecture's": (
-        TRAIN + ["--arch", "segformer", "--backbone", "resnet"], USAGE, ["--backbone", "'resnet'", "mit"]),
+        TRAIN + ["--arch", "segformer", "--backbone", "resnet"],
+        USAGE,
+        ["--backbone", "'resnet'", "mit"],
+    ),
     "train: --backbone for a preset without its configs": (
-        TRAIN + ["--preset", "paper", "--backbone", "efficientnet-lite0"], USAGE, ["--backbone", "'paper'"]),
+        TRAIN + ["--preset", "paper", "--backbone", "efficientnet-lite0"],
+        USAGE,
+        ["--backbone", "'paper'"],
+    ),
     "train: unknown --backbone": (TRAIN + ["--backbone", "vgg"], USAGE, ["--backbone", "invalid choice"]),
     "train: --backbone with a config file": (
-        ["train", "{deeplab}", "--work-dir", "{out}/w", "--backbone", "mit"], USAGE, ["--backbone", "config file"]),
+        ["train", "{deeplab}", "--work-dir", "{out}/w", "--backbone", "mit"],
+        USAGE,
+        ["--backbone", "config file"],
+    ),
     "train: --init-from missing": (TRAIN + ["--init-from", "{out}/none.pth"], DATA, ["--init-from", "none.pth"]),
     "train: --init-from random bytes": (
-        TRAIN + ["--init-from", "{f}/random.pth"], DATA, ["--init-from", "random.pth", "not a readable"]),
-    "train: --init-from with --resume": (TRAIN + ["--init-from", "{f}/random.pth", "--resume"], USAGE,
-                                         ["--init-from", "--resume"]),
+        TRAIN + ["--init-from", "{f}/random.pth"],
+        DATA,
+        ["--init-from", "random.pth", "not a readable"],
+    ),
+    "train: --init-from with --resume": (
+        TRAIN + ["--init-from", "{f}/random.pth", "--resume"],
+        USAGE,
+        ["--init-from", "--resume"],
+    ),
     "train: --max-iters 0": (TRAIN + ["--max-iters", "0"], USAGE, ["--max-iters", "positive integer"]),
     "train: --max-iters -3": (TRAIN + ["--max-iters", "-3"], USAGE, ["--max-iters", "-3"]),
     "train: --seed -1": (TRAIN + ["--seed", "-1"], USAGE, ["--seed", "non-negative"]),
     "train: unknown --arch": (TRAIN + ["--arch", "resnet"], USAGE, ["--arch", "invalid choice"]),
     "train: no --data and no config": (["train", "--work-dir", "{out}/w"], USAGE, ["--data is required"]),
     "train: config file and --data": (
-        ["train", "{f}/no_model.py", "--data", "{data}", "--work-dir", "{out}/w"], USAGE, ["not both"]),
+        ["train", "{f}/no_model.py", "--data", "{data}", "--work-dir", "{out}/w"],
+        USAGE,
+        ["not both"],
+    ),
     "train: --gmm with a config file": (
-        ["train", "{f}/bad_gmm.py", "--work-dir", "{out}/w", "--gmm", "memory=stats"], USAGE, ["--gmm", "config file"]),
+        ["train", "{f}/bad_gmm.py", "--work-dir", "{out}/w", "--gmm", "memory=stats"],
+        USAGE,
+        ["--gmm", "config file"],
+    ),
     "train: --work-dir is a file": (TRAIN + ["--work-dir", "{f}/random.pth"], USAGE, ["--work-dir", "not a directory"]),
     "train: --work-dir under a file": (
-        TRAIN + ["--work-dir", "{f}/random.pth/w"], USAGE, ["--work-dir", "random.pth is a file"]),
+        TRAIN + ["--work-dir", "{f}/random.pth/w"],
+        USAGE,
+        ["--work-dir", "random.pth is a file"],
+    ),
     # ---- train: data, config files, checkpoints
     "train: missing --data": (
-        ["train", "--data", "{out}/nowhere", "--work-dir", "{out}/w"], DATA, ["--data", "nowhere", "no such folder"]),
+        ["train", "--data", "{out}/nowhere", "--work-dir", "{out}/w"],
+        DATA,
+        ["--data", "nowhere", "no such folder"],
+    ),
     "train: empty --data": (
-        ["train", "--data", "{f}/empty_dir", "--work-dir", "{out}/w"], DATA, ["empty_dir", "classes.json: missing"]),
+        ["train", "--data", "{f}/empty_dir", "--work-dir", "{out}/w"],
+        DATA,
+        ["empty_dir", "classes.json: missing"],
+    ),
     "train: --data not a data set": (
-        ["train", "--data", "{f}/work_no_config", "--work-dir", "{out}/w"], DATA, ["work_no_config", "images/train"]),
+        ["train", "--data", "{f}/work_no_config", "--work-dir", "{out}/w"],
+        DATA,
+        ["work_no_config", "images/train"],
+    ),
     "train: --data is a file": (
-        ["train", "--data", "{f}/random.pth", "--work-dir", "{out}/w"], DATA, ["--data", "a file"]),
+        ["train", "--data", "{f}/random.pth", "--work-dir", "{out}/w"],
+        DATA,
+        ["--data", "a file"],
+    ),
     "train: missing config file": (
-        ["train", "{out}/nope.py", "--work-dir", "{out}/w"], DATA, ["nope.py", "no such file"]),
+        ["train", "{out}/nope.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["nope.py", "no such file"],
+    ),
     "train: config not Python": (
-        ["train", "{f}/broken.py", "--work-dir", "{out}/w"], DATA, ["broken.py", "SyntaxError"]),
+        ["train", "{f}/broken.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["broken.py", "SyntaxError"],
+    ),
     "train: config with an undefined name": (
-        ["train", "{f}/undefined.py", "--work-dir", "{out}/w"], DATA, ["undefined.py", "NameError"]),
+        ["train", "{f}/undefined.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["undefined.py", "NameError"],
+    ),
     "train: config is a directory": (
-        ["train", "{f}/empty_dir", "--work-dir", "{out}/w"], DATA, ["empty_dir", "a directory"]),
+        ["train", "{f}/empty_dir", "--work-dir", "{out}/w"],
+        DATA,
+        ["empty_dir", "a directory"],
+    ),
     "train: config of another kind": (["train", "{f}/notes.txt", "--work-dir", "{out}/w"], DATA, ["notes.txt", ".py"]),
     "train: config without a model": (
-        ["train", "{f}/no_model.py", "--work-dir", "{out}/w"], DATA, ["no_model.py", "'model'"]),
+        ["train", "{f}/no_model.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["no_model.py", "'model'"],
+    ),
     "train: config with a bad gmm_cfg": (
-        ["train", "{f}/bad_gmm.py", "--work-dir", "{out}/w"], DATA, ["bad_gmm.py", "mean_momentum", "[0, 1]"]),
+        ["train", "{f}/bad_gmm.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["bad_gmm.py", "mean_momentum", "[0, 1]"],
+    ),
     "train: config with a missing data_root": (
-        ["train", "{f}/bad_root.py", "--work-dir", "{out}/w"], DATA, ["bad_root.py", "data_root", "no such folder"]),
+        ["train", "{f}/bad_root.py", "--work-dir", "{out}/w"],
+        DATA,
+        ["bad_root.py", "data_root", "no such folder"],
+    ),
     "train: --resume-from a missing file": (
-        TRAIN + ["--resume-from", "{out}/missing.pth"], DATA, ["missing.pth", "does not exist"]),
+        TRAIN + ["--resume-from", "{out}/missing.pth"],
+        DATA,
+        ["missing.pth", "does not exist"],
+    ),
     "train: --resume-from a corrupt file": (
-        TRAIN + ["--resume-from", "{f}/random.pth"], DATA, ["random.pth", "corrupt"]),
+        TRAIN + ["--resume-from", "{f}/random.pth"],
+        DATA,
+        ["random.pth", "corrupt"],
+    ),
     "train: --resume-from a plain tensor": (
-        TRAIN + ["--resume-from", "{f}/tensor.pth"], DATA, ["tensor.pth", "not a checkpoint"]),
+        TRAIN + ["--resume-from", "{f}/tensor.pth"],
+        DATA,
+        ["tensor.pth", "not a checkpoint"],
+    ),
     # ---- data make / data check
     "data make: --out is a file": (
-        ["data", "make", "--out", "{f}/random.pth", "--no-progress"], USAGE,
-        ["--out", "random.pth", "not a directory"]),
+        ["data", "make", "--out", "{f}/random.pth", "--no-progress"],
+        USAGE,
+        ["--out", "random.pth", "not a directory"],
+    ),
     "data make: --out not empty": (
-        ["data", "make", "--out", "{data}", "--no-progress"], USAGE, ["--out", "--overwrite"]),
+        ["data", "make", "--out", "{data}", "--no-progress"],
+        USAGE,
+        ["--out", "--overwrite"],
+    ),
     "data make: --overwrite of something else": (
-        ["data", "make", "--out", "{f}/work_no_config", "--overwrite", "--no-progress"], USAGE,
-        ["work_no_config", "not a data set"]),
+        ["data", "make", "--out", "{f}/work_no_config", "--overwrite", "--no-progress"],
+        USAGE,
+        ["work_no_config", "not a data set"],
+    ),
     "data make: --seed -1": (["data", "make", "--out", "{out}/d", "--seed", "-1"], USAGE, ["--seed", "-1"]),
     "data check: missing folder": (["data", "check", "{out}/nowhere"], DATA, ["nowhere", "no such folder"]),
     "data check: a file": (["data", "check", "{f}/random.pth"], DATA, ["random.pth", "a file, not a folder"]),
     "data check: --limit -1": (["data", "check", "{data}", "--limit", "-1"], USAGE, ["--limit", "non-negative"]),
     "data check: wrong --format": (
-        ["data", "check", "{data}", "--format", "cityscapes"], DATA, ["problem(s)", "looks like lab", "--format lab"]),
+        ["data", "check", "{data}", "--format", "cityscapes"],
+        DATA,
+        ["problem(s)", "looks like lab", "--format lab"],
+    ),
     "data check: --make-train-ids on the lab layout": (
-        ["data", "check", "{data}", "--make-train-ids"], USAGE, ["--make-train-ids", "Cityscapes"]),
+        ["data", "check", "{data}", "--make-train-ids"],
+        USAGE,
+        ["--make-train-ids", "Cityscapes"],
+    ),
     # ---- import-release
     "import-release: missing checkpoint": (
-        ["import-release", "{out}/none.pth", "--out", "{out}/w"], DATA, ["none.pth", "does not exist"]),
+        ["import-release", "{out}/none.pth", "--out", "{out}/w"],
+        DATA,
+        ["none.pth", "does not exist"],
+    ),
     "import-release: empty checkpoint": (
-        ["import-release", "{f}/empty.pth", "--out", "{out}/w"], DATA, ["empty.pth", "empty (0 bytes)"]),
+        ["import-release", "{f}/empty.pth", "--out", "{out}/w"],
+        DATA,
+        ["empty.pth", "empty (0 bytes)"],
+    ),
     "import-release: random bytes": (
-        ["import-release", "{f}/random.pth", "--out", "{out}/w"], DATA, ["random.pth", "not a torch checkpoint"]),
+        ["import-release", "{f}/random.pth", "--out", "{out}/w"],
+        DATA,
+        ["random.pth", "not a torch checkpoint"],
+    ),
     "import-release: a plain tensor": (
-        ["import-release", "{f}/tensor.pth", "--out", "{out}/w"], DATA, ["tensor.pth", "not a checkpoint", "Tensor"]),
+        ["import-release", "{f}/tensor.pth", "--out", "{out}/w"],
+        DATA,
+        ["tensor.pth", "not a checkpoint", "Tensor"],
+    ),
     "import-release: a dict without state_dict": (
-        ["import-release", "{f}/no_state_dict.pth", "--out", "{out}/w"], DATA,
-        ["no_state_dict.pth", "without 'state_dict'", "'epoch'"]),
+        ["import-release", "{f}/no_state_dict.pth", "--out", "{out}/w"],
+        DATA,
+        ["no_state_dict.pth", "without 'state_dict'", "'epoch'"],
+    ),
     "import-release: not a release checkpoint": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w"], DATA,
-        ["other_weights.pth", "no decode_head.means: not a GMMSeg release checkpoint", "fc.weight"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w"],
+        DATA,
+        ["other_weights.pth", "no decode_head.means: not a GMMSeg release checkpoint", "fc.weight"],
+    ),
     "import-release: a directory": (
-        ["import-release", "{f}/empty_dir", "--out", "{out}/w"], DATA, ["empty_dir", "a directory"]),
+        ["import-release", "{f}/empty_dir", "--out", "{out}/w"],
+        DATA,
+        ["empty_dir", "a directory"],
+    ),
     "import-release: --out not empty": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{f}/work_no_config"], USAGE,
-        ["--out", "work_no_config", "not empty"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/work_no_config"],
+        USAGE,
+        ["--out", "work_no_config", "not empty"],
+    ),
     "import-release: --out is a file": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth"], USAGE,
-        ["--out", "random.pth", "not a directory"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth"],
+        USAGE,
+        ["--out", "random.pth", "not a directory"],
+    ),
     "import-release: --out under a file": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth/w"], USAGE, ["--out", "is a file"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{f}/random.pth/w"],
+        USAGE,
+        ["--out", "is a file"],
+    ),
     "import-release: --max-memory-gb -1": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--max-memory-gb", "-1"], USAGE,
-        ["--max-memory-gb", "non-negative"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--max-memory-gb", "-1"],
+        USAGE,
+        ["--max-memory-gb", "non-negative"],
+    ),
     "import-release: --memory-size 0": (
-        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--memory-size", "0"], USAGE,
-        ["--memory-size", "positive integer"]),
+        ["import-release", "{f}/other_weights.pth", "--out", "{out}/w", "--memory-size", "0"],
+        USAGE,
+        ["--memory-size", "positive integer"],
+    ),
     "import-release: no --out": (["import-release", "{f}/other_weights.pth"], USAGE, ["--out"]),
     # ---- report / demo
     "report: unknown --preset": (
-        ["report", "--preset", "nope", "--out", "{out}/r"], USAGE, ["--preset", "'nope'", "quick"]),
+        ["report", "--preset", "nope", "--out", "{out}/r"],
+        USAGE,
+        ["--preset", "'nope'", "quick"],
+    ),
     "report: --jobs 0": (["report", "--jobs", "0", "--out", "{out}/r"], USAGE, ["--jobs", "positive integer"]),
     "report: --timeout 0": (["report", "--timeout", "0", "--out", "{out}/r"], USAGE, ["--timeout"]),
     "report: --out is a file": (["report", "--out", "{f}/random.pth"], USAGE, ["--out", "not a directory"]),
     "report: missing grid": (
-        ["report", "--out", "{out}/r", "--grid", "{out}/g.yaml"], DATA, ["--grid", "g.yaml", "no such file"]),
+        ["report", "--out", "{out}/r", "--grid", "{out}/g.yaml"],
+        DATA,
+        ["--grid", "g.yaml", "no such file"],
+    ),
     "report: grid is not YAML": (
-        ["report", "--out", "{out}/r", "--grid", "{f}/bad.yaml"], DATA, ["bad.yaml", "not valid YAML"]),
+        ["report", "--out", "{out}/r", "--grid", "{f}/bad.yaml"],
+        DATA,
+        ["bad.yaml", "not valid YAML"],
+    ),
     "report: grid of the wrong shape": (
-        ["report", "--out", "{out}/r", "--grid", "{f}/list.yaml"], DATA, ["list.yaml", "expected a mapping"]),
+        ["report", "--out", "{out}/r", "--grid", "{f}/list.yaml"],
+        DATA,
+        ["list.yaml", "expected a mapping"],
+    ),
     "demo: --out is a file": (["demo", "--out", "{f}/random.pth"], USAGE, ["--out", "random.pth", "not a directory"]),
     "demo: --seed -1": (["demo", "--out", "{out}/d", "--seed", "-1"], USAGE, ["--seed"]),
     # ---- argparse's own
@@ -275,8 +442,25 @@ def fixtures_dir(tmp_path_factory, quick_dataset):
 def trained(tmp_path_factory, quick_dataset, single_thread_torch):
     """A segformer-gmm work dir trained for 2 iterations of the quick preset (~10-20 s)."""
     work = tmp_path_factory.mktemp("cli_errors_model") / "w"
-    assert main(["train", "--data", str(quick_dataset), "--arch", "segformer", "--preset", "quick",
-                 "--max-iters", "2", "--work-dir", str(work), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(quick_dataset),
+                "--arch",
+                "segformer",
+                "--preset",
+                "quick",
+                "--max-iters",
+                "2",
+                "--work-dir",
+                str(work),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return work
 
 
@@ -308,8 +492,9 @@ def _paths(request, fixtures_dir, quick_dataset, out: Path, templates) -> dict[s
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_message_and_the_right_exit_status(case, request, fixtures_dir, quick_dataset,
-                                                               tmp_path, monkeypatch, capsys):
+def test_bad_input_gives_one_message_and_the_right_exit_status(
+    case, request, fixtures_dir, quick_dataset, tmp_path, monkeypatch, capsys
+):
     argv, status, wanted = CASES[case]
     out = tmp_path / "out"
     out.mkdir()
@@ -330,8 +515,12 @@ def test_bad_input_gives_one_message_and_the_right_exit_status(case, request, fi
 
 
 # ---------------------------------------------------------------------- a real terminal
-SUBPROCESS_CASES = ["evaluate: random bytes", "train: unknown --gmm option", "data check: a file",
-                    "train: --max-iters 0"]
+SUBPROCESS_CASES = [
+    "evaluate: random bytes",
+    "train: unknown --gmm option",
+    "data check: a file",
+    "train: --max-iters 0",
+]
 
 
 @pytest.mark.slow
@@ -343,8 +532,14 @@ def test_no_traceback_reaches_the_terminal(fixtures_dir, quick_dataset, tmp_path
     env.pop(cli.TRACEBACK_ENV, None)
     for case in SUBPROCESS_CASES:
         argv, status, wanted = CASES[case]
-        proc = subprocess.run([sys.executable, "-m", "gmmseg_lab", *(a.format(**paths) for a in argv)],
-                              capture_output=True, text=True, cwd=out, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "gmmseg_lab", *(a.format(**paths) for a in argv)],
+            capture_output=True,
+            text=True,
+            cwd=out,
+            env=env,
+            timeout=300,
+        )
         assert "Traceback" not in proc.stderr + proc.stdout, f"{case}:\n{proc.stderr}"
         assert proc.returncode == status, f"{case}: exit {proc.returncode}:\n{proc.stderr}"
         message = [line for line in proc.stderr.splitlines() if "error:" in line]
@@ -383,8 +578,14 @@ def test_exit_status_table():
     from gmmseg_lab.train import CheckpointError
 
     assert cli.exit_status(cli.UsageError("x")) == USAGE and cli.exit_status(cli.DataError("x")) == DATA
-    for exc in (DatasetError("x"), CheckpointError("x"), ConfigError("x"), ReportSpecError("x"),
-                FileNotFoundError("x"), NotADirectoryError("x")):
+    for exc in (
+        DatasetError("x"),
+        CheckpointError("x"),
+        ConfigError("x"),
+        ReportSpecError("x"),
+        FileNotFoundError("x"),
+        NotADirectoryError("x"),
+    ):
         assert cli.exit_status(exc) == DATA, exc
     for exc in (FileExistsError("x"), ValueError("x")):
         assert cli.exit_status(exc) == USAGE, exc
@@ -414,8 +615,9 @@ def test_gmm_options_are_checked_by_build_config(quick_dataset):
         build_config("segformer", "gmm", "quick", gmm_cfg={"mean_momentum": 2})
     with pytest.raises(ValueError, match="memory_size must be >= 2 for memory='stats'"):
         build_config("segformer", "gmm", "quick", gmm_cfg={"memory": "stats", "memory_size": 1})
-    check_gmm_options({"memory": "stats", "mean_momentum": 1, "samples_per_component": None,
-                       "memory_size": 10**9})  # valid; the probe does not allocate 10**9 samples
+    check_gmm_options(
+        {"memory": "stats", "mean_momentum": 1, "samples_per_component": None, "memory_size": 10**9}
+    )  # valid; the probe does not allocate 10**9 samples
     cfg = build_config("segformer", "gmm", "quick", gmm_cfg={"memory": "stats", "e_step": "em"})
     assert cfg.model.decode_head.gmm_cfg.memory == "stats"
 
@@ -425,15 +627,13 @@ def test_train_refuses_before_writing(quick_dataset, tmp_path):
     from gmmseg_lab.models.presets import gmm_head_configs
     from gmmseg_lab.train import train
 
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "a" / "w",
-                       max_iters=1)
+    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "a" / "w", max_iters=1)
     gmm_head_configs(cfg)[0]["gmm_cfg"]["bogus"] = 1
     with pytest.raises(ValueError, match="unknown GMM option 'bogus'"):
         train(cfg, progress=False)
     assert not (tmp_path / "a").exists()
     # A config mmengine itself refuses (an unregistered loss) leaves no work dir either.
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "b" / "w",
-                       max_iters=1)
+    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "b" / "w", max_iters=1)
     cfg.model.decode_head.loss_decode = dict(type="NoSuchLoss")
     with pytest.raises(KeyError, match="NoSuchLoss"):
         train(cfg, progress=False, log_level="ERROR")

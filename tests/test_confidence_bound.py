@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -35,8 +33,7 @@ def test_no_score_vector_beats_the_bound_and_the_extreme_one_reaches_it():
 
 def test_per_class_bound_equals_the_closed_form_for_a_common_gamma():
     bounds = layernorm_confidence_bound_per_class(torch.full((9,), 0.7), torch.full((9,), -0.3))
-    assert torch.allclose(bounds, torch.full((9,), layernorm_confidence_bound(9, 0.7), dtype=torch.float64),
-                          atol=1e-6)
+    assert torch.allclose(bounds, torch.full((9,), layernorm_confidence_bound(9, 0.7), dtype=torch.float64), atol=1e-6)
 
 
 def test_per_class_bound_is_never_beaten_by_layernormed_scores():

@@ -285,8 +285,9 @@ PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(t
 
 def _build(root, split="train", **extra):
     pytest.importorskip("mmseg")
-    import gmmseg_lab.data.mmseg_dataset  # noqa: F401  (registers GMMLabDataset)
     from mmseg.registry import DATASETS
+
+    import gmmseg_lab.data.mmseg_dataset  # noqa: F401  (registers GMMLabDataset)
 
     cfg = dict(
         type="GMMLabDataset",
@@ -386,7 +387,9 @@ def test_one_note_for_undefined_anomaly_metrics(good):
     no_anomaly = undefined_anomaly_note(0, 4, "the anomaly split")
     assert "no anomalous (1) pixel" in no_anomaly and "auroc, ap, fpr95 are null" in no_anomaly
     no_inlier = undefined_anomaly_note(4, 0, "x")
-    assert "no inlier (0) pixel" in no_inlier and "AUROC and FPR95" in no_inlier and "auroc, fpr95 are null" in no_inlier
+    assert (
+        "no inlier (0) pixel" in no_inlier and "AUROC and FPR95" in no_inlier and "auroc, fpr95 are null" in no_inlier
+    )
     _save(np.zeros((H, W), np.uint8), good / "anomaly/masks/x0.png")
     assert no_anomaly in check_dataset(good).notes
 
@@ -395,8 +398,10 @@ def test_one_note_for_undefined_anomaly_metrics(good):
 # The anomaly split's sources: anomaly/sources.json and anomaly/source_masks/.
 # --------------------------------------------------------------------------------------------
 
-SOURCES = [{"id": 1, "name": "procedural", "kind": "procedural"},
-           {"id": 2, "name": "cat", "kind": "photo", "file": "chelsea.png"}]
+SOURCES = [
+    {"id": 1, "name": "procedural", "kind": "procedural"},
+    {"id": 2, "name": "cat", "kind": "photo", "file": "chelsea.png"},
+]
 
 
 @pytest.fixture
@@ -406,8 +411,9 @@ def with_sources(good):
     source = np.where(mask == 1, 1, 0).astype(np.uint8)
     source[3, 2:5] *= 2  # the lower row of the anomaly is the cat
     _save(source, good / "anomaly/source_masks/x0.png")
-    (good / "anomaly/sources.json").write_text(json.dumps({"sources": SOURCES,
-                                                           "images": {"x0.png": ["procedural", "cat"]}}))
+    (good / "anomaly/sources.json").write_text(
+        json.dumps({"sources": SOURCES, "images": {"x0.png": ["procedural", "cat"]}})
+    )
     return good
 
 
@@ -453,7 +459,7 @@ def _malformed_sources_json(root):
 
 
 def _sources_json_not_an_object(root):
-    (root / "anomaly/sources.json").write_text('[1, 2]')
+    (root / "anomaly/sources.json").write_text("[1, 2]")
     return "sources.json"
 
 

@@ -46,14 +46,16 @@ def _three_regions(top, square, rest, h=H, w=W):
     """A label: ``top`` on the top half, ``square`` on the bottom-left quarter, ``rest`` elsewhere."""
     label = np.full((h, w), rest, np.uint8)
     label[: h // 2] = top
-    label[h // 2:, : w // 2] = square
+    label[h // 2 :, : w // 2] = square
     return label
 
 
 def write_cityscapes(root, kind="labelTrainIds"):
     """Cityscapes: 2 train frames (aachen), 1 val frame (frankfurt); road / bicycle / unlabelled."""
-    frames = {"train": [("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019")],
-              "val": [("frankfurt", "frankfurt_000000_000294")]}
+    frames = {
+        "train": [("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019")],
+        "val": [("frankfurt", "frankfurt_000000_000294")],
+    }
     for split, names in frames.items():
         for i, (city, base) in enumerate(names):
             _save(_rgb(i), root / "leftImg8bit" / split / city / f"{base}_leftImg8bit.png")
@@ -202,11 +204,14 @@ def test_detects_lab_and_prepared_fishyscapes_and_explains_the_rest(quick_datase
         detect_format(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("fmt, counts, values", [
-    ("cityscapes", {"train": 2, "val": 1}, [0, 18, 255]),
-    ("ade20k", {"training": 2, "validation": 1}, [0, 1, 150]),
-    ("coco-stuff-10k", {"train2014": 2, "test2014": 1}, [0, 1, 171]),
-])
+@pytest.mark.parametrize(
+    "fmt, counts, values",
+    [
+        ("cityscapes", {"train": 2, "val": 1}, [0, 18, 255]),
+        ("ade20k", {"training": 2, "validation": 1}, [0, 1, 150]),
+        ("coco-stuff-10k", {"train2014": 2, "test2014": 1}, [0, 1, 171]),
+    ],
+)
 def test_closed_set_report_counts_classes_and_values(fmt, counts, values, tmp_path):
     report = check_real_dataset(WRITERS[fmt](tmp_path))
     assert report.ok, report.summary()
@@ -245,8 +250,9 @@ def test_road_anomaly_keeps_background_and_road_as_inliers():
     with pytest.raises(DatasetError, match=r"x\.png: anomaly mask values 255 are not defined for road-anomaly"):
         remap_anomaly_mask(np.array([[0, 255]], np.uint8), "road-anomaly", "x.png")
     # Fishyscapes scores as bdlb does: anything but 0 and 1 is void.
-    np.testing.assert_array_equal(remap_anomaly_mask(np.array([[0, 1, 2, 255]], np.uint8), "fishyscapes-laf"),
-                                  [[0, 1, 255, 255]])
+    np.testing.assert_array_equal(
+        remap_anomaly_mask(np.array([[0, 1, 2, 255]], np.uint8), "fishyscapes-laf"), [[0, 1, 255, 255]]
+    )
 
 
 def test_fishyscapes_static_image_is_the_cityscapes_image_plus_the_overlay(tmp_path):
@@ -284,8 +290,10 @@ def test_cityscapes_with_label_ids_only_is_explained_then_converted(tmp_path, ca
     root = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")
     report = check_real_dataset(root)
     assert not report.ok
-    assert any("aachen_000000_000019_gtFine_labelIds.png" in p and "--make-train-ids" in p
-               and "csCreateTrainIdLabelImgs" in p for p in report.problems), report.problems
+    assert any(
+        "aachen_000000_000019_gtFine_labelIds.png" in p and "--make-train-ids" in p and "csCreateTrainIdLabelImgs" in p
+        for p in report.problems
+    ), report.problems
 
     written = convert_cityscapes_label_ids(root)
     assert len(written) == 3
@@ -423,10 +431,17 @@ LOADED_LABELS = {"cityscapes": (0, 18, 255), "ade20k": (0, 149, 255), "coco-stuf
 
 
 def _fast_loaders(cfg_options=None):
-    options = {f"{split}_dataloader.{key}": value for split in ("train", "val")
-               for key, value in (("num_workers", 0), ("persistent_workers", False), ("batch_size", 1))}
-    options.update({"train_dataloader.dataset.pipeline.2.scale": (128, 64),  # RandomResize
-                    "train_dataloader.dataset.pipeline.3.crop_size": (32, 32)})  # RandomCrop
+    options = {
+        f"{split}_dataloader.{key}": value
+        for split in ("train", "val")
+        for key, value in (("num_workers", 0), ("persistent_workers", False), ("batch_size", 1))
+    }
+    options.update(
+        {
+            "train_dataloader.dataset.pipeline.2.scale": (128, 64),  # RandomResize
+            "train_dataloader.dataset.pipeline.3.crop_size": (32, 32),
+        }
+    )  # RandomCrop
     return options
 
 
@@ -474,16 +489,18 @@ def _assert_unit_metrics(anomaly):
         assert 0.0 <= anomaly[key] <= 1.0
 
 
-@pytest.mark.parametrize("fmt, slide", [("smiyc-anomaly", None), ("road-anomaly", None),
-                                         ("fishyscapes-static", (32, 16))])
+@pytest.mark.parametrize(
+    "fmt, slide", [("smiyc-anomaly", None), ("road-anomaly", None), ("fishyscapes-static", (32, 16))]
+)
 def test_evaluate_anomaly_scores_every_labelled_pixel(fmt, slide, random_quick_model, tmp_path):
     from gmmseg_lab.eval.evaluate import evaluate_anomaly
 
     bench = read_anomaly_benchmark(WRITERS[fmt](tmp_path))
     truths = [frame.load_mask() for frame in bench.frames]
     out = tmp_path / "anomaly.json"
-    result = evaluate_anomaly(random_quick_model, bench.root, out, batch_size=4, slide=slide, device="cpu",
-                              progress=False)
+    result = evaluate_anomaly(
+        random_quick_model, bench.root, out, batch_size=4, slide=slide, device="cpu", progress=False
+    )
     assert result["anomaly_format"] == fmt and result["anomaly_frames"] == len(bench)
     assert result["anomaly"]["score"] == "neg_max_log_likelihood"
     for metrics in result["anomaly_by_score"].values():
@@ -494,7 +511,8 @@ def test_evaluate_anomaly_scores_every_labelled_pixel(fmt, slide, random_quick_m
 
 
 def test_benchmark_path_equals_the_mmseg_dataset_path_and_plugs_into_evaluate(
-        random_quick_model, quick_dataset, tmp_path):
+    random_quick_model, quick_dataset, tmp_path
+):
     from gmmseg_lab.eval.evaluate import evaluate, evaluate_anomaly
 
     lab = evaluate(random_quick_model, quick_dataset, device="cpu", progress=False)
@@ -544,7 +562,7 @@ def test_benchmark_without_anomalous_pixels_gives_null_metrics_with_a_note(rando
 def test_iterating_fishyscapes_static_gives_the_image_with_its_anomaly(tmp_path):
     """The file at frame.image_path is the plain Cityscapes image: iteration must not hand it out."""
     bench = read_anomaly_benchmark(write_fishyscapes_static(tmp_path))
-    (image, mask), = list(bench)
+    ((image, mask),) = list(bench)
     assert isinstance(image, np.ndarray) and image.shape == (H, W, 3)
     assert (image[SQUARE] == 255).all() and (mask[SQUARE] == 1).all()  # the blended object is there
     base = np.asarray(Image.open(bench.frames[0].image_path).convert("RGB"))
@@ -564,8 +582,10 @@ def test_prepared_fishyscapes_sets_read_identically_so_an_unnamed_folder_is_not_
 
 def test_cityscapes_conversion_names_every_unreadable_file_before_writing_any(tmp_path):
     root = write_cityscapes(tmp_path / "cityscapes", kind="labelIds")
-    broken = [root / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png",
-              root / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png"]
+    broken = [
+        root / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png",
+        root / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png",
+    ]
     broken[0].write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     _save(_rgb(0), broken[1])  # not single-channel
     with pytest.raises(DatasetError) as info:

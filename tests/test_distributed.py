@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,17 @@ from gmmseg_lab.cli import main
 from gmmseg_lab.models import build_config
 from gmmseg_lab.train import DUMP_STATE_ENV, choose_dist_backend, last_checkpoint, train
 
-GMM_BUFFERS = ("means", "stds", "log_weights", "num_updates", "num_m_steps", "seen",
-               "memory.queue", "memory.ptr", "memory.count")
+GMM_BUFFERS = (
+    "means",
+    "stds",
+    "log_weights",
+    "num_updates",
+    "num_m_steps",
+    "seen",
+    "memory.queue",
+    "memory.ptr",
+    "memory.count",
+)
 ITERS = 6
 
 
@@ -30,8 +38,18 @@ def _torchrun_train(args: list[str], dump_dir, timeout: float = 240) -> subproce
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env[DUMP_STATE_ENV] = str(dump_dir)
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gmmseg_lab", "train", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gmmseg_lab",
+        "train",
+        *args,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,9 +58,28 @@ def two_ranks(quick_dataset, tmp_path_factory):
     """SegFormer-GMM, quick preset, 6 iterations on 2 gloo ranks; each rank dumps its final state."""
     root = tmp_path_factory.mktemp("ddp")
     work_dir, dump = root / "run", root / "dump"
-    proc = _torchrun_train(["--data", str(quick_dataset), "--arch", "segformer", "--head", "gmm",
-                            "--preset", "quick", "--max-iters", str(ITERS), "--seed", "0",
-                            "--work-dir", str(work_dir), "--launcher", "pytorch", "--no-progress"], dump)
+    proc = _torchrun_train(
+        [
+            "--data",
+            str(quick_dataset),
+            "--arch",
+            "segformer",
+            "--head",
+            "gmm",
+            "--preset",
+            "quick",
+            "--max-iters",
+            str(ITERS),
+            "--seed",
+            "0",
+            "--work-dir",
+            str(work_dir),
+            "--launcher",
+            "pytorch",
+            "--no-progress",
+        ],
+        dump,
+    )
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
     ranks = [torch.load(dump / f"rank{r}.pth", weights_only=False) for r in range(2)]
     return work_dir, ranks, proc
@@ -116,13 +153,21 @@ def _head_worker(rank, world, init_file, out_dir, case):
     from gmmseg_lab.models.gmm_head import gmm_head_class
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
     try:
         torch.manual_seed(0)
-        head = gmm_head_class("FCNHead")(in_channels=8, channels=8, num_convs=1, concat_input=False,
-                                         num_classes=3, num_components=2, embed_dim=4,
-                                         gmm_cfg=dict(memory_size=20, update_interval=1)).train()
+        head = gmm_head_class("FCNHead")(
+            in_channels=8,
+            channels=8,
+            num_convs=1,
+            concat_input=False,
+            num_classes=3,
+            num_components=2,
+            embed_dim=4,
+            gmm_cfg=dict(memory_size=20, update_interval=1),
+        ).train()
         g = torch.Generator().manual_seed(rank)
         feat = torch.randn(2, 8, 6, 6, generator=g)
         labels = torch.randint(0, 3, (2, 1, 6, 6), generator=g)
@@ -141,10 +186,13 @@ def _head_worker(rank, world, init_file, out_dir, case):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("case, bad_rank, own", [
-    ("nan", 1, "ValueError: x must be finite"),
-    ("labels", 0, "ValueError: gt_sem_seg must be in [0, 3) or 255 (ignore), found [7]"),
-])
+@pytest.mark.parametrize(
+    "case, bad_rank, own",
+    [
+        ("nan", 1, "ValueError: x must be finite"),
+        ("labels", 0, "ValueError: gt_sem_seg must be in [0, 3) or 255 (ignore), found [7]"),
+    ],
+)
 def test_a_bad_batch_in_the_head_stops_every_rank_together(case, bad_rank, own, tmp_path):
     """Non-finite embeddings (cls_seg) or labels out of range (loss_by_feat) on one rank: in training
     every rank raises, none is left waiting in the GMM update's gathers (gloo: until the timeout)."""
@@ -156,8 +204,9 @@ def test_a_bad_batch_in_the_head_stops_every_rank_together(case, bad_rank, own, 
         if rank == bad_rank:
             assert outcome.startswith(own), outcome
         else:
-            assert outcome.startswith("ValueError: GMMFCNHead's GMM input is invalid on rank "
-                                      f"{bad_rank} (rank {bad_rank}: {own}"), outcome
+            assert outcome.startswith(
+                f"ValueError: GMMFCNHead's GMM input is invalid on rank {bad_rank} (rank {bad_rank}: {own}"
+            ), outcome
 
 
 def test_backend_follows_the_device_unless_the_config_says_otherwise():
@@ -181,6 +230,21 @@ def test_pytorch_launcher_outside_torchrun_is_a_clear_error(quick_dataset, tmp_p
     with pytest.raises(ValueError, match="torchrun.*RANK|RANK.*torchrun"):
         train(cfg, progress=False)
     assert not (tmp_path / "w").exists()  # refused before anything was written
-    assert main(["train", "--data", str(quick_dataset), "--work-dir", str(tmp_path / "w"), "--max-iters", "1",
-                 "--launcher", "pytorch", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(quick_dataset),
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--max-iters",
+                "1",
+                "--launcher",
+                "pytorch",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "torchrun" in capsys.readouterr().err

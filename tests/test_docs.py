@@ -63,7 +63,11 @@ def site(tmp_path_factory) -> Path:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(CONFIG), "--site-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     return out
@@ -105,11 +109,15 @@ def test_pages_load_nothing_from_the_network(site):
     for page in sorted(site.rglob("*.html")):
         parser = _AssetURLs()
         parser.feed(page.read_text(encoding="utf-8"))
-        remote += [f"{page.relative_to(site)}: <{tag}> {url}" for tag, url in parser.urls
-                   if re.match(r"^(https?:)?//", url.strip(), flags=re.IGNORECASE)]
+        remote += [
+            f"{page.relative_to(site)}: <{tag}> {url}"
+            for tag, url in parser.urls
+            if re.match(r"^(https?:)?//", url.strip(), flags=re.IGNORECASE)
+        ]
     assert remote == [], "pages that load assets from the network:\n" + "\n".join(remote)
-    assert _config()["theme"].get("font") is False, \
+    assert _config()["theme"].get("font") is False, (
         "theme.font must be false (Material's default fonts come from Google)"
+    )
 
 
 def test_mathjax_and_the_offline_search_ship_with_the_site(site):
@@ -124,10 +132,15 @@ def test_mathjax_and_the_offline_search_ship_with_the_site(site):
 
 
 def test_equations_use_only_macros_the_bundled_fonts_cover():
-    found = [f"{page}: {macro}" for page in _doc_pages() for macro in UNSHIPPED_FONT_MACROS
-             if macro in (DOCS / page).read_text(encoding="utf-8")]
-    assert found == [], ("macros whose TeX fonts are not bundled (use plain letters or Unicode, e.g. ℝ):\n"
-                         + "\n".join(found))
+    found = [
+        f"{page}: {macro}"
+        for page in _doc_pages()
+        for macro in UNSHIPPED_FONT_MACROS
+        if macro in (DOCS / page).read_text(encoding="utf-8")
+    ]
+    assert found == [], "macros whose TeX fonts are not bundled (use plain letters or Unicode, e.g. ℝ):\n" + "\n".join(
+        found
+    )
 
 
 def test_the_api_page_documents_the_gmm_core(site):
@@ -135,7 +148,8 @@ def test_the_api_page_documents_the_gmm_core(site):
     missing = [name for name in API_OBJECTS if f'id="{name}"' not in api]
     assert missing == [], f"api.html documents no {missing}"
     # Every public submodule of gmmseg_lab.gmm has its section (a new module needs a ::: line in docs/api.md).
-    modules = sorted(f"gmmseg_lab.gmm.{p.stem}" for p in (ROOT / "gmmseg_lab" / "gmm").glob("*.py")
-                     if not p.stem.startswith("_"))
+    modules = sorted(
+        f"gmmseg_lab.gmm.{p.stem}" for p in (ROOT / "gmmseg_lab" / "gmm").glob("*.py") if not p.stem.startswith("_")
+    )
     undocumented = [m for m in modules if f'id="{m}"' not in api]
     assert undocumented == [], f"submodules of gmmseg_lab.gmm missing from docs/api.md: {undocumented}"

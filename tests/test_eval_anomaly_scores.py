@@ -21,9 +21,11 @@ from gmmseg_lab.eval.evaluate import _load_model, _loader_for, _read_anomaly_sou
 from gmmseg_lab.eval.temperature import fit_temperature
 from gmmseg_lab.report.results import flatten_metrics
 
-SOURCES = [{"id": 1, "name": "procedural", "kind": "procedural"},
-           {"id": 2, "name": "cat", "kind": "photo", "file": "chelsea.png"},
-           {"id": 3, "name": "cup", "kind": "photo", "file": "coffee.png"}]  # listed, never pasted
+SOURCES = [
+    {"id": 1, "name": "procedural", "kind": "procedural"},
+    {"id": 2, "name": "cat", "kind": "photo", "file": "chelsea.png"},
+    {"id": 3, "name": "cup", "kind": "photo", "file": "coffee.png"},
+]  # listed, never pasted
 LOGIT_SCORES = {"max_softmax", "entropy", "max_logit", "energy"}
 DENSITY_SCORES = {"neg_max_log_likelihood", "neg_logsumexp_log_likelihood"}
 
@@ -54,8 +56,27 @@ def twins(data, tmp_path_factory, single_thread_torch):
     """Work dirs of a GMM SegFormer and its softmax twin, 2 iterations each (~20 s each)."""
     work = tmp_path_factory.mktemp("twins")
     for head in ("gmm", "softmax"):
-        assert main(["train", "--data", str(data), "--arch", "segformer", "--head", head, "--preset", "quick",
-                     "--max-iters", "2", "--work-dir", str(work / head), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(data),
+                    "--arch",
+                    "segformer",
+                    "--head",
+                    head,
+                    "--preset",
+                    "quick",
+                    "--max-iters",
+                    "2",
+                    "--work-dir",
+                    str(work / head),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     return {head: work / head for head in ("gmm", "softmax")}
 
 
@@ -128,8 +149,10 @@ def test_evaluate_writes_every_new_key_for_both_twins(evaluated, data):
 def test_max_logit_energy_and_densities_equal_a_direct_computation(evaluated, twins, data):
     for head, work in twins.items():
         outputs = _direct_outputs(work, data, "anomaly/images", "anomaly/masks")
-        direct = {"max_logit": lambda r: -r["seg_logits"].amax(dim=0),
-                  "energy": lambda r: -torch.logsumexp(r["seg_logits"], dim=0)}
+        direct = {
+            "max_logit": lambda r: -r["seg_logits"].amax(dim=0),
+            "energy": lambda r: -torch.logsumexp(r["seg_logits"], dim=0),
+        }
         if head == "gmm":
             direct["neg_max_log_likelihood"] = lambda r: -r["class_log_likelihood"].amax(dim=0)
             direct["neg_logsumexp_log_likelihood"] = lambda r: -torch.logsumexp(r["class_log_likelihood"], dim=0)
@@ -170,8 +193,9 @@ def test_anomaly_by_source_counts_each_source_against_every_inlier(evaluated, tw
     # "cat" against every inlier, from the model's own outputs (16-bit histogram, as evaluate's)
     metric = AnomalyScores(key_bits=16)
     for r in _direct_outputs(twins["gmm"], data, "anomaly/images", "anomaly/masks"):
-        source = torch.from_numpy(load_mask(data / "anomaly" / "source_masks" / (r["img_path"].rsplit("/", 1)[1]
-                                                                                  .rsplit(".", 1)[0] + ".png")))
+        source = torch.from_numpy(
+            load_mask(data / "anomaly" / "source_masks" / (r["img_path"].rsplit("/", 1)[1].rsplit(".", 1)[0] + ".png"))
+        )
         mask = r["gt"]
         per_source = torch.where(mask == 0, 0, torch.where((mask == 1) & (source == 2), 1, 255))
         metric.update(-r["class_log_likelihood"].amax(dim=0), per_source)
@@ -247,8 +271,17 @@ def _broken(data, tmp_path, breakage):
     raise AssertionError(breakage)
 
 
-@pytest.mark.parametrize("breakage", ["malformed json", "duplicate id", "id out of range", "unknown source in images",
-                                      "wrong size", "unknown id in mask"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        "malformed json",
+        "duplicate id",
+        "id out of range",
+        "unknown source in images",
+        "wrong size",
+        "unknown id in mask",
+    ],
+)
 def test_broken_sources_stop_before_any_work(data, tmp_path, breakage):
     root, named = _broken(data, tmp_path, breakage)
     # No model exists: the DatasetError must come first, naming the file.
@@ -283,4 +316,7 @@ def test_benchmark_path_has_every_score_and_the_component_metrics(twins, tmp_pat
     assert components["score"] == "neg_max_log_likelihood"
     # the anomaly track's sizes, and its void rule
     assert (components["min_pred_size"], components["min_gt_size"], components["connect_through_void"]) == (
-        500, 100, False)
+        500,
+        100,
+        False,
+    )

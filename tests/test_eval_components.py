@@ -99,12 +99,8 @@ def test_siou_is_adjusted_for_the_other_ground_truth_components():
 
 
 def test_void_splits_predictions_and_eight_connectivity_joins_diagonals():
-    mask = torch.tensor([[1, 255, 1],
-                         [0, 0, 0],
-                         [0, 0, 0]], dtype=torch.uint8)
-    flagged = torch.tensor([[1, 1, 1],
-                            [0, 0, 0],
-                            [0, 0, 0]], dtype=torch.float32)
+    mask = torch.tensor([[1, 255, 1], [0, 0, 0], [0, 0, 0]], dtype=torch.uint8)
+    flagged = torch.tensor([[1, 1, 1], [0, 0, 0], [0, 0, 0]], dtype=torch.float32)
     metric = AnomalyComponents(0.5)
     metric.update(flagged, mask)
     # The void pixel between the two anomalies is not predicted, so two predicted components.
@@ -165,7 +161,10 @@ def _reference(score, mask, threshold, min_pred_size=0, min_gt_size=0):
     for i in range(1, n_gt + 1):
         if (gt_labels == i).sum() < min_gt_size:
             roi[gt_labels == i] = False
-    pixels = lambda labels, i: {(y, x) for y, x in zip(*np.nonzero((labels == i) & roi))}
+
+    def pixels(labels, i):
+        return {(y, x) for y, x in zip(*np.nonzero((labels == i) & roi))}
+
     gts = [pixels(gt_labels, i) for i in range(1, n_gt + 1) if (gt_labels == i).sum() >= min_gt_size]
     preds = [pixels(pred_labels, j) for j in range(1, n_pred + 1) if (pred_labels == j).sum() >= min_pred_size]
     preds = [p for p in preds if p]
@@ -188,8 +187,9 @@ def _reference(score, mask, threshold, min_pred_size=0, min_gt_size=0):
 def test_matches_a_literal_transcription_of_the_definitions(seed, sizes):
     score, mask = _random_maps(seed)
     threshold = float(np.quantile(score, 0.7))
-    siou, ppv = component_statistics(mask == 1, score >= threshold, mask != 255,
-                                     min_pred_size=sizes[0], min_gt_size=sizes[1])
+    siou, ppv = component_statistics(
+        mask == 1, score >= threshold, mask != 255, min_pred_size=sizes[0], min_gt_size=sizes[1]
+    )
     ref_siou, ref_ppv = _reference(score, mask, threshold, *sizes)
     assert len(ref_siou) > 2 and len(ref_ppv) > 2
     np.testing.assert_allclose(np.sort(siou), np.sort(ref_siou))

@@ -39,8 +39,7 @@ def _scipy_temperature(logits, target):
         log_norm = top[:, 0] + np.log(np.exp(s - top).sum(axis=1))
         return float((log_norm - s[np.arange(len(y)), y]).mean())
 
-    res = minimize_scalar(objective, bounds=(math.log(1e-3), math.log(1e4)), method="bounded",
-                          options={"xatol": 1e-10})
+    res = minimize_scalar(objective, bounds=(math.log(1e-3), math.log(1e4)), method="bounded", options={"xatol": 1e-10})
     return math.exp(res.x)
 
 
@@ -64,7 +63,7 @@ def test_fit_on_a_bounded_reservoir_is_close_to_the_fit_on_every_pixel():
     everything = fit_temperature(logits[labelled], target[labelled])
     reservoir = LogitReservoir(capacity=10_000, seed=0)
     for start in range(0, len(target), 4096):  # image-sized updates
-        reservoir.update(logits[start:start + 4096], target[start:start + 4096])
+        reservoir.update(logits[start : start + 4096], target[start : start + 4096])
     assert len(reservoir) == 10_000 and reservoir.num_seen == int(labelled.sum())
     assert bool((reservoir.target != 255).all())
     assert reservoir.fit() == pytest.approx(everything, rel=0.03)
@@ -80,7 +79,7 @@ def test_reservoir_is_uniform_deterministic_and_keeps_everything_below_capacity(
     for seed in (0, 0, 1):
         reservoir = LogitReservoir(capacity=capacity, seed=seed)
         for start in range(0, n, 1000):
-            reservoir.update(ids[start:start + 1000], target[start:start + 1000])
+            reservoir.update(ids[start : start + 1000], target[start : start + 1000])
         runs.append(sorted(reservoir.logits[:, 0].long().tolist()))
     assert runs[0] == runs[1] and runs[0] != runs[2]  # reproducible for a seed
     kept = np.array(runs[0])
@@ -100,7 +99,7 @@ def test_scaled_calibration_before_and_after():
     temperature = fit_temperature(logits[100:], target[100:])
     scaled = ScaledCalibration(temperature, n_bins=15)
     for start in range(0, len(target), 5000):
-        scaled.update(logits[start:start + 5000], target[start:start + 5000])
+        scaled.update(logits[start : start + 5000], target[start : start + 5000])
     result = scaled.compute()
     # "before" is the ordinary ECE of softmax(z) on the same pixels.
     plain = CalibrationError(n_bins=15)

@@ -49,8 +49,27 @@ def lab_runs(tmp_path_factory, quick_dataset) -> dict[str, Path]:
     runs = {}
     for head in ("gmm", "softmax"):
         work = root / head
-        assert main(["train", "--data", str(quick_dataset), "--arch", "segformer", "--preset", "quick", "--head", head,
-                     "--max-iters", "2", "--no-progress", "--work-dir", str(work)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(quick_dataset),
+                    "--arch",
+                    "segformer",
+                    "--preset",
+                    "quick",
+                    "--head",
+                    head,
+                    "--max-iters",
+                    "2",
+                    "--no-progress",
+                    "--work-dir",
+                    str(work),
+                ]
+            )
+            == 0
+        )
         runs[head] = work
     return runs
 
@@ -91,12 +110,14 @@ def test_list_images_reads_folders_files_arrays_and_names_what_is_wrong(photos, 
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.png").write_bytes(b"no png")
-    for images, error, text in ((tmp_path / "none", FileNotFoundError, "none"),
-                                (tmp_path / "empty", ValueError, "no image files"),
-                                ([tmp_path / "broken.png"], ValueError, "broken.png"),
-                                ([np.zeros((4, 4, 3), np.float32)], ValueError, "uint8"),
-                                ([np.zeros((4, 4, 2), np.uint8)], ValueError, "shape"),
-                                ([], ValueError, "empty")):
+    for images, error, text in (
+        (tmp_path / "none", FileNotFoundError, "none"),
+        (tmp_path / "empty", ValueError, "no image files"),
+        ([tmp_path / "broken.png"], ValueError, "broken.png"),
+        ([np.zeros((4, 4, 3), np.float32)], ValueError, "uint8"),
+        ([np.zeros((4, 4, 2), np.uint8)], ValueError, "shape"),
+        ([], ValueError, "empty"),
+    ):
         with pytest.raises(error, match=text):
             list_images(images)
 
@@ -123,8 +144,14 @@ def test_a_lab_gmm_model_predicts_photos_with_sliding_windows(lab_gmm, gmm_preds
     np.testing.assert_allclose(preds.probs.sum(1), 1.0, atol=1e-5)
     # GMMSeg's score is -max_c log p(x|c); the evaluator's other scores come along
     np.testing.assert_allclose(preds.anomaly_score, -preds.class_log_likelihood.max(1), rtol=1e-6)
-    assert set(preds.score_maps) == {"max_softmax", "entropy", "max_logit", "energy", "neg_max_log_likelihood",
-                                     "neg_logsumexp_log_likelihood"}
+    assert set(preds.score_maps) == {
+        "max_softmax",
+        "entropy",
+        "max_logit",
+        "energy",
+        "neg_max_log_likelihood",
+        "neg_logsumexp_log_likelihood",
+    }
     np.testing.assert_allclose(preds.score_maps["max_softmax"], 1 - preds.probs.max(1), atol=1e-6)
     # embeddings stitched from the windows on the stride-4 grid, unit length
     assert preds.embeddings.shape[2:] == (-(-height // 4), -(-width // 4))
@@ -156,8 +183,10 @@ def test_the_softmax_twin_gives_its_fused_features_and_softmax_scores(lab_runs, 
     preds = predict_images(lab_runs["softmax"], photos, max_images=2, max_side=MAX_SIDE, device="cpu")
     assert preds.head == "softmax" and not preds.labeled and len(preds.names) == 2
     assert preds.embeddings is None and preds.class_log_likelihood is None
-    assert preds.features.ndim == 4 and preds.features.shape[2:] == (-(-preds.gt.shape[1] // 4),
-                                                                     -(-preds.gt.shape[2] // 4))
+    assert preds.features.ndim == 4 and preds.features.shape[2:] == (
+        -(-preds.gt.shape[1] // 4),
+        -(-preds.gt.shape[2] // 4),
+    )
     assert set(preds.score_maps) == {"max_softmax", "entropy", "max_logit", "energy"}
     np.testing.assert_allclose(preds.anomaly_score, 1 - preds.probs.max(1), atol=1e-6)
     # an mmseg model given as config + checkpoint file (here the twin's own two files, taken apart)
@@ -199,12 +228,17 @@ def test_views_colour_by_the_predicted_class_without_labels(gmm_preds):
     x, info = ve.sample_pixels(gmm_preds, n_per_class=15, seed=0)
     height, width = gmm_preds.gt.shape[1:]
     h, w = gmm_preds.embeddings.shape[2:]
-    np.testing.assert_array_equal(info["label"], gmm_preds.pred[info["image"], info["row"] * height // h,
-                                                                info["col"] * width // w])
+    np.testing.assert_array_equal(
+        info["label"], gmm_preds.pred[info["image"], info["row"] * height // h, info["col"] * width // w]
+    )
     assert info["label_kind"] == "predicted"
-    fig = ve.tsne_figure(np.random.default_rng(0).normal(size=(len(x), 2)), info,
-                         np.zeros((len(gmm_preds.classes), gmm_preds.num_components, 2)), gmm_preds.classes,
-                         gmm_preds.palette)
+    fig = ve.tsne_figure(
+        np.random.default_rng(0).normal(size=(len(x), 2)),
+        info,
+        np.zeros((len(gmm_preds.classes), gmm_preds.num_components, 2)),
+        gmm_preds.classes,
+        gmm_preds.palette,
+    )
     assert "predicted class" in str(fig.layout.updatemenus[0].buttons[0].label)
     assert "predicted class" in fig.data[0].hovertemplate
     usage = vc.component_usage(gmm_preds)  # no labels: by predicted class
@@ -212,8 +246,10 @@ def test_views_colour_by_the_predicted_class_without_labels(gmm_preds):
     np.testing.assert_array_equal(usage, vc.component_usage(gmm_preds, by="pred"))
     with pytest.raises(ValueError, match="by='pred'"):
         vc.component_usage(gmm_preds, by="gt")
-    assert "predicted" in vc.component_usage_figure(usage, gmm_preds.classes, gmm_preds.palette,
-                                                    labeled=False).layout.title.text
+    assert (
+        "predicted"
+        in vc.component_usage_figure(usage, gmm_preds.classes, gmm_preds.palette, labeled=False).layout.title.text
+    )
     overlay = vc.component_overlay_figure(gmm_preds, 0)
     assert len([t for t in overlay.data if t.type == "image"]) == 2 * len(gmm_preds.names)
     fig = van.score_overlay_figure(gmm_preds.images[0], gmm_preds.anomaly_score[0], None, threshold=0.0)
@@ -260,8 +296,9 @@ def test_new_pixels_are_placed_on_a_map_of_labelled_pixels(lab_runs, gmm_preds):
     again = place_on_map(emap, x_ref[:20])
     spread = np.ptp(fitted, axis=0).max()
     assert np.median(np.linalg.norm(again - fitted[:20], axis=1)) < 0.1 * spread
-    fig = ve.tsne_placed_figure(emap.coords, emap.info, emap.mean_coords, placed, info_new, reference.classes,
-                                reference.palette)
+    fig = ve.tsne_placed_figure(
+        emap.coords, emap.info, emap.mean_coords, placed, info_new, reference.classes, reference.palette
+    )
     new_traces = [t for t in fig.data if t.legendgroup == "new"]
     assert new_traces[0].visible and not any(t.visible for t in new_traces[1:])  # anomaly colouring first
     np.testing.assert_allclose(new_traces[0].marker.color, info_new["anomaly_score"])
@@ -298,8 +335,9 @@ def test_the_notebook_helpers_build_the_unlabeled_views(lab_runs, photos, quick_
     assert not preds.labeled and NO_LABELS_NOTE in explore.summary_line(preds, "segformer", 0)
     x, info = ve.sample_pixels(preds, n_per_class=10)
     assert "No labels" in explore.embedding_sentences(info, preds.classes)
-    figures = explore.embedding_figures(lab_runs["gmm"], preds, softmax=lab_runs["softmax"], n_per_class=10,
-                                        perplexity=5)
+    figures = explore.embedding_figures(
+        lab_runs["gmm"], preds, softmax=lab_runs["softmax"], n_per_class=10, perplexity=5
+    )
     assert len(figures) == 2
     assert "placed" in figures[0].layout.title.text and "softmax" in figures[1].layout.title.text
 
@@ -327,8 +365,11 @@ def test_explore_refuses_bad_input_naming_it(tmp_path, photos, lab_runs, capsys)
         (["--checkpoint", str(tmp_path / "none"), "--images", str(photos)], 1, "--checkpoint"),
         (["--checkpoint", work, "--images", str(tmp_path / "none")], 1, "--images"),
         (["--checkpoint", work, "--images", str(tmp_path / "empty")], 1, "no image files"),
-        (["--checkpoint", work, "--images", str(photos), "--softmax-config", str(tmp_path / "file")], 2,
-         "--softmax-config"),
+        (
+            ["--checkpoint", work, "--images", str(photos), "--softmax-config", str(tmp_path / "file")],
+            2,
+            "--softmax-config",
+        ),
         (["--checkpoint", work, "--images", str(photos), "--softmax", str(tmp_path / "none")], 1, "--softmax"),
     ]
     for argv, status, text in cases:
@@ -345,8 +386,25 @@ def test_explore_builds_a_report_from_unlabeled_photos(tmp_path, photos, lab_run
     from gmmseg_lab.report.explore import EXPLORE_NOTEBOOKS
 
     out = tmp_path / "report"
-    assert main(["explore", "--checkpoint", str(lab_runs["gmm"]), "--images", str(photos), "--out", str(out),
-                 "--softmax", str(lab_runs["softmax"]), "--max-images", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                "--checkpoint",
+                str(lab_runs["gmm"]),
+                "--images",
+                str(photos),
+                "--out",
+                str(out),
+                "--softmax",
+                str(lab_runs["softmax"]),
+                "--max-images",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert {name: job["status"] for name, job in summary["jobs"].items()} == dict.fromkeys(EXPLORE_NOTEBOOKS, "ok")
     for name in EXPLORE_NOTEBOOKS:
@@ -355,8 +413,23 @@ def test_explore_builds_a_report_from_unlabeled_photos(tmp_path, photos, lab_run
     assert "softmax" in (out / "html" / "06_open_world_anomaly.html").read_text()
     assert (out / "index.html").is_file() and json.loads((out / "explore.json").read_text())["softmax"]
     release_out = tmp_path / "release_report"
-    assert main(["explore", "--checkpoint", str(release_work), "--images", str(photos), "--out", str(release_out),
-                 "--max-images", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "explore",
+                "--checkpoint",
+                str(release_work),
+                "--images",
+                str(photos),
+                "--out",
+                str(release_out),
+                "--max-images",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((release_out / "summary.json").read_text())
     assert all(job["status"] == "ok" for job in summary["jobs"].values())
     assert "stuff_" in (release_out / "html" / "02_component_assignments.html").read_text()

@@ -30,8 +30,16 @@ def all_buffers_finite(clf):
 def test_learns_multimodal_classes_and_uses_every_component(memory):
     torch.manual_seed(0)
     x, labels, _ = multimodal_sphere_data()
-    clf = GMMClassifier(3, num_components=3, embed_dim=16, memory=memory, mean_momentum=0.5,
-                        update_interval=1, memory_size=200, samples_per_component=None)
+    clf = GMMClassifier(
+        3,
+        num_components=3,
+        embed_dim=16,
+        memory=memory,
+        mean_momentum=0.5,
+        update_interval=1,
+        memory_size=200,
+        samples_per_component=None,
+    )
     for _ in range(30):
         clf.update(x, labels)
     accuracy = (clf.predict(x) == labels).float().mean()
@@ -50,13 +58,16 @@ def test_mixture_densities_match_torch_distributions():
     clf.log_weights.copy_(torch.log_softmax(torch.randn(4, 3), dim=1))
     x = torch.randn(50, 5)
     dists = torch.distributions
-    oracle = torch.stack([
-        dists.MixtureSameFamily(
-            dists.Categorical(logits=clf.log_weights[c]),
-            dists.Independent(dists.Normal(clf.means[c], clf.stds[c]), 1),
-        ).log_prob(x)
-        for c in range(4)
-    ], dim=1)
+    oracle = torch.stack(
+        [
+            dists.MixtureSameFamily(
+                dists.Categorical(logits=clf.log_weights[c]),
+                dists.Independent(dists.Normal(clf.means[c], clf.stds[c]), 1),
+            ).log_prob(x)
+            for c in range(4)
+        ],
+        dim=1,
+    )
     torch.testing.assert_close(clf.class_log_likelihood(x), oracle, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(clf.anomaly_score(x), -oracle.amax(1), rtol=1e-5, atol=1e-4)
     assert torch.equal(clf.predict(x), clf.class_log_likelihood(x).argmax(1))
@@ -67,8 +78,15 @@ def test_m_step_follows_the_method():
     """One update with mean_momentum 0: mean = normalised sum, var = mean sq. deviation + floor."""
     torch.manual_seed(2)
     x, labels, _ = multimodal_sphere_data(num_classes=2, modes=2, dim=8)
-    clf = GMMClassifier(2, num_components=2, embed_dim=8, mean_momentum=0.0, update_interval=1,
-                        samples_per_component=None, memory_size=10_000)
+    clf = GMMClassifier(
+        2,
+        num_components=2,
+        embed_dim=8,
+        mean_momentum=0.0,
+        update_interval=1,
+        samples_per_component=None,
+        memory_size=10_000,
+    )
     assignment = clf.assign_components(x, labels)
     clf.update(x, labels)
     for c in range(2):
@@ -127,8 +145,7 @@ def test_fifo_wraps_around_and_never_reads_unwritten_slots():
 
 
 def test_fifo_m_step_uses_only_written_samples():
-    clf = GMMClassifier(1, num_components=1, embed_dim=3, update_interval=1, mean_momentum=0.0,
-                        memory_size=100)
+    clf = GMMClassifier(1, num_components=1, embed_dim=3, update_interval=1, mean_momentum=0.0, memory_size=100)
     x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     clf.update(x, torch.zeros(2, dtype=torch.long))
     torch.testing.assert_close(clf.means[0, 0], F.normalize(torch.tensor([1.0, 1.0, 0.0]), dim=0))
@@ -140,8 +157,15 @@ def test_fifo_m_step_uses_only_written_samples():
 def test_stats_memory_equals_fifo_when_nothing_decays():
     torch.manual_seed(5)
     x, labels, _ = multimodal_sphere_data(num_classes=3, modes=2, dim=8)
-    kwargs = dict(num_classes=3, num_components=2, embed_dim=8, update_interval=2, mean_momentum=0.9,
-                  samples_per_component=7, memory_size=100_000)
+    kwargs = dict(
+        num_classes=3,
+        num_components=2,
+        embed_dim=8,
+        update_interval=2,
+        mean_momentum=0.9,
+        samples_per_component=7,
+        memory_size=100_000,
+    )
     torch.manual_seed(6)
     fifo = GMMClassifier(memory="fifo", **kwargs)
     torch.manual_seed(6)
@@ -169,8 +193,17 @@ def test_stats_memory_decay_weights():
 def test_no_nan_under_adversarial_batches(memory, e_step):
     g = torch.Generator().manual_seed(7)
     for normalize in (True, False):
-        clf = GMMClassifier(4, num_components=3, embed_dim=6, e_step=e_step, memory=memory, update_interval=1,
-                            mean_momentum=0.5, memory_size=50, normalize_means=normalize)
+        clf = GMMClassifier(
+            4,
+            num_components=3,
+            embed_dim=6,
+            e_step=e_step,
+            memory=memory,
+            update_interval=1,
+            mean_momentum=0.5,
+            memory_size=50,
+            normalize_means=normalize,
+        )
         for step in range(40):
             kind = step % 8
             n = int(torch.randint(1, 60, (1,), generator=g))
@@ -204,8 +237,10 @@ def test_no_nan_under_adversarial_batches(memory, e_step):
         (lambda c: c.update(torch.randn(4, 8), torch.tensor([0, 1, 2, 7])), r"labels must be in \[0, 3\)"),
         (lambda c: c.update(torch.randn(4, 8), torch.tensor([0, 1, -1, 255])), r"labels must be in \[0, 3\)"),
         (lambda c: c.update(torch.full((4, 8), float("nan")), torch.zeros(4, dtype=torch.long)), "x must be finite"),
-        (lambda c: c.update(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), correct=torch.ones(4)),
-         "correct must be a bool tensor"),
+        (
+            lambda c: c.update(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), correct=torch.ones(4)),
+            "correct must be a bool tensor",
+        ),
         (lambda c: c.predict(torch.randn(4, 8, 1)), "x must have shape"),
     ],
 )
@@ -249,8 +284,15 @@ def test_state_dict_round_trip(memory, tmp_path):
 
 
 # ---------------------------------------------------------------------- torch.distributed (gloo)
-CLF_KWARGS = dict(num_classes=3, num_components=2, embed_dim=8, update_interval=2, mean_momentum=0.9,
-                  memory_size=40, samples_per_component=5)
+CLF_KWARGS = dict(
+    num_classes=3,
+    num_components=2,
+    embed_dim=8,
+    update_interval=2,
+    mean_momentum=0.9,
+    memory_size=40,
+    samples_per_component=5,
+)
 
 
 def _batches(steps=6):
@@ -305,8 +347,9 @@ def _bad_input_worker(rank, world, init_file, out_dir, case):
 
     torch.set_num_threads(1)
     # A short timeout: without the agreement the good rank would wait in the gather until it expires.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
     try:
         torch.manual_seed(0)
         clf = GMMClassifier(memory="fifo", **CLF_KWARGS)
@@ -329,10 +372,13 @@ def _bad_input_worker(rank, world, init_file, out_dir, case):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("case, bad_rank, own", [
-    ("nan", 1, "ValueError: x must be finite, found 1 NaN or infinite value(s) in 1 of"),
-    ("labels", 0, "ValueError: labels must be in [0, 3) or 255 (ignore), found [99]"),
-])
+@pytest.mark.parametrize(
+    "case, bad_rank, own",
+    [
+        ("nan", 1, "ValueError: x must be finite, found 1 NaN or infinite value(s) in 1 of"),
+        ("labels", 0, "ValueError: labels must be in [0, 3) or 255 (ignore), found [99]"),
+    ],
+)
 def test_a_bad_batch_on_one_rank_stops_every_rank_together(case, bad_rank, own, tmp_path):
     """update is collective (it gathers every rank's pixels): a batch refused on one rank must make
     every rank raise, not leave the others blocked in the gather (gloo until its timeout, NCCL for ever)."""
@@ -344,8 +390,9 @@ def test_a_bad_batch_on_one_rank_stops_every_rank_together(case, bad_rank, own, 
         if rank == bad_rank:
             assert outcome.startswith(own), outcome
         else:
-            assert outcome.startswith(f"ValueError: GMMClassifier.update's input is invalid on rank {bad_rank} "
-                                      f"(rank {bad_rank}: {own}"), outcome
+            assert outcome.startswith(
+                f"ValueError: GMMClassifier.update's input is invalid on rank {bad_rank} (rank {bad_rank}: {own}"
+            ), outcome
 
 
 def test_the_float32_range_check_runs_once_per_call_not_once_per_class(monkeypatch):
@@ -356,9 +403,11 @@ def test_the_float32_range_check_runs_once_per_call_not_once_per_class(monkeypat
     monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, labels, _ = multimodal_sphere_data(num_classes=3, modes=2, dim=8, n_per_mode=10)
     clf = GMMClassifier(3, num_components=2, embed_dim=8, update_interval=1)
-    for name, call in (("update", lambda: clf.update(x, labels)),
-                       ("assign_components", lambda: clf.assign_components(x, labels)),
-                       ("component_log_prob", lambda: clf.component_log_prob(x))):
+    for name, call in (
+        ("update", lambda: clf.update(x, labels)),
+        ("assign_components", lambda: clf.assign_components(x, labels)),
+        ("component_log_prob", lambda: clf.component_log_prob(x)),
+    ):
         calls.clear()
         call()
         assert len(calls) == 2, f"{name}: {len(calls)} aminmax passes for 3 classes (x and the means: 2)"

@@ -30,8 +30,14 @@ def test_em_matches_sklearn(n_iters):
     weights, means, stds = fit_gmm(x, means0, stds0, weights0, n_iters=n_iters, e_step="em", reg_var=1e-6)
 
     gm = GaussianMixture(
-        n_components=3, covariance_type="diag", max_iter=n_iters, tol=0, reg_covar=1e-6,
-        weights_init=weights0.numpy(), means_init=means0.numpy(), precisions_init=(1 / stds0**2).numpy(),
+        n_components=3,
+        covariance_type="diag",
+        max_iter=n_iters,
+        tol=0,
+        reg_covar=1e-6,
+        weights_init=weights0.numpy(),
+        means_init=means0.numpy(),
+        precisions_init=(1 / stds0**2).numpy(),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

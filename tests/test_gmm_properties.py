@@ -26,8 +26,9 @@ from gmmseg_lab.gmm import (
     sinkhorn,
 )
 
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 EPS64 = torch.finfo(torch.float64).eps
 
 seeds = st.integers(0, 2**31 - 1)
@@ -65,19 +66,51 @@ def _labels(pattern: str, n: int, c: int, g: torch.Generator) -> torch.Tensor:
 
 @PROPERTY
 @given(
-    c=st.integers(1, 4), m=st.integers(1, 4), d=st.integers(1, 6), n=st.integers(1, 40),
-    log_scale=log10_scales, offset=st.sampled_from([0.0, 1.0, 100.0]),
-    pattern=st.sampled_from(LABEL_PATTERNS), memory=st.sampled_from(["fifo", "stats"]),
-    e_step=st.sampled_from(["sinkhorn", "em"]), normalize=st.booleans(), interval=st.integers(1, 3),
-    steps=st.integers(1, 4), per_component=st.sampled_from([None, 1, 5]), memory_size=st.integers(1, 50),
-    correct_only=st.booleans(), seed=seeds,
+    c=st.integers(1, 4),
+    m=st.integers(1, 4),
+    d=st.integers(1, 6),
+    n=st.integers(1, 40),
+    log_scale=log10_scales,
+    offset=st.sampled_from([0.0, 1.0, 100.0]),
+    pattern=st.sampled_from(LABEL_PATTERNS),
+    memory=st.sampled_from(["fifo", "stats"]),
+    e_step=st.sampled_from(["sinkhorn", "em"]),
+    normalize=st.booleans(),
+    interval=st.integers(1, 3),
+    steps=st.integers(1, 4),
+    per_component=st.sampled_from([None, 1, 5]),
+    memory_size=st.integers(1, 50),
+    correct_only=st.booleans(),
+    seed=seeds,
 )
-def test_mixture_stays_finite_after_updates_and_m_steps(c, m, d, n, log_scale, offset, pattern, memory, e_step,
-                                                       normalize, interval, steps, per_component, memory_size,
-                                                       correct_only, seed):
+def test_mixture_stays_finite_after_updates_and_m_steps(
+    c,
+    m,
+    d,
+    n,
+    log_scale,
+    offset,
+    pattern,
+    memory,
+    e_step,
+    normalize,
+    interval,
+    steps,
+    per_component,
+    memory_size,
+    correct_only,
+    seed,
+):
     torch.manual_seed(seed)
-    kwargs = dict(e_step=e_step, memory=memory, update_interval=interval, mean_momentum=0.5, memory_size=memory_size,
-                  samples_per_component=per_component, normalize_means=normalize)
+    kwargs = dict(
+        e_step=e_step,
+        memory=memory,
+        update_interval=interval,
+        mean_momentum=0.5,
+        memory_size=memory_size,
+        samples_per_component=per_component,
+        normalize_means=normalize,
+    )
     if memory == "stats" and memory_size == 1:  # the default decay 1 - 1/memory_size would be 0
         with pytest.raises(ValueError, match="memory_size must be >= 2 for memory='stats'"):
             GMMClassifier(c, m, d, **kwargs)
@@ -118,8 +151,15 @@ def test_mixture_stays_finite_after_updates_and_m_steps(c, m, d, n, log_scale, o
 
 
 @PROPERTY
-@given(n=st.integers(1, 60), m=st.integers(1, 8), log_scale=st.floats(-3.0, 3.0), log_eps=st.floats(-3.0, 3.0),
-       n_iters=st.integers(1, 10), dtype=st.sampled_from([torch.float32, torch.float64]), seed=seeds)
+@given(
+    n=st.integers(1, 60),
+    m=st.integers(1, 8),
+    log_scale=st.floats(-3.0, 3.0),
+    log_eps=st.floats(-3.0, 3.0),
+    n_iters=st.integers(1, 10),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=seeds,
+)
 def test_sinkhorn_rows_sum_to_one_for_any_scale_and_epsilon(n, m, log_scale, log_eps, n_iters, dtype, seed):
     scores = torch.randn(n, m, generator=_gen(seed), dtype=torch.float64).to(dtype) * 10.0**log_scale
     q = sinkhorn(scores, n_iters=n_iters, epsilon=10.0**log_eps)
@@ -139,8 +179,7 @@ def test_sinkhorn_columns_sum_to_n_over_m_at_convergence(n, m, eps, seed):
 
 
 @PROPERTY
-@given(n=st.integers(0, 50), m=st.integers(1, 6), log_scale=st.floats(-30.0, 30.0), k=st.integers(-20, 20),
-       seed=seeds)
+@given(n=st.integers(0, 50), m=st.integers(1, 6), log_scale=st.floats(-30.0, 30.0), k=st.integers(-20, 20), seed=seeds)
 def test_normalized_sinkhorn_assign_is_a_valid_scale_free_assignment(n, m, log_scale, k, seed):
     log_prob = -torch.rand(n, m, generator=_gen(seed)) * 10.0**log_scale
     assigned = normalized_sinkhorn_assign(log_prob)
@@ -171,15 +210,27 @@ def _rounding_bound(x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor) ->
 
 
 @PROPERTY
-@given(n=st.integers(1, 30), k=st.integers(1, 6), d=st.integers(1, 8), log_x=log10_scales, log_std=log10_scales,
-       offset=st.sampled_from([0.0, 3.0, 1000.0]), chunk=st.sampled_from([None, 1, 7]), seed=seeds)
+@given(
+    n=st.integers(1, 30),
+    k=st.integers(1, 6),
+    d=st.integers(1, 8),
+    log_x=log10_scales,
+    log_std=log10_scales,
+    offset=st.sampled_from([0.0, 3.0, 1000.0]),
+    chunk=st.sampled_from([None, 1, 7]),
+    seed=seeds,
+)
 def test_diag_gaussian_log_prob_matches_the_normal_oracle_in_float64(n, k, d, log_x, log_std, offset, chunk, seed):
     g = _gen(seed)
     scale, std_scale = 10.0**log_x, 10.0**log_std
     means = scale * (torch.randn(k, d, generator=g, dtype=torch.float64) + offset)
-    x = torch.cat([means[torch.randint(0, k, (n // 2,), generator=g)]
-                   + std_scale * torch.randn(n // 2, d, generator=g, dtype=torch.float64),  # near a mean
-                   scale * (torch.randn(n - n // 2, d, generator=g, dtype=torch.float64) + offset)])
+    x = torch.cat(
+        [
+            means[torch.randint(0, k, (n // 2,), generator=g)]
+            + std_scale * torch.randn(n // 2, d, generator=g, dtype=torch.float64),  # near a mean
+            scale * (torch.randn(n - n // 2, d, generator=g, dtype=torch.float64) + offset),
+        ]
+    )
     stds = std_scale * (torch.rand(k, d, generator=g, dtype=torch.float64) + 0.1)
     got = diag_gaussian_log_prob(x, means, stds, chunk_rows=chunk)
     assert got.shape == (n, k) and got.dtype == torch.float64
@@ -189,8 +240,16 @@ def test_diag_gaussian_log_prob_matches_the_normal_oracle_in_float64(n, k, d, lo
 
 
 @PROPERTY
-@given(c=st.integers(1, 4), m=st.integers(1, 4), d=st.integers(1, 6), n=st.integers(1, 30),
-       log_x=st.floats(-2.0, 2.0), log_std=st.floats(-2.0, 2.0), normalize=st.booleans(), seed=seeds)
+@given(
+    c=st.integers(1, 4),
+    m=st.integers(1, 4),
+    d=st.integers(1, 6),
+    n=st.integers(1, 30),
+    log_x=st.floats(-2.0, 2.0),
+    log_std=st.floats(-2.0, 2.0),
+    normalize=st.booleans(),
+    seed=seeds,
+)
 def test_class_log_likelihood_is_the_logsumexp_of_weighted_components(c, m, d, n, log_x, log_std, normalize, seed):
     g = _gen(seed)
     clf = GMMClassifier(c, m, d, e_step="em", normalize_means=normalize).double()
@@ -209,13 +268,16 @@ def test_class_log_likelihood_is_the_logsumexp_of_weighted_components(c, m, d, n
 
     cll = clf.class_log_likelihood(x)
     torch.testing.assert_close(cll, torch.logsumexp(comp + clf.log_weights, dim=-1), rtol=0, atol=0)
-    mixture = torch.stack([
-        torch.distributions.MixtureSameFamily(
-            torch.distributions.Categorical(logits=clf.log_weights[k]),
-            torch.distributions.Independent(torch.distributions.Normal(means[k], clf.stds[k]), 1),
-        ).log_prob(x)
-        for k in range(c)
-    ], dim=1)
+    mixture = torch.stack(
+        [
+            torch.distributions.MixtureSameFamily(
+                torch.distributions.Categorical(logits=clf.log_weights[k]),
+                torch.distributions.Independent(torch.distributions.Normal(means[k], clf.stds[k]), 1),
+            ).log_prob(x)
+            for k in range(c)
+        ],
+        dim=1,
+    )
     assert ((cll - mixture).abs() <= bound.amax(-1) + 1e-12 * mixture.abs()).all()
     assert torch.equal(clf.predict(x), cll.argmax(dim=1))
     assert torch.equal(clf.anomaly_score(x), -cll.amax(dim=1))
@@ -226,15 +288,23 @@ def test_class_log_likelihood_is_the_logsumexp_of_weighted_components(c, m, d, n
 
 
 @PROPERTY
-@given(m=st.integers(1, 4), d=st.integers(1, 5), extra=st.integers(0, 40), log_scale=log10_scales,
-       n_iters=st.integers(0, 6), e_step=st.sampled_from(["em", "sinkhorn"]), seed=seeds)
+@given(
+    m=st.integers(1, 4),
+    d=st.integers(1, 5),
+    extra=st.integers(0, 40),
+    log_scale=log10_scales,
+    n_iters=st.integers(0, 6),
+    e_step=st.sampled_from(["em", "sinkhorn"]),
+    seed=seeds,
+)
 def test_fit_gmm_stays_finite_with_weights_summing_to_one(m, d, extra, log_scale, n_iters, e_step, seed):
     g = _gen(seed)
     scale = 10.0**log_scale
     x = torch.randn(m + extra, d, generator=g, dtype=torch.float64) * scale
     means0 = x[torch.randperm(len(x), generator=g)[:m]].clone()
-    weights, means, stds = fit_gmm(x, means0, torch.full((m, d), scale, dtype=torch.float64), n_iters=n_iters,
-                                   e_step=e_step)
+    weights, means, stds = fit_gmm(
+        x, means0, torch.full((m, d), scale, dtype=torch.float64), n_iters=n_iters, e_step=e_step
+    )
     for name, value in (("weights", weights), ("means", means), ("stds", stds)):
         assert torch.isfinite(value).all(), f"{name} not finite"
     assert (stds > 0).all() and (weights >= 0).all()

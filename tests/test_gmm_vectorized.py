@@ -38,8 +38,9 @@ from gmmseg_lab.gmm.segments import group_rows
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gmm_loop_oracle import LoopGMMClassifier, loop_moments, loop_push, loop_subsample
 
-PROPERTY = settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -144,8 +145,9 @@ def test_own_class_densities_equal_the_full_computation(offset, chunk):
     lab = _segments(n, groups, g)
     full = diag_gaussian_log_prob(x, means.view(-1, d), stds.view(-1, d)).view(n, groups, m)
     expected = full[torch.arange(n), lab]
-    torch.testing.assert_close(grouped_diag_gaussian_log_prob(x, lab, means, stds, chunk_rows=chunk), expected,
-                               rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(
+        grouped_diag_gaussian_log_prob(x, lab, means, stds, chunk_rows=chunk), expected, rtol=1e-10, atol=1e-8
+    )
     # float32: against the float64 densities of the float32-rounded inputs (the rounding of x itself
     # is not this function's error); no expansion of the square, so no cancellation far out.
     x32, means32, stds32 = x.float(), means.float(), stds.float()
@@ -219,9 +221,20 @@ def test_fifo_moments_read_many_slots_in_blocks(monkeypatch):
 # The whole step against the loop
 
 
-def _batch(g: torch.Generator, n: int, c: int, d: int, *, absent: int | None = None, lonely: int | None = None,
-           ignored: float = 0.2, scale: float = 1.0, offset: float = 0.0, normalize: bool = True,
-           dtype=torch.float32):
+def _batch(
+    g: torch.Generator,
+    n: int,
+    c: int,
+    d: int,
+    *,
+    absent: int | None = None,
+    lonely: int | None = None,
+    ignored: float = 0.2,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    normalize: bool = True,
+    dtype=torch.float32,
+):
     x = torch.randn(n, d, generator=g, dtype=dtype) + offset
     x = F.normalize(x, dim=1) if normalize else x * scale
     labels = torch.randint(0, c, (n,), generator=g)
@@ -240,8 +253,9 @@ def _assert_same_state(ours: GMMClassifier, loop: GMMClassifier, where: str, tol
     as well: the statistics memory's sums of squares of 1e18-sized inputs are ~1e37)."""
     for (name, a), b in zip(ours.state_dict().items(), loop.state_dict().values()):
         if a.is_floating_point():
-            torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol,
-                                       msg=lambda m, name=name: f"{where}, {name}: {m}")
+            torch.testing.assert_close(
+                a.double(), b.double(), rtol=tol, atol=tol, msg=lambda m, name=name: f"{where}, {name}: {m}"
+            )
         else:
             assert torch.equal(a, b), f"{where}: {name} differs"
 
@@ -276,8 +290,17 @@ def _step(ours, loop, x, labels, correct, precomputed: bool, where: str) -> None
 @pytest.mark.parametrize("memory", ["fifo", "stats"])
 def test_many_updates_equal_the_loop(memory, e_step, precomputed):
     c, m, d = 7, 3, 8
-    ours, loop = _pair(num_classes=c, num_components=m, embed_dim=d, e_step=e_step, memory=memory,
-                       update_interval=3, memory_size=25, samples_per_component=4, mean_momentum=0.6)
+    ours, loop = _pair(
+        num_classes=c,
+        num_components=m,
+        embed_dim=d,
+        e_step=e_step,
+        memory=memory,
+        update_interval=3,
+        memory_size=25,
+        samples_per_component=4,
+        mean_momentum=0.6,
+    )
     g = _gen(7)
     for step in range(30):
         n = int(torch.randint(1, 400, (1,), generator=g))
@@ -291,8 +314,16 @@ def test_many_updates_equal_the_loop(memory, e_step, precomputed):
 @pytest.mark.parametrize("memory", ["fifo", "stats"])
 def test_150_classes_equal_the_loop(memory):
     c, m, d = 150, 5, 64
-    ours, loop = _pair(num_classes=c, num_components=m, embed_dim=d, memory=memory, update_interval=2,
-                       memory_size=40, samples_per_component=20, mean_momentum=0.9)
+    ours, loop = _pair(
+        num_classes=c,
+        num_components=m,
+        embed_dim=d,
+        memory=memory,
+        update_interval=2,
+        memory_size=40,
+        samples_per_component=20,
+        mean_momentum=0.9,
+    )
     g = _gen(8)
     for step in range(4):
         x, labels, correct = _batch(g, 4096, c, d, absent=step, lonely=step + 10)
@@ -301,27 +332,56 @@ def test_150_classes_equal_the_loop(memory):
 
 
 @PROPERTY
-@given(c=st.integers(1, 6), m=st.integers(1, 4), d=st.integers(1, 6), n=st.integers(0, 120),
-       memory=st.sampled_from(["fifo", "stats"]), e_step=st.sampled_from(["sinkhorn", "em"]),
-       k=st.sampled_from([None, 1, 2, 4]), memory_size=st.integers(2, 30), interval=st.integers(1, 3),
-       normalize=st.booleans(), log_scale=st.floats(-2, 2), offset=st.sampled_from([0.0, 3.0]),
-       dtype=st.sampled_from([torch.float32, torch.float64]), precomputed=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_random_configurations_equal_the_loop(c, m, d, n, memory, e_step, k, memory_size, interval, normalize,
-                                               log_scale, offset, dtype, precomputed, seed):
-    ours, loop = _pair(num_classes=c, num_components=m, embed_dim=d, e_step=e_step, memory=memory,
-                       update_interval=interval, memory_size=memory_size, samples_per_component=k,
-                       normalize_means=normalize, mean_momentum=0.5)
+@given(
+    c=st.integers(1, 6),
+    m=st.integers(1, 4),
+    d=st.integers(1, 6),
+    n=st.integers(0, 120),
+    memory=st.sampled_from(["fifo", "stats"]),
+    e_step=st.sampled_from(["sinkhorn", "em"]),
+    k=st.sampled_from([None, 1, 2, 4]),
+    memory_size=st.integers(2, 30),
+    interval=st.integers(1, 3),
+    normalize=st.booleans(),
+    log_scale=st.floats(-2, 2),
+    offset=st.sampled_from([0.0, 3.0]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    precomputed=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_random_configurations_equal_the_loop(
+    c, m, d, n, memory, e_step, k, memory_size, interval, normalize, log_scale, offset, dtype, precomputed, seed
+):
+    ours, loop = _pair(
+        num_classes=c,
+        num_components=m,
+        embed_dim=d,
+        e_step=e_step,
+        memory=memory,
+        update_interval=interval,
+        memory_size=memory_size,
+        samples_per_component=k,
+        normalize_means=normalize,
+        mean_momentum=0.5,
+    )
     g = _gen(seed)
     for step in range(4):
-        x, labels, correct = _batch(g, n, c, d, normalize=normalize, scale=10.0**log_scale, offset=offset,
-                                    dtype=dtype, lonely=step % c)
+        x, labels, correct = _batch(
+            g, n, c, d, normalize=normalize, scale=10.0**log_scale, offset=offset, dtype=dtype, lonely=step % c
+        )
         _step(ours, loop, x, labels, correct, precomputed, f"step {step}")
 
 
 def test_huge_inputs_take_the_float64_path_like_the_loop():
-    ours, loop = _pair(num_classes=3, num_components=2, embed_dim=4, memory="stats", update_interval=1,
-                       normalize_means=False, mean_momentum=0.5)
+    ours, loop = _pair(
+        num_classes=3,
+        num_components=2,
+        embed_dim=4,
+        memory="stats",
+        update_interval=1,
+        normalize_means=False,
+        mean_momentum=0.5,
+    )
     g = _gen(9)
     for scale in (1.0, 1e18, 3e38, 1e-30):
         x = (torch.randn(60, 4, generator=g) * scale).clamp(-3.4e38, 3.4e38)
@@ -336,11 +396,15 @@ def test_huge_inputs_take_the_float64_path_like_the_loop():
 def test_update_runs_one_e_step_and_none_when_given_the_assignment(monkeypatch):
     calls = Counter()
     real = classifier_module.segmented_sinkhorn_assign
-    monkeypatch.setattr(classifier_module, "segmented_sinkhorn_assign",
-                        lambda *a, **k: calls.update(["sinkhorn"]) or real(*a, **k))
+    monkeypatch.setattr(
+        classifier_module, "segmented_sinkhorn_assign", lambda *a, **k: calls.update(["sinkhorn"]) or real(*a, **k)
+    )
     real_density = classifier_module.grouped_diag_gaussian_log_prob
-    monkeypatch.setattr(classifier_module, "grouped_diag_gaussian_log_prob",
-                        lambda *a, **k: calls.update(["density"]) or real_density(*a, **k))
+    monkeypatch.setattr(
+        classifier_module,
+        "grouped_diag_gaussian_log_prob",
+        lambda *a, **k: calls.update(["density"]) or real_density(*a, **k),
+    )
     clf = GMMClassifier(4, num_components=3, embed_dim=5)
     x, labels, correct = _batch(_gen(10), 200, 4, 5)
     clf.update(x, labels, correct=correct)
@@ -366,8 +430,7 @@ def _aten_ops_of_one_update(num_classes: int, memory: str) -> Counter:
                 self.ops[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    clf = GMMClassifier(num_classes, num_components=3, embed_dim=5, memory=memory, update_interval=1,
-                        memory_size=30)
+    clf = GMMClassifier(num_classes, num_components=3, embed_dim=5, memory=memory, update_interval=1, memory_size=30)
     g = _gen(11)
     x = F.normalize(torch.randn(900, 5, generator=g), dim=1)
     labels = torch.arange(900) % num_classes  # every class present
@@ -437,5 +500,6 @@ def test_own_class_densities_carry_gradients():
     means = torch.randn(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     stds = (torch.rand(4, 2, 3, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
     groups = torch.randint(0, 4, (20,), generator=g)
-    assert torch.autograd.gradcheck(lambda a, b, c: grouped_diag_gaussian_log_prob(a, groups, b, c, chunk_rows=7),
-                                    (x, means, stds))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: grouped_diag_gaussian_log_prob(a, groups, b, c, chunk_rows=7), (x, means, stds)
+    )

@@ -23,21 +23,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import browser
 import pytest
 
-import browser
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason()))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(browser.skip_reason() is not None, reason=str(browser.skip_reason())),
+]
 
 NOTEBOOK = "02_component_assignments.ipynb"
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 PARAMETERS = ("arch", "seed", "max_images", "work_dir", "data_dir", "preset", "data_seed", "results_path", "live")
 
-SERVER_START_S = 180     # jupyter lab answering /api/status
-KERNEL_IDLE_S = 240      # page loaded, notebook open, kernel started and idle
-RUN_ALL_S = 480          # every cell run (imports, predictions on 4 images, 4 figures, the widget)
-REDRAW_S = 180           # the widget's callback redrawing both figures after a control change
+SERVER_START_S = 180  # jupyter lab answering /api/status
+KERNEL_IDLE_S = 240  # page loaded, notebook open, kernel started and idle
+RUN_ALL_S = 480  # every cell run (imports, predictions on 4 images, 4 figures, the widget)
+REDRAW_S = 180  # the widget's callback redrawing both figures after a control change
 MIN_CHANGED_PIXELS = 0.02  # share of the widget's screenshot that must change
 
 
@@ -64,8 +65,17 @@ def _write_notebook(folder: Path, work_dir: Path, data_dir: Path) -> Path:
     source = "".join(cells[0]["source"])
     missing = [name for name in PARAMETERS if f"{name} =" not in source]
     assert not missing, f"{NOTEBOOK}'s parameters cell lacks {missing}; update this test:\n{source}"
-    values = dict(arch="segformer", seed=0, max_images=4, work_dir=str(work_dir), data_dir=str(data_dir),
-                  preset="quick", data_seed=0, results_path=None, live=True)
+    values = dict(
+        arch="segformer",
+        seed=0,
+        max_images=4,
+        work_dir=str(work_dir),
+        data_dir=str(data_dir),
+        preset="quick",
+        data_seed=0,
+        results_path=None,
+        live=True,
+    )
     cells[0]["source"] = "\n".join(f"{name} = {values[name]!r}" for name in PARAMETERS)
     for cell in nb["cells"]:  # start clean, as a fresh copy of the notebook
         if cell["cell_type"] == "code":
@@ -79,8 +89,10 @@ def _write_lab_settings(settings_dir: Path) -> None:
     """User settings for the isolated lab: no news / update toasts over the notebook, and no notebook
     windowing (every cell is laid out, so off-screen outputs draw as on-screen ones)."""
     overrides = {
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-            {"fetchNews": "false", "checkForUpdates": False},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
         "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     }
     for rel, value in overrides.items():
@@ -111,33 +123,56 @@ class LabServer:
         _write_lab_settings(dirs["settings"])
         env = dict(os.environ)
         env.update(
-            OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
             # user-level Jupyter folders in tmp; the venv's own share/jupyter (kernelspec, the widgets and
             # plotly lab extensions) stays on the search path (sys.prefix), and comes first
-            JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
-            JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), JUPYTER_PREFER_ENV_PATH="1",
-            JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]), JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
-            IPYTHONDIR=str(dirs["ipython"]), PYDEVD_DISABLE_FILE_VALIDATION="1",
+            JUPYTER_CONFIG_DIR=str(dirs["config"]),
+            JUPYTER_DATA_DIR=str(dirs["data"]),
+            JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
+            JUPYTER_PREFER_ENV_PATH="1",
+            JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
+            JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
+            IPYTHONDIR=str(dirs["ipython"]),
+            PYDEVD_DISABLE_FILE_VALIDATION="1",
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
-               "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-               f"--ServerApp.root_dir={self.root}", f"--IdentityProvider.token={self.token}",
-               "--ServerApp.terminals_enabled=False",
-               "--LabApp.expose_app_in_browser=True",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-               f"--LabApp.user_settings_dir={dirs['settings']}", f"--LabApp.workspaces_dir={dirs['workspaces']}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={self.root}",
+            f"--IdentityProvider.token={self.token}",
+            "--ServerApp.terminals_enabled=False",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--LabApp.user_settings_dir={dirs['settings']}",
+            f"--LabApp.workspaces_dir={dirs['workspaces']}",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers, CI
             cmd.append("--allow-root")
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + SERVER_START_S
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"jupyter lab exited with code {self.proc.returncode} before answering; "
-                                     f"log {self.log}:\n{_tail(self.log)}")
+                raise AssertionError(
+                    f"jupyter lab exited with code {self.proc.returncode} before answering; "
+                    f"log {self.log}:\n{_tail(self.log)}"
+                )
             try:
                 with urllib.request.urlopen(self.url("api/status"), timeout=5) as response:
                     if response.status == 200:
@@ -146,8 +181,10 @@ class LabServer:
             except (urllib.error.URLError, ConnectionError, OSError, ValueError) as err:
                 last = err
             time.sleep(1)
-        raise AssertionError(f"jupyter lab did not answer {self.base}/api/status in {SERVER_START_S} s "
-                             f"(last error: {last}); log {self.log}:\n{_tail(self.log)}")
+        raise AssertionError(
+            f"jupyter lab did not answer {self.base}/api/status in {SERVER_START_S} s "
+            f"(last error: {last}); log {self.log}:\n{_tail(self.log)}"
+        )
 
     def stop(self) -> None:
         """SIGTERM (the server shuts its kernels down), then SIGKILL to its process group if it hangs."""
@@ -271,10 +308,14 @@ def _wait_run_all(page, timeout_s: float) -> list[dict]:
         if state["status"] == "idle" and all(c["count"] is not None for c in state["cells"]):
             return state["cells"]
         page.wait_for_timeout(1000)
-    pending = [f"cell {i}: {c['source']!r} (count {c['count']})" for i, c in enumerate(state["cells"])
-               if c["count"] is None] if state else "?"
-    raise AssertionError(f"run-all did not finish in {timeout_s:.0f} s (kernel {state and state['status']}); "
-                         f"not run: {pending}")
+    pending = (
+        [f"cell {i}: {c['source']!r} (count {c['count']})" for i, c in enumerate(state["cells"]) if c["count"] is None]
+        if state
+        else "?"
+    )
+    raise AssertionError(
+        f"run-all did not finish in {timeout_s:.0f} s (kernel {state and state['status']}); not run: {pending}"
+    )
 
 
 def _changed_share(before: Path, after: Path) -> tuple[float, tuple, tuple]:
@@ -329,19 +370,28 @@ def test_live_widget_in_jupyterlab(lab, chromium, tmp_path):
         cells = _wait_run_all(page, RUN_ALL_S)
         print(f"all {len(cells)} code cells ran after {time.monotonic() - t0:.0f} s")
         last = cells[-1]
-        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last["outputs"]), \
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in last["outputs"]), (
             f"the last cell displayed no widget (is live still True?); its outputs: {last['outputs']}"
+        )
 
         # the widget, drawn by the widgets extension in the last cell's output, with its plotly figures
-        widget = page.locator(".jp-Notebook .jp-CodeCell").last.locator(
-            ".jp-OutputArea-output .jupyter-widgets.widget-vbox").first
+        widget = (
+            page.locator(".jp-Notebook .jp-CodeCell")
+            .last.locator(".jp-OutputArea-output .jupyter-widgets.widget-vbox")
+            .first
+        )
         widget.wait_for(state="visible", timeout=60_000)
         dropdown = widget.locator(".widget-dropdown select").first
         dropdown.wait_for(state="visible", timeout=30_000)
         handle = widget.element_handle()
-        _wait(page, "(w) => { const f = w.querySelectorAll('.js-plotly-plot'); return f.length >= 2 && "
-                    "Array.from(f).every(gd => gd.querySelector('svg.main-svg') && gd.data && gd.layout); }",
-              "the widget's two plotly figures (overlay, posteriors) to be drawn", 120, arg=handle)
+        _wait(
+            page,
+            "(w) => { const f = w.querySelectorAll('.js-plotly-plot'); return f.length >= 2 && "
+            "Array.from(f).every(gd => gd.querySelector('svg.main-svg') && gd.data && gd.layout); }",
+            "the widget's two plotly figures (overlay, posteriors) to be drawn",
+            120,
+            arg=handle,
+        )
         text = widget.inner_text()
         assert "Error displaying widget" not in text, f"the widget failed to render: {text[:500]}"
         before_state = page.evaluate(FIGURES, handle)
@@ -367,12 +417,17 @@ def test_live_widget_in_jupyterlab(lab, chromium, tmp_path):
         chosen = next((o for o in others if o in predicted), others[0])
         print(f"classes predicted in the image: {predicted}; choosing {chosen!r}")
         dropdown.select_option(label=chosen)
-        _wait(page, "([w, old]) => { const f = w.querySelectorAll('.js-plotly-plot'); if (f.length < 2) return false;"
-                    " if (!Array.from(f).every(gd => gd.querySelector('svg.main-svg') && gd.data)) return false;"
-                    f" const now = ({FIGURES})(w);"
-                    " return JSON.stringify(now[0].sources) !== JSON.stringify(old[0].sources) &&"
-                    " JSON.stringify(now[1].annotations) !== JSON.stringify(old[1].annotations); }",
-              f"both figures to be redrawn for class {chosen!r}", REDRAW_S, arg=[handle, before_state])
+        _wait(
+            page,
+            "([w, old]) => { const f = w.querySelectorAll('.js-plotly-plot'); if (f.length < 2) return false;"
+            " if (!Array.from(f).every(gd => gd.querySelector('svg.main-svg') && gd.data)) return false;"
+            f" const now = ({FIGURES})(w);"
+            " return JSON.stringify(now[0].sources) !== JSON.stringify(old[0].sources) &&"
+            " JSON.stringify(now[1].annotations) !== JSON.stringify(old[1].annotations); }",
+            f"both figures to be redrawn for class {chosen!r}",
+            REDRAW_S,
+            arg=[handle, before_state],
+        )
         _wait(page, KERNEL_IDLE, "the kernel to be idle after the redraw", REDRAW_S)
         page.wait_for_timeout(1500)
         after_state = page.evaluate(FIGURES, handle)
@@ -386,17 +441,22 @@ def test_live_widget_in_jupyterlab(lab, chromium, tmp_path):
         errors = _errors(page.evaluate(CELLS)["cells"])
         assert not errors, "the widget's callback failed:\n" + "\n\n".join(errors)
         # the figures' data in the page changed: the overlay's image and the posterior's class ...
-        assert after_state[0]["sources"] != before_state[0]["sources"], \
+        assert after_state[0]["sources"] != before_state[0]["sources"], (
             f"choosing class {chosen!r} did not change the overlay image: {before_state[0]} -> {after_state[0]}"
-        assert any(f"class = {chosen})" in a for a in after_state[1]["annotations"]), \
+        )
+        assert any(f"class = {chosen})" in a for a in after_state[1]["annotations"]), (
             f"the posterior figure does not examine class {chosen!r}: {after_state[1]['annotations']}"
+        )
         assert after_state[0]["title"] == before_state[0]["title"], "the overlay figure was replaced by another"
         # ... and so did the picture
         share, shape_before, shape_after = _changed_share(before, after)
-        print(f"class {chosen!r}: {share:.1%} of the widget's pixels changed ({shape_before} -> {shape_after}); "
-              f"{time.monotonic() - t0:.0f} s in the browser")
-        assert share >= MIN_CHANGED_PIXELS, \
+        print(
+            f"class {chosen!r}: {share:.1%} of the widget's pixels changed ({shape_before} -> {shape_after}); "
+            f"{time.monotonic() - t0:.0f} s in the browser"
+        )
+        assert share >= MIN_CHANGED_PIXELS, (
             f"only {share:.2%} of the widget's pixels changed after choosing {chosen!r} (see {before}, {after})"
+        )
         if page_errors or console_errors:
             print("page / console errors (not fatal):", *page_errors, *console_errors[-20:], sep="\n  ")
     except BaseException:

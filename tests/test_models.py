@@ -15,9 +15,9 @@ from gmmseg_lab.models import (
     ARCHS,
     BACKBONES,
     CONFIG_SETS,
-    PRETRAINED_BACKBONE,
     GMM_HEAD_KEYS,
-    PRESETS,
+    PRETRAINED_BACKBONE,
+    PRETRAINED_PRESETS,
     build_config,
     build_dataloader,
     config_diff,
@@ -28,7 +28,6 @@ from gmmseg_lab.models import (
     is_gmm_head,
     list_configs,
     predict_batch,
-    PRETRAINED_PRESETS,
     segmentor_outputs,
 )
 from gmmseg_lab.models.inference import quiet_mmengine
@@ -47,9 +46,17 @@ def _one_thread(single_thread_torch):
 
 #: The method's settings (gmmseg-method.md), the same in every GMM config.
 METHOD = dict(num_components=5, embed_dim=64, loss_component_weight=0.01, update_correct_only=True)
-METHOD_GMM = dict(e_step="sinkhorn", memory="fifo", samples_per_component=20, update_interval=5,
-                  mean_momentum=0.999, std_momentum=0.0, sinkhorn_iters=3, sinkhorn_epsilon=0.05,
-                  var_floor=0.01)
+METHOD_GMM = dict(
+    e_step="sinkhorn",
+    memory="fifo",
+    samples_per_component=20,
+    update_interval=5,
+    mean_momentum=0.999,
+    std_momentum=0.0,
+    sinkhorn_iters=3,
+    sinkhorn_epsilon=0.05,
+    var_floor=0.01,
+)
 
 
 def build_model(cfg):
@@ -78,9 +85,20 @@ def test_registry_knows_heads_and_dataset():
 
 
 def small_head_cfg(base_type="PSPHead", **extra):
-    return dict(type="GMMSegHead", base_type=base_type, in_channels=8, channels=8, num_classes=3,
-                pool_scales=(1, 2), dropout_ratio=0.0, norm_cfg=dict(type="BN", requires_grad=True),
-                num_components=2, embed_dim=4, gmm_cfg=dict(memory_size=50, update_interval=1), **extra)
+    return dict(
+        type="GMMSegHead",
+        base_type=base_type,
+        in_channels=8,
+        channels=8,
+        num_classes=3,
+        pool_scales=(1, 2),
+        dropout_ratio=0.0,
+        norm_cfg=dict(type="BN", requires_grad=True),
+        num_components=2,
+        embed_dim=4,
+        gmm_cfg=dict(memory_size=50, update_interval=1),
+        **extra,
+    )
 
 
 def samples(labels):
@@ -98,9 +116,14 @@ def test_any_decode_head_gets_the_gmm_classifier_and_pickles():
     wrapped config forms build the same class."""
     torch.manual_seed(0)
     head = MODELS.build(small_head_cfg())
-    wrapped = MODELS.build(dict(type="GMMSegHead", head=dict(type="PSPHead", in_channels=8, channels=8,
-                                                             num_classes=3, pool_scales=(1, 2)),
-                                num_components=2, embed_dim=4))
+    wrapped = MODELS.build(
+        dict(
+            type="GMMSegHead",
+            head=dict(type="PSPHead", in_channels=8, channels=8, num_classes=3, pool_scales=(1, 2)),
+            num_components=2,
+            embed_dim=4,
+        )
+    )
     assert type(head) is type(wrapped) and is_gmm_head(head) and not hasattr(head, "conv_seg")
     assert head.gmm.num_classes == 3 and head.gmm.num_components == 2 and head.gmm.embed_dim == 4
     feats = [torch.randn(2, 8, 6, 6)]
@@ -108,8 +131,16 @@ def test_any_decode_head_gets_the_gmm_classifier_and_pickles():
     labels[:, :2] = 255
     head.train()
     losses = head.loss(feats, samples(labels), None)
-    assert {"loss_ce", "loss_component", "acc_seg", "gmm_pixels", "gmm_m_step",
-            "gmm_loglik", "gmm_balance", "gmm_mean_step"} <= set(losses)
+    assert {
+        "loss_ce",
+        "loss_component",
+        "acc_seg",
+        "gmm_pixels",
+        "gmm_m_step",
+        "gmm_loglik",
+        "gmm_balance",
+        "gmm_mean_step",
+    } <= set(losses)
     # the convergence statistics are what they claim: recompute them from the head's own mixture
     assert 0.0 <= float(losses["gmm_balance"]) <= 1.0
     assert float(losses["gmm_mean_step"]) > 0  # the first M-step moves the means off their init
@@ -177,7 +208,7 @@ def test_twins_differ_only_in_the_classifier(arch, preset, backbone):
     assert f"{head_prefix}type" in diff
     for key, (a, b) in diff.items():
         assert key.startswith(head_prefix), f"{key} differs outside the decode head: {a!r} vs {b!r}"
-        field = key[len(head_prefix):].split(".")[0]
+        field = key[len(head_prefix) :].split(".")[0]
         assert field == "type" or field in GMM_HEAD_KEYS, f"{key} differs: {a!r} vs {b!r}"
         if field != "type":
             assert a == "<missing>", f"{key} present in the softmax config"
@@ -189,8 +220,9 @@ def _effective(cfg: dict, fn) -> dict:
     """A config's keyword arguments for ``fn`` with ``fn``'s defaults filled in."""
     import inspect
 
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+    defaults = {
+        k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty
+    }
     return {**defaults, **cfg}
 
 
@@ -227,8 +259,10 @@ def test_paper_configs_have_the_paper_sizes():
     for c in cfg.values():
         assert c.train_dataloader.dataset.type == "CityscapesDataset" and c.crop_size == (512, 1024)
         assert gmm_head_configs(c)[0].head.num_classes == 19
-    for preset, dataset, classes in (("paper-ade20k", "ADE20KDataset", 150),
-                                     ("paper-cocostuff10k", "COCOStuffDataset", 171)):
+    for preset, dataset, classes in (
+        ("paper-ade20k", "ADE20KDataset", 150),
+        ("paper-cocostuff10k", "COCOStuffDataset", 171),
+    ):
         for arch in ARCHS:
             c = Config.fromfile(str(config_path(arch, "gmm", preset)))
             assert c.train_dataloader.dataset.type == dataset and c.crop_size == (512, 512)
@@ -249,9 +283,18 @@ def test_paper_segformer_b5_builds_and_runs_a_small_forward():
 
 
 def test_build_config_sets_data_root_seed_work_dir_and_overrides(quick_dataset, tmp_path):
-    cfg = build_config("deeplabv3plus", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "w",
-                       seed=7, max_iters=12, gmm_cfg=dict(memory_size=300), gmm_head=dict(num_components=3),
-                       cfg_options={"train_dataloader.batch_size": 2})
+    cfg = build_config(
+        "deeplabv3plus",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        work_dir=tmp_path / "w",
+        seed=7,
+        max_iters=12,
+        gmm_cfg=dict(memory_size=300),
+        gmm_head=dict(num_components=3),
+        cfg_options={"train_dataloader.batch_size": 2},
+    )
     assert cfg.randomness.seed == 7 and cfg.work_dir == str(tmp_path / "w")
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         assert cfg[key].dataset.data_root == str(quick_dataset)
@@ -332,8 +375,14 @@ def test_quick_build_train_save_load_predict(arch, head, quick_dataset, tmp_path
 
 
 def test_slide_inference_matches_shapes(quick_dataset, tmp_path):
-    cfg = build_config("upernet", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path,
-                       model=dict(test_cfg=dict(mode="slide", crop_size=(48, 48), stride=(32, 32))))
+    cfg = build_config(
+        "upernet",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        work_dir=tmp_path,
+        model=dict(test_cfg=dict(mode="slide", crop_size=(48, 48), stride=(32, 32))),
+    )
     model = build_model(cfg).eval()
     x = torch.randn(2, 3, 64, 80)
     metas = [dict(img_shape=(64, 80), pad_shape=(64, 80), ori_shape=(64, 80))] * 2
@@ -362,7 +411,8 @@ def test_slide_inference_stitches_embeddings_and_softmax_features(quick_dataset)
         one.test_cfg = ConfigDict(mode="slide", crop_size=(64, 96), stride=(64, 96))
         single = segmentor_outputs(one, inputs, metas, features=True)
         assert torch.allclose(single[key], whole[key], atol=1e-5) and torch.allclose(
-            single["seg_logits"], whole["seg_logits"], atol=1e-5)
+            single["seg_logits"], whole["seg_logits"], atol=1e-5
+        )
         tiled = _copy.deepcopy(model)
         tiled.test_cfg = ConfigDict(mode="slide", crop_size=(32, 32), stride=(24, 24))
         out = segmentor_outputs(tiled, inputs, metas, features=True)

@@ -7,11 +7,18 @@ import json
 import nbformat
 import pytest
 
-from gmmseg_lab.report.spec import INJECTED, notebook_parameters
 from gmmseg_lab.report.runner import default_notebooks_dir
+from gmmseg_lab.report.spec import INJECTED, notebook_parameters
 
-NOTEBOOKS = ["00_generative_vs_discriminative", "01_train_and_compare", "02_component_assignments",
-             "03_embedding_tsne", "04_calibration", "05_em_vs_sinkhorn", "06_open_world_anomaly"]
+NOTEBOOKS = [
+    "00_generative_vs_discriminative",
+    "01_train_and_compare",
+    "02_component_assignments",
+    "03_embedding_tsne",
+    "04_calibration",
+    "05_em_vs_sinkhorn",
+    "06_open_world_anomaly",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +33,13 @@ def test_the_seven_notebooks_exist_thin_and_parameterised():
         assert nb.metadata["kernelspec"]["name"] == "python3"
         code = [c for c in nb.cells if c.cell_type == "code"]
         # thin: logic lives in gmmseg_lab; no cell defines functions or classes, no outputs are committed
-        assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c.source.splitlines()), name
+        assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c.source.splitlines()), (
+            name
+        )
         assert all(not c.get("outputs") for c in code), f"{name}: commit notebooks with cleared outputs"
-        assert sum(len(c.source.splitlines()) for c in code) < 60, f"{name}: keep the notebook thin"
+        assert sum(1 for c in code for line in c.source.splitlines() if line.strip()) < 60, (
+            f"{name}: keep the notebook thin"
+        )
 
 
 def test_quick_report_runs_every_notebook_without_error(quick_report):
@@ -37,8 +48,13 @@ def test_quick_report_runs_every_notebook_without_error(quick_report):
     assert status == {name: "ok" for name in NOTEBOOKS} or set(status.values()) <= {"ok", "reused"}, status
     for name in NOTEBOOKS:
         nb = nbformat.read(str(quick_report.out / "notebooks" / f"{name}.ipynb"), as_version=4)
-        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                  if o.get("output_type") == "error"]
+        errors = [
+            o
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "error"
+        ]
         assert not errors, f"{name}: error cell {errors[:1]}"
         # every code cell ran (papermill records an execution count for each)
         assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code" and c.source.strip()), name
@@ -60,8 +76,15 @@ def test_quick_report_summary_aggregates_runs_over_seeds(quick_report):
         # the aggregate is the mean of the runs' own metrics.json
         run_values = []
         for seed in (0, 1):
-            m = json.loads((quick_report.out / "work" / "runs" / f"segformer_{g['group']['head']}_quick_s{seed}" /
-                            "metrics.json").read_text())
+            m = json.loads(
+                (
+                    quick_report.out
+                    / "work"
+                    / "runs"
+                    / f"segformer_{g['group']['head']}_quick_s{seed}"
+                    / "metrics.json"
+                ).read_text()
+            )
             run_values.append(m["miou"])
         assert miou["mean"] == pytest.approx(sum(run_values) / 2)
     variants = {g["group"]["variant"] for (nb, _), g in groups.items() if nb == "05_em_vs_sinkhorn"}
@@ -88,9 +111,10 @@ def test_every_figure_is_followed_by_what_to_look_for_and_math_is_text():
             if cell.cell_type == "markdown":
                 assert "$" not in cell.source and "\\frac" not in cell.source, f"{name} cell {i}: TeX in markdown"
             elif ".show()" in cell.source:
-                after = next((c for c in nb.cells[i + 1:] if c.cell_type == "markdown"), None)
-                assert after is not None and "What to look for" in after.source, \
+                after = next((c for c in nb.cells[i + 1 :] if c.cell_type == "markdown"), None)
+                assert after is not None and "What to look for" in after.source, (
                     f"{name} cell {i} shows a figure without a 'what to look for' cell after it"
+                )
         setup = [c for c in nb.cells if c.cell_type == "code" and "resolve_dirs" in c.source]
         assert not setup, f"{name}: start with gmmseg_lab.experiments.notebook.setup(...)"
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from gmmseg_lab.data.samplers import ClassBalancedSampler, class_presence
 from gmmseg_lab.models import build_config, build_dataloader, decode_head_of, gmm_head_configs, list_configs
-from gmmseg_lab.models.transfer import read_state_dict, transfer_weights
 from gmmseg_lab.models.inference import quiet_mmengine
+from gmmseg_lab.models.transfer import read_state_dict, transfer_weights
 
 init_default_scope("mmseg")
 
@@ -126,9 +126,13 @@ def test_the_whole_decode_head_learns_ten_times_faster_than_the_pretrained_encod
     base = cfg.optim_wrapper.optimizer.lr
     _, lrs = _param_lrs(cfg)
     head = {n: lr for n, lr in lrs.items() if n.startswith("decode_head.")}
-    assert {"decode_head.gmm_project.conv.weight", "decode_head.gmm_project.bn.weight",
-            "decode_head.gmm_embed_norm.weight", "decode_head.gmm_score_norm.weight",
-            "decode_head.gmm_score_norm.bias"} <= set(head)
+    assert {
+        "decode_head.gmm_project.conv.weight",
+        "decode_head.gmm_project.bn.weight",
+        "decode_head.gmm_embed_norm.weight",
+        "decode_head.gmm_score_norm.weight",
+        "decode_head.gmm_score_norm.bias",
+    } <= set(head)
     assert all(lr == pytest.approx(10 * base) for lr in head.values())
     assert all(lr == pytest.approx(base) for n, lr in lrs.items() if n.startswith("backbone."))
 
@@ -188,13 +192,24 @@ def test_init_from_the_softmax_twin_loads_everything_but_its_classifier(quick_da
 def test_init_from_in_training_runs_once_before_the_first_iteration(quick_dataset, tmp_path):
     from gmmseg_lab.train import train
 
-    softmax_dir = train(build_config("segformer", "softmax", "quick", data_root=quick_dataset,
-                                     work_dir=tmp_path / "softmax", max_iters=2), progress=False,
-                        log_level="WARNING")
+    softmax_dir = train(
+        build_config(
+            "segformer", "softmax", "quick", data_root=quick_dataset, work_dir=tmp_path / "softmax", max_iters=2
+        ),
+        progress=False,
+        log_level="WARNING",
+    )
     ckpt = softmax_dir / "iter_2.pth"
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / "gmm",
-                       max_iters=1, init_from=ckpt,
-                       cfg_options={"optim_wrapper.optimizer.lr": 0.0, "optim_wrapper.optimizer.weight_decay": 0.0})
+    cfg = build_config(
+        "segformer",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        work_dir=tmp_path / "gmm",
+        max_iters=1,
+        init_from=ckpt,
+        cfg_options={"optim_wrapper.optimizer.lr": 0.0, "optim_wrapper.optimizer.weight_decay": 0.0},
+    )
     train(cfg, progress=False, log_level="WARNING")
     text = (tmp_path / "gmm" / "init_from.txt").read_text()
     assert "loaded" in text and "decode_head.conv_seg.weight" in text and "decode_head.gmm.means" in text

@@ -82,9 +82,19 @@ def make_mit(base: int = 8, heads=(1, 2, 5, 8), seed: int = 0):
     from mmseg.models.backbones import MixVisionTransformer
 
     torch.manual_seed(seed)
-    mit = MixVisionTransformer(in_channels=3, embed_dims=base, num_stages=4, num_layers=list(LAYERS),
-                               num_heads=list(heads), patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
-                               sr_ratios=[8, 4, 2, 1], out_indices=(0, 1, 2, 3), mlp_ratio=4, qkv_bias=True)
+    mit = MixVisionTransformer(
+        in_channels=3,
+        embed_dims=base,
+        num_stages=4,
+        num_layers=list(LAYERS),
+        num_heads=list(heads),
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        sr_ratios=[8, 4, 2, 1],
+        out_indices=(0, 1, 2, 3),
+        mlp_ratio=4,
+        qkv_bias=True,
+    )
     mit.init_weights()
     return mit.eval()
 
@@ -127,8 +137,9 @@ def release_state(mit, *, ch: int = CH, queue: int | None = K, seed: int = 1) ->
     return sd
 
 
-def save_release(path: Path, sd: OrderedDict, meta: dict | None = None, optimizer: bool = True,
-                 bare: bool = False) -> Path:
+def save_release(
+    path: Path, sd: OrderedDict, meta: dict | None = None, optimizer: bool = True, bare: bool = False
+) -> Path:
     """As mmcv's save_checkpoint: {meta, state_dict, optimizer}; ``bare``: the state dict alone."""
     if bare:
         torch.save(sd, path)
@@ -144,9 +155,19 @@ def save_release(path: Path, sd: OrderedDict, meta: dict | None = None, optimize
 
 
 def release_meta(config: bool = True) -> dict:
-    meta = dict(env_info="sys.platform: linux", seed=0, exp_name="segformer_gmmseg.py", mmseg_version="0.22.1+74f882e",
-                CLASSES=CLASSES, PALETTE=PALETTE, epoch=1, iter=79999, mmcv_version="1.5.0",
-                time="Sat Oct 29 17:39:57 2022", hook_msgs=dict(last_ckpt="work_dirs/x/iter_80000.pth"))
+    meta = dict(
+        env_info="sys.platform: linux",
+        seed=0,
+        exp_name="segformer_gmmseg.py",
+        mmseg_version="0.22.1+74f882e",
+        CLASSES=CLASSES,
+        PALETTE=PALETTE,
+        epoch=1,
+        iter=79999,
+        mmcv_version="1.5.0",
+        time="Sat Oct 29 17:39:57 2022",
+        hook_msgs=dict(last_ckpt="work_dirs/x/iter_80000.pth"),
+    )
     if config:
         meta["config"] = CONFIG_TEXT
     return meta
@@ -155,8 +176,15 @@ def release_meta(config: bool = True) -> dict:
 # ---------------------------------------------------------------------- the release's formula
 def _conv_bn_relu(x, sd, name):
     x = F.conv2d(x, sd[f"{P}{name}.conv.weight"])
-    x = F.batch_norm(x, sd[f"{P}{name}.bn.running_mean"], sd[f"{P}{name}.bn.running_var"],
-                     sd[f"{P}{name}.bn.weight"], sd[f"{P}{name}.bn.bias"], training=False, eps=1e-5)
+    x = F.batch_norm(
+        x,
+        sd[f"{P}{name}.bn.running_mean"],
+        sd[f"{P}{name}.bn.running_var"],
+        sd[f"{P}{name}.bn.weight"],
+        sd[f"{P}{name}.bn.bias"],
+        training=False,
+        eps=1e-5,
+    )
     return F.relu(x)
 
 
@@ -165,8 +193,10 @@ def release_logits(sd: OrderedDict, feats: list[torch.Tensor]) -> torch.Tensor:
     4 feature maps: convs + resize + concat + fusion + projection, LayerNorm(D), L2, diagonal Gaussian
     log-density under L2-normalised means, max over components, LayerNorm over classes."""
     size = feats[0].shape[2:]
-    outs = [F.interpolate(_conv_bn_relu(f, sd, f"convs.{i}"), size=size, mode="bilinear", align_corners=False)
-            for i, f in enumerate(feats)]
+    outs = [
+        F.interpolate(_conv_bn_relu(f, sd, f"convs.{i}"), size=size, mode="bilinear", align_corners=False)
+        for i, f in enumerate(feats)
+    ]
     x = _conv_bn_relu(torch.cat(outs, dim=1), sd, "fusion_conv")
     if P + "projection.conv.weight" in sd:
         x = _conv_bn_relu(x, sd, "projection")
@@ -179,8 +209,9 @@ def release_logits(sd: OrderedDict, feats: list[torch.Tensor]) -> torch.Tensor:
     z = (x[:, None, None, :] - mu[None]) / sigma[None]  # [N, C, M, D]
     log_p = -0.5 * d * math.log(2 * math.pi) - sigma.log().sum(-1)[None] - 0.5 * z.square().sum(-1)
     scores = log_p.max(dim=-1).values  # [N, C]
-    logits = F.layer_norm(scores, (scores.shape[1],), sd[P + "mask_norm.weight"].double(),
-                          sd[P + "mask_norm.bias"].double(), eps=1e-5)
+    logits = F.layer_norm(
+        scores, (scores.shape[1],), sd[P + "mask_norm.weight"].double(), sd[P + "mask_norm.bias"].double(), eps=1e-5
+    )
     return logits.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -196,8 +227,9 @@ def write_dataset(root: Path, num_classes: int = C, images: int = 2, size=(64, 9
             mask[:4] = 255
             Image.fromarray(img).save(root / "images" / split / f"img_{i}.png")
             Image.fromarray(mask).save(root / "annotations" / split / f"img_{i}.png")
-    (root / "classes.json").write_text(json.dumps({"classes": list(CLASSES),
-                                                   "palette": [[i, i, i] for i in range(num_classes)]}))
+    (root / "classes.json").write_text(
+        json.dumps({"classes": list(CLASSES), "palette": [[i, i, i] for i in range(num_classes)]})
+    )
     return root
 
 
@@ -298,8 +330,9 @@ def test_the_report_says_what_was_found_and_left_out(imported):
     assert found["in_channels"] == [8, 16, 40, 64] and found["projection"] == "conv_bn_relu"
     assert found["backbone"]["num_layers"] == list(LAYERS) and found["backbone"]["embed_dims"] == [8, 16, 40, 64]
     assert found["backbone"]["num_heads"] == [2, 4, 10, 16] and found["backbone"]["num_heads_from"] == "meta.config"
-    assert found["memory"] == dict(present=True, size=K, gigabytes=C * M * D * K * 4 / 1e9, imported=True,
-                                   memory_size=K)
+    assert found["memory"] == dict(
+        present=True, size=K, gigabytes=C * M * D * K * 4 / 1e9, imported=True, memory_size=K
+    )
     assert found["meta"]["present"] and found["meta"]["config"] and found["meta"]["CLASSES"]
     assert found["iterations"] == 80 and report["checkpoint"] == "iter_80.pth"
     left = {e["key"] for e in report["left_out"]}
@@ -318,8 +351,12 @@ def test_the_report_says_what_was_found_and_left_out(imported):
     found = report["found"]
     assert not found["meta"]["present"] and not found["memory"]["present"]
     assert found["backbone"]["num_heads"] == [1, 2, 5, 8] and found["backbone"]["num_heads_from"] == "default (MiT-B5)"
-    assert {e["key"] for e in report["left_out"]} == {"decode_head.conv_seg.*", "decode_head.eye_matrix",
-                                                     "decode_head.iteration_counter", "decode_head.queue"}
+    assert {e["key"] for e in report["left_out"]} == {
+        "decode_head.conv_seg.*",
+        "decode_head.eye_matrix",
+        "decode_head.iteration_counter",
+        "decode_head.queue",
+    }
     notes = " ".join(report["notes"])
     assert "MiT-B5's default [1, 2, 5, 8] assumed" in notes and "generic names" in notes
     assert json.loads((work / "classes.json").read_text())["classes"] == [f"class_{i}" for i in range(C)]
@@ -387,14 +424,41 @@ def test_the_command_imports_and_evaluate_takes_the_work_dir(tmp_path, mit_defau
     work = tmp_path / "w"
     assert main(["import-release", str(path), "--out", str(work)]) == 0
     printed = capsys.readouterr().out
-    for text in (f"C={C}", f"M={M}", f"D={D}", f"Ch={CH}", "depths [2, 2, 2, 2]", f"K={K}", "meta: CLASSES, PALETTE",
-                 "left out: decode_head.conv_seg.*", "decode_head.eye_matrix", "optimizer", "wrote config.py"):
+    for text in (
+        f"C={C}",
+        f"M={M}",
+        f"D={D}",
+        f"Ch={CH}",
+        "depths [2, 2, 2, 2]",
+        f"K={K}",
+        "meta: CLASSES, PALETTE",
+        "left out: decode_head.conv_seg.*",
+        "decode_head.eye_matrix",
+        "optimizer",
+        "wrote config.py",
+    ):
         assert text in printed, (text, printed)
     data = write_dataset(tmp_path / "data")
     for extra in ([], ["--slide", "512", "341"]):
         metrics = tmp_path / f"metrics{len(extra)}.json"
-        assert main(["evaluate", "--checkpoint", str(work), "--data", str(data), "--no-progress", "--batch-size", "2",
-                     "--out", str(metrics)] + extra) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--checkpoint",
+                    str(work),
+                    "--data",
+                    str(data),
+                    "--no-progress",
+                    "--batch-size",
+                    "2",
+                    "--out",
+                    str(metrics),
+                ]
+                + extra
+            )
+            == 0
+        )
         result = json.loads(metrics.read_text())
         assert result["head"] == "gmm" and 0 <= result["miou"] <= 1 and result["checkpoint"].endswith("iter_80.pth")
 
@@ -440,42 +504,70 @@ def _softmax_segformer(sd: OrderedDict) -> OrderedDict:
 
 
 REFUSED = {
-    "a softmax SegFormer": (_softmax_segformer, ["no decode_head.means: not a GMMSeg release checkpoint",
-                                                 "decode_head.conv_seg.weight", "softmax"]),
+    "a softmax SegFormer": (
+        _softmax_segformer,
+        ["no decode_head.means: not a GMMSeg release checkpoint", "decode_head.conv_seg.weight", "softmax"],
+    ),
     "a head tensor of another shape": (
         lambda sd: _edit(sd, replace={P + "diagonal": torch.ones(C, M, D + 1)}),
-        ["decode_head.diagonal: shape (6, 3, 17)", "(6, 3, 16)"]),
+        ["decode_head.diagonal: shape (6, 3, 17)", "(6, 3, 16)"],
+    ),
     "a backbone tensor of another shape": (
         lambda sd: _edit(sd, replace={"backbone.layers.1.1.1.attn.sr.weight": torch.ones(16, 16, 2, 2)}),
-        ["backbone.layers.1.1.1.attn.sr.weight: shape (16, 16, 2, 2)", "(16, 16, 4, 4)"]),
+        ["backbone.layers.1.1.1.attn.sr.weight: shape (16, 16, 2, 2)", "(16, 16, 4, 4)"],
+    ),
     "the first of two bad keys": (
-        lambda sd: _edit(sd, replace={P + "mask_norm.weight": torch.ones(C + 1)},
-                         insert_after={P + "diagonal": (P + "covariance", torch.ones(3))}),
-        ["decode_head.covariance: not a key of the release's layout"]),
+        lambda sd: _edit(
+            sd,
+            replace={P + "mask_norm.weight": torch.ones(C + 1)},
+            insert_after={P + "diagonal": (P + "covariance", torch.ones(3))},
+        ),
+        ["decode_head.covariance: not a key of the release's layout"],
+    ),
     "an auxiliary head": (
-        lambda sd: _edit(sd, insert_after={P + "fusion_conv.bn.num_batches_tracked":
-                                           ("auxiliary_head.conv_seg.weight", torch.ones(C, 8, 1, 1))}),
-        ["auxiliary_head.conv_seg.weight: not a key of the release's layout"]),
+        lambda sd: _edit(
+            sd,
+            insert_after={
+                P + "fusion_conv.bn.num_batches_tracked": ("auxiliary_head.conv_seg.weight", torch.ones(C, 8, 1, 1))
+            },
+        ),
+        ["auxiliary_head.conv_seg.weight: not a key of the release's layout"],
+    ),
     "a missing key": (lambda sd: _edit(sd, drop={P + "feat_norm.bias"}), ["no decode_head.feat_norm.bias"]),
     "no projection with channels != embed_dim": (
         lambda sd: _edit(sd, drop={k for k in sd if k.startswith(P + "projection.")}),
-        ["no decode_head.projection.conv.weight"]),
+        ["no decode_head.projection.conv.weight"],
+    ),
     "a projection with channels == embed_dim": (
-        lambda sd: _edit(sd, replace={P + "means": torch.randn(C, M, CH), P + "diagonal": torch.ones(C, M, CH),
-                                      P + "feat_norm.weight": torch.ones(CH), P + "feat_norm.bias": torch.ones(CH),
-                                      P + "eye_matrix": torch.ones(CH)},
-                         drop={P + "queue", P + "queue_ptr"}),
-        ["decode_head.projection.conv.weight: the release has a projection only when channels != embed_dim"]),
+        lambda sd: _edit(
+            sd,
+            replace={
+                P + "means": torch.randn(C, M, CH),
+                P + "diagonal": torch.ones(C, M, CH),
+                P + "feat_norm.weight": torch.ones(CH),
+                P + "feat_norm.bias": torch.ones(CH),
+                P + "eye_matrix": torch.ones(CH),
+            },
+            drop={P + "queue", P + "queue_ptr"},
+        ),
+        ["decode_head.projection.conv.weight: the release has a projection only when channels != embed_dim"],
+    ),
     "standard deviations <= 0": (
-        lambda sd: _edit(sd, replace={P + "diagonal": -torch.ones(C, M, D)}), ["decode_head.diagonal", "<= 0"]),
+        lambda sd: _edit(sd, replace={P + "diagonal": -torch.ones(C, M, D)}),
+        ["decode_head.diagonal", "<= 0"],
+    ),
     "a queue pointer out of range": (
-        lambda sd: _edit(sd, replace={P + "queue_ptr": torch.full((C * M,), K)}), ["decode_head.queue_ptr", "[0, 7)"]),
+        lambda sd: _edit(sd, replace={P + "queue_ptr": torch.full((C * M,), K)}),
+        ["decode_head.queue_ptr", "[0, 7)"],
+    ),
     "a backbone that is no MiT": (
         lambda sd: _edit(sd, insert_after={"backbone.layers.0.2.bias": ("backbone.conv1.weight", torch.ones(1))}),
-        ["backbone.conv1.weight: not a MixVisionTransformer key"]),
+        ["backbone.conv1.weight: not a MixVisionTransformer key"],
+    ),
     "a missing backbone block tensor": (
         lambda sd: _edit(sd, drop={"backbone.layers.2.1.1.norm1.weight"}),
-        ["no backbone.layers.2.1.1.norm1.weight"]),
+        ["no backbone.layers.2.1.1.norm1.weight"],
+    ),
 }
 
 
@@ -498,7 +590,10 @@ def test_a_lab_checkpoint_is_refused(imported, tmp_path):
     from gmmseg_lab.models.release import import_release
 
     work = imported["full"][2]
-    with pytest.raises(CheckpointError, match=r"no decode_head\.means: .*decode_head\.gmm\.means: a gmmseg-lab "
-                                              r"checkpoint already"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no decode_head\.means: .*decode_head\.gmm\.means: a gmmseg-lab "
+        r"checkpoint already",
+    ):
         import_release(work / "iter_80.pth", tmp_path / "w")
     assert not (tmp_path / "w").exists()

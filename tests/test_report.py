@@ -40,23 +40,36 @@ def lab(tmp_path):
     nbs, defs = tmp_path / "notebooks", tmp_path / "reports"
     nbs.mkdir()
     (defs / "presets").mkdir(parents=True)
-    write_notebook(nbs / "a.ipynb", "seeds = [0]\nscale = 1.0\n", """
+    write_notebook(
+        nbs / "a.ipynb",
+        "seeds = [0]\nscale = 1.0\n",
+        """
         import pathlib, time
         from gmmseg_lab.report import record_runs
         pathlib.Path(work_dir, "a_done").write_text(str(time.time()))
         record_runs(results_path, [{"group": {"model": "m"}, "seed": s, "metrics": {"miou": scale * (s + 1)}}
                                    for s in seeds])
-    """)
-    write_notebook(nbs / "b.ipynb", "", """
+    """,
+    )
+    write_notebook(
+        nbs / "b.ipynb",
+        "",
+        """
         import pathlib
         assert pathlib.Path(work_dir, "a_done").is_file(), "b ran before a"
         pathlib.Path(work_dir, "b_runs.txt").open("a").write("x")
-    """)
-    write_notebook(nbs / "c.ipynb", "", """
+    """,
+    )
+    write_notebook(
+        nbs / "c.ipynb",
+        "",
+        """
         raise RuntimeError("deliberate failure in c")
-    """)
+    """,
+    )
     write_notebook(nbs / "d.ipynb", "", "print('never')\n")
-    (defs / "presets" / "quick.yaml").write_text(textwrap.dedent("""\
+    (defs / "presets" / "quick.yaml").write_text(
+        textwrap.dedent("""\
         preset: quick
         notebooks:
           - name: a
@@ -66,7 +79,8 @@ def lab(tmp_path):
           - name: c
           - name: d
             needs: [c]
-    """))
+    """)
+    )
     return nbs, defs
 
 
@@ -93,7 +107,9 @@ def test_build_order_failure_reuse_and_index(lab, tmp_path):
     # summary: mean and sample std over the three seeds of a's records: 1, 2, 3
     (group,) = summary["groups"]
     assert group["group"] == {"model": "m"} and group["seeds"] == [0, 1, 2]
-    assert group["metrics"]["miou"]["mean"] == pytest.approx(2.0) and group["metrics"]["miou"]["std"] == pytest.approx(1.0)
+    assert group["metrics"]["miou"]["mean"] == pytest.approx(2.0) and group["metrics"]["miou"]["std"] == pytest.approx(
+        1.0
+    )
     assert json.loads((out / "summary.json").read_text())["groups"] == summary["groups"]
     index = (out / "index.html").read_text()
     assert "html/a.html" in index and "failed" in index and "deliberate failure in c" in index
@@ -122,8 +138,7 @@ def test_grid_expands_one_notebook_per_combination(lab, tmp_path):
     grid.write_text("notebook: a\nparameters: {seeds: [0, 1]}\ngrid: {scale: [1.0, 10.0]}\n")
     (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: a\n")
     out = tmp_path / "out"
-    r = ReportRunner(out, preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs, progress=False,
-                     jobs=2)
+    r = ReportRunner(out, preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs, progress=False, jobs=2)
     assert [j.name for j in r.plan.jobs] == ["a__scale-1.0", "a__scale-10.0"]
     summary = r.run()
     assert all(job["status"] == "ok" for job in summary["jobs"].values())
@@ -191,8 +206,9 @@ def test_grid_values_cannot_escape_the_output_folder(lab, tmp_path):
     (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: e\n")
     grid = tmp_path / "grid.yaml"
     grid.write_text("notebook: e\ngrid: {tag: ['../../../../tmp/evil', '/etc/passwd']}\n")
-    r = ReportRunner(tmp_path / "out", preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs,
-                     progress=False)
+    r = ReportRunner(
+        tmp_path / "out", preset="quick", grid=grid, notebooks_dir=nbs, definitions_dir=defs, progress=False
+    )
     for job in r.plan.jobs:
         assert "/" not in job.name and not job.name.startswith(".")
         assert r.out in r.job_dir(job).parents and r.out in r.html_out(job).parents
@@ -207,8 +223,9 @@ def test_notebook_parameters_and_fingerprint(lab):
 
 def test_results_aggregate_and_format(tmp_path):
     path = tmp_path / "r.json"
-    record_runs(path, [{"group": {"h": "gmm"}, "seed": s, "metrics": {"miou": v}} for s, v in ((0, 0.5), (1, 0.7))],
-                note="x")
+    record_runs(
+        path, [{"group": {"h": "gmm"}, "seed": s, "metrics": {"miou": v}} for s, v in ((0, 0.5), (1, 0.7))], note="x"
+    )
     res = json.loads(path.read_text())
     assert res["extra"] == {"note": "x"}
     (group,) = aggregate({"job": {"notebook": "n", **res}, "job2": {"notebook": "n", **res}})
@@ -247,12 +264,16 @@ def test_a_notebook_is_redone_when_a_run_it_used_changed_or_vanished(lab, tmp_pa
     run = tmp_path / "fake_run"
     run.mkdir()
     (run / "metrics.json").write_text('{"miou": 0.5}')
-    write_notebook(nbs / "u.ipynb", "", f"""
+    write_notebook(
+        nbs / "u.ipynb",
+        "",
+        f"""
         import pathlib
         from gmmseg_lab.experiments.runs import note_run_used
         note_run_used(pathlib.Path({str(run)!r}))
         pathlib.Path(work_dir, "u_runs.txt").open("a").write("x")
-    """)
+    """,
+    )
     (defs / "presets" / "quick.yaml").write_text("preset: quick\nnotebooks:\n  - name: u\n")
     out = tmp_path / "out"
     assert runner(lab, out).run()["jobs"]["u"]["status"] == "ok"
@@ -267,9 +288,14 @@ def test_a_notebook_is_redone_when_a_run_it_used_changed_or_vanished(lab, tmp_pa
 
 
 def test_a_grid_over_seeds_aggregates_its_jobs_as_the_seeds_of_one_group():
-    results = {f"a__seeds-{s}": {"notebook": "a", "combination": {"seeds": [s]},
-                                 "records": [{"group": {"model": "m"}, "seed": s, "metrics": {"miou": float(s)}}]}
-               for s in (0, 1, 2)}
+    results = {
+        f"a__seeds-{s}": {
+            "notebook": "a",
+            "combination": {"seeds": [s]},
+            "records": [{"group": {"model": "m"}, "seed": s, "metrics": {"miou": float(s)}}],
+        }
+        for s in (0, 1, 2)
+    }
     (group,) = aggregate(results)
     assert group["group"] == {"model": "m"} and group["seeds"] == [0, 1, 2]
     assert group["metrics"]["miou"]["mean"] == pytest.approx(1.0)
@@ -359,11 +385,16 @@ def test_export_folds_code_links_every_heading_and_loads_nothing(tmp_path):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("seed = 0")
     params.metadata["tags"] = ["parameters"]
-    shown = nbformat.v4.new_code_cell("print('hello')", execution_count=2,
-                                      outputs=[nbformat.v4.new_output("stream", name="stdout", text="hello\n")])
-    nb.cells = [nbformat.v4.new_markdown_cell("# 00 · A title\nSome text with p(x|c) = Σ<sub>m</sub> π<sub>m</sub>."),
-                params, shown, nbformat.v4.new_markdown_cell("## A *part*, with: punctuation?\n\n### Sub-part"),
-                nbformat.v4.new_code_cell("")]
+    shown = nbformat.v4.new_code_cell(
+        "print('hello')", execution_count=2, outputs=[nbformat.v4.new_output("stream", name="stdout", text="hello\n")]
+    )
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 00 · A title\nSome text with p(x|c) = Σ<sub>m</sub> π<sub>m</sub>."),
+        params,
+        shown,
+        nbformat.v4.new_markdown_cell("## A *part*, with: punctuation?\n\n### Sub-part"),
+        nbformat.v4.new_code_cell(""),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     ipynb, html = tmp_path / "n.ipynb", tmp_path / "n.html"
     nbformat.write(nb, str(ipynb))
@@ -388,8 +419,13 @@ def test_report_pages_have_contents_folded_code_no_warnings_and_offline_math(qui
         page = Page(path.read_text())
         nb = nbformat.read(str(quick_report.out / "notebooks" / f"{name}.ipynb"), as_version=4)
         # a contents block at the top, linking every markdown heading of the notebook
-        headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
-                    if re.match(r"#{1,6} ", line)]
+        headings = [
+            line
+            for c in nb.cells
+            if c.cell_type == "markdown"
+            for line in c.source.splitlines()
+            if re.match(r"#{1,6} ", line)
+        ]
         assert len(headings) >= 3, name
         assert len(page.heading_ids) == len(headings), (name, page.heading_ids)
         assert page.toc_links == ["#" + i for i in page.heading_ids], name
@@ -400,7 +436,7 @@ def test_report_pages_have_contents_folded_code_no_warnings_and_offline_math(qui
         # no stderr block, no warning in any output, in the page or in the executed notebook
         assert page.stderr_blocks == 0, name
         text = "".join(page.output_text)
-        assert not re.search(r"warning", text, re.IGNORECASE), (name, text[text.lower().find("warning") - 300:][:600])
+        assert not re.search(r"warning", text, re.IGNORECASE), (name, text[text.lower().find("warning") - 300 :][:600])
         streams = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"]
         assert not [o for o in streams if o.get("name") == "stderr"], name
         # math as text: no script from anywhere, no TeX left for a MathJax that is not there

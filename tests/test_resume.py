@@ -48,8 +48,9 @@ def _kill_after_first_checkpoint(cmd: list[str], work_dir: Path, timeout: float 
     try:
         while last_checkpoint(work_dir) is None:
             if proc.poll() is not None:
-                pytest.fail(f"the run ended ({proc.returncode}) before writing a checkpoint:\n"
-                            f"{proc.stderr.read()[-4000:]}")
+                pytest.fail(
+                    f"the run ended ({proc.returncode}) before writing a checkpoint:\n{proc.stderr.read()[-4000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"no checkpoint after {timeout} s")
             time.sleep(0.01)
@@ -88,17 +89,43 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(quick_dataset, tmp_path
     iteration 10, right after the checkpoint, which the killed run never reaches: neither resuming nor
     validating may perturb the random streams (augmentation, dropout, drop-path)."""
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    preset = _cli("--data", str(quick_dataset), "--arch", "segformer", "--head", "gmm", "--preset", "quick",
-                  "--max-iters", "20", "--seed", "3", "--work-dir", str(interrupted))
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, seed=3, max_iters=20,
-                       cfg_options={"train_cfg.val_interval": 10})
+    preset = _cli(
+        "--data",
+        str(quick_dataset),
+        "--arch",
+        "segformer",
+        "--head",
+        "gmm",
+        "--preset",
+        "quick",
+        "--max-iters",
+        "20",
+        "--seed",
+        "3",
+        "--work-dir",
+        str(interrupted),
+    )
+    cfg = build_config(
+        "segformer",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        seed=3,
+        max_iters=20,
+        cfg_options={"train_cfg.val_interval": 10},
+    )
     assert cfg.default_hooks.checkpoint.interval == 10
     config = tmp_path / "val_every_10.py"
     cfg.dump(str(config))
 
     # The uninterrupted run in the background (2 cores: one each).
-    reference = subprocess.Popen(_cli(str(config), "--work-dir", str(straight)), env=ENV,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        _cli(str(config), "--work-dir", str(straight)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _kill_after_first_checkpoint(preset, interrupted)
         _run(preset + ["--resume"])
@@ -108,8 +135,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(quick_dataset, tmp_path
         if reference.poll() is None:
             reference.kill()
             reference.communicate()
-    assert any("mIoU" in line and '"step": 10' in line
-               for line in next(straight.glob("*/vis_data/scalars.json")).read_text().splitlines())
+    assert any(
+        "mIoU" in line and '"step": 10' in line
+        for line in next(straight.glob("*/vis_data/scalars.json")).read_text().splitlines()
+    )
 
     a = torch.load(straight / "iter_20.pth", map_location="cpu", weights_only=False)
     b = torch.load(interrupted / "iter_20.pth", map_location="cpu", weights_only=False)
@@ -134,8 +163,16 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(quick_dataset, tmp_path
 def four_iters(quick_dataset, tmp_path_factory):
     """SegFormer-GMM, 4 iterations, checkpoints iter_2.pth and iter_4.pth."""
     work_dir = tmp_path_factory.mktemp("resume") / "run"
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=work_dir, seed=0,
-                       max_iters=4, cfg_options={"default_hooks.checkpoint.interval": 2})
+    cfg = build_config(
+        "segformer",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        work_dir=work_dir,
+        seed=0,
+        max_iters=4,
+        cfg_options={"default_hooks.checkpoint.interval": 2},
+    )
     train(cfg, progress=False, log_level="WARNING")
     assert last_checkpoint(work_dir) == work_dir / "iter_4.pth" and (work_dir / "iter_2.pth").is_file()
     return cfg, work_dir
@@ -185,13 +222,19 @@ def test_cli_refuses_a_truncated_checkpoint_and_resumes_from_an_older_one(four_i
     config = tmp_path / "four.py"
     cfg.dump(str(config))
 
-    assert main(["train", str(config), "--work-dir", str(copy), "--resume", "--no-progress"]) == 1  # a damaged checkpoint is a data error
+    assert (
+        main(["train", str(config), "--work-dir", str(copy), "--resume", "--no-progress"]) == 1
+    )  # a damaged checkpoint is a data error
     err = capsys.readouterr().err
     assert "gmmseg-lab train: error: cannot resume from" in err and str(copy / "iter_4.pth") in err
 
     # The explicit way out: resume from the older, intact checkpoint; iterations 3-4 run again.
-    assert main(["train", str(config), "--work-dir", str(copy), "--resume-from", str(copy / "iter_2.pth"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["train", str(config), "--work-dir", str(copy), "--resume-from", str(copy / "iter_2.pth"), "--no-progress"]
+        )
+        == 0
+    )
     redone = torch.load(copy / "iter_4.pth", map_location="cpu", weights_only=False)
     original = torch.load(work_dir / "iter_4.pth", map_location="cpu", weights_only=False)
     assert redone["meta"]["iter"] == 4 and int(redone["state_dict"]["decode_head.gmm.num_updates"]) == 4

@@ -355,7 +355,9 @@ def test_exif_orientation_is_refused_since_mmseg_turns_the_image_not_the_mask(la
     if orientation in (5, 6, 7, 8):
         assert theirs.shape[:2] == (W, H) and mask.shape == (H, W)
     else:
-        assert theirs.shape[:2] == mask.shape == (H, W) and not np.array_equal(theirs, np.asarray(Image.open(path).convert("RGB")))
+        assert theirs.shape[:2] == mask.shape == (H, W) and not np.array_equal(
+            theirs, np.asarray(Image.open(path).convert("RGB"))
+        )
 
 
 def test_exif_orientation_1_is_accepted(lab):
@@ -628,7 +630,8 @@ def test_evaluate_explains_undefined_anomaly_metrics_and_absent_classes(untraine
     assert written["anomaly"]["auroc"] is None and written["notes"] == result["notes"]
     assert written["per_class_iou"][absent] == (None if math.isnan(iou) else 0.0)
     assert 0.0 <= written["miou"] <= 1.0 and all(
-        v is None or 0.0 <= v <= 1.0 for v in written["per_class_iou"].values())
+        v is None or 0.0 <= v <= 1.0 for v in written["per_class_iou"].values()
+    )
 
 
 @pytest.mark.parametrize("fault", ["label out of range", "truncated png", "empty val split"])

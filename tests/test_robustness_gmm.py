@@ -28,8 +28,9 @@ def _one_thread(single_thread_torch):
 
 def _trained(memory: str = "fifo", e_step: str = "sinkhorn", **kwargs) -> GMMClassifier:
     torch.manual_seed(0)
-    clf = GMMClassifier(C, M, D, e_step=e_step, memory=memory, update_interval=2, mean_momentum=0.5,
-                        memory_size=40, **kwargs)
+    clf = GMMClassifier(
+        C, M, D, e_step=e_step, memory=memory, update_interval=2, mean_momentum=0.5, memory_size=40, **kwargs
+    )
     g = torch.Generator().manual_seed(1)
     for _ in range(4):
         clf.update(F.normalize(torch.randn(N, D, generator=g), dim=1), torch.randint(0, C, (N,), generator=g))
@@ -82,8 +83,14 @@ def _faulty_x(fault: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | No
     raise AssertionError(fault)
 
 
-FAULTS = ["one NaN value", "+inf row", "-inf and NaN in 3 rows", "every row NaN", "NaN in an ignored row",
-          "NaN in a row marked incorrect"]
+FAULTS = [
+    "one NaN value",
+    "+inf row",
+    "-inf and NaN in 3 rows",
+    "every row NaN",
+    "NaN in an ignored row",
+    "NaN in a row marked incorrect",
+]
 ENTRY_POINTS = {
     "update": lambda clf, x, labels, correct: clf.update(x, labels, correct=correct),
     "assign_components": lambda clf, x, labels, correct: clf.assign_components(x, labels),
@@ -146,8 +153,11 @@ def test_float64_beyond_float32_range_is_refused_before_it_reaches_the_memory(me
     before = _state(clf)
     x = F.normalize(torch.randn(N, D, dtype=torch.float64), dim=1)
     x[2] *= 1e300
-    with pytest.raises(ValueError, match=r"^x \(the used rows, cast to the mixture's torch.float32\) must be finite, "
-                                         r"found \d+ NaN or infinite value\(s\) in 1 of 24 rows"):
+    with pytest.raises(
+        ValueError,
+        match=r"^x \(the used rows, cast to the mixture's torch.float32\) must be finite, "
+        r"found \d+ NaN or infinite value\(s\) in 1 of 24 rows",
+    ):
         clf.update(x, torch.randint(0, C, (N,)))
     _assert_same_state(clf, before, "update with float64 1e300")
     # Scoring needs no cast: float64 inputs are scored in float64; the far row's density underflows.
@@ -182,8 +192,7 @@ def test_extreme_finite_inputs_keep_mixture_and_memory_finite(memory, e_step, no
 @pytest.mark.parametrize("e_step", ["sinkhorn", "em"])
 def test_class_never_in_training_keeps_its_initial_mixture(memory, e_step):
     torch.manual_seed(4)
-    clf = GMMClassifier(C, M, D, e_step=e_step, memory=memory, update_interval=1, mean_momentum=0.0,
-                        memory_size=30)
+    clf = GMMClassifier(C, M, D, e_step=e_step, memory=memory, update_interval=1, mean_momentum=0.0, memory_size=30)
     init = _state(clf)
     g = torch.Generator().manual_seed(5)
     for _ in range(12):
@@ -205,11 +214,11 @@ def test_class_never_in_training_data_keeps_its_mixture_in_a_real_train_step(qui
     """The mmseg path: a training step of the quick SegFormer-GMM on data without any pixel of the
     last class leaves that class's mixture exactly at its initialisation."""
     from mmengine.optim import OptimWrapper
+    from PIL import Image
 
     from gmmseg_lab.data.layout import load_mask
     from gmmseg_lab.data.scenes import CLASSES as QUICK_CLASSES
     from gmmseg_lab.models import build_config, build_dataloader, decode_head_of, load_segmentor
-    from PIL import Image
 
     data = shutil.copytree(quick_dataset, tmp_path / "data")
     absent = len(QUICK_CLASSES) - 1
@@ -217,8 +226,9 @@ def test_class_never_in_training_data_keeps_its_mixture_in_a_real_train_step(qui
         mask = load_mask(path)
         mask[mask == absent] = 255
         Image.fromarray(mask).save(path)
-    cfg = build_config("segformer", "gmm", "quick", data_root=data, work_dir=tmp_path / "work",
-                       gmm_cfg=dict(update_interval=1))
+    cfg = build_config(
+        "segformer", "gmm", "quick", data_root=data, work_dir=tmp_path / "work", gmm_cfg=dict(update_interval=1)
+    )
     torch.manual_seed(0)
     model, cfg = load_segmentor(cfg, checkpoint=None, device="cpu")
     model.train()

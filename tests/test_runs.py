@@ -55,7 +55,8 @@ def test_a_run_without_a_run_record_is_trained_again(fake_training, tmp_path):
 
 
 def test_changed_training_code_retrains_and_changed_evaluation_code_only_reevaluates(
-        fake_training, tmp_path, monkeypatch):
+    fake_training, tmp_path, monkeypatch
+):
     demo = runs_module
 
     data, run = tmp_path / "data", tmp_path / "runs" / "r"
@@ -63,8 +64,7 @@ def test_changed_training_code_retrains_and_changed_evaluation_code_only_reevalu
     monkeypatch.setattr(demo, "code_digest", lambda parts: digests[parts])
     evaluations = []
     real_evaluate = runs_module.evaluate
-    monkeypatch.setattr(runs_module, "evaluate",
-                        lambda *a, **k: evaluations.append(1) or real_evaluate(*a, **k))
+    monkeypatch.setattr(runs_module, "evaluate", lambda *a, **k: evaluations.append(1) or real_evaluate(*a, **k))
     run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
     run_one(data, run, "segformer", "gmm", "quick", 0, progress=False)
     assert (len(fake_training), len(evaluations)) == (1, 1)  # unchanged: reused
@@ -81,8 +81,9 @@ def test_changed_training_code_retrains_and_changed_evaluation_code_only_reevalu
 def test_the_runs_a_notebook_used_are_noted_for_the_report(fake_training, tmp_path, monkeypatch):
     used = tmp_path / "runs_used.jsonl"
     monkeypatch.setenv(RUNS_USED_ENV, str(used))
-    runs = train_twins(tmp_path / "work", tmp_path / "data", ["segformer"], (s for s in (0, 1)), "quick",
-                       progress=False, jobs=1)  # in this process: the stand-ins do not reach workers
+    runs = train_twins(
+        tmp_path / "work", tmp_path / "data", ["segformer"], (s for s in (0, 1)), "quick", progress=False, jobs=1
+    )  # in this process: the stand-ins do not reach workers
     assert len(runs) == 4  # both seeds of a generator, both heads
     lines = [json.loads(line) for line in used.read_text().splitlines()]
     assert {line["run_dir"] for line in lines} == {str(r["run_dir"].resolve()) for r in runs.values()}
@@ -98,8 +99,17 @@ def test_runs_trained_side_by_side_equal_runs_trained_one_after_the_other(quick_
 
     from gmmseg_lab.experiments.runs import run_many, run_one
 
-    requests = [dict(data_dir=quick_dataset, run_dir=tmp_path / "par" / f"r{seed}", arch="segformer", head="gmm",
-                     preset="quick", seed=seed) for seed in (0, 1)]
+    requests = [
+        dict(
+            data_dir=quick_dataset,
+            run_dir=tmp_path / "par" / f"r{seed}",
+            arch="segformer",
+            head="gmm",
+            preset="quick",
+            seed=seed,
+        )
+        for seed in (0, 1)
+    ]
     parallel = run_many(requests, jobs=2, progress=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers

@@ -20,8 +20,17 @@ def _one_thread(single_thread_torch):
     """Every test here runs with single-threaded torch (see conftest.single_thread_torch)."""
 
 
-GMM_BUFFERS = ("gmm.means", "gmm.stds", "gmm.log_weights", "gmm.num_updates", "gmm.num_m_steps", "gmm.seen",
-               "gmm.memory.queue", "gmm.memory.ptr", "gmm.memory.count")
+GMM_BUFFERS = (
+    "gmm.means",
+    "gmm.stds",
+    "gmm.log_weights",
+    "gmm.num_updates",
+    "gmm.num_m_steps",
+    "gmm.seen",
+    "gmm.memory.queue",
+    "gmm.memory.ptr",
+    "gmm.memory.count",
+)
 
 
 def scalars(work_dir):
@@ -36,9 +45,16 @@ def scalars(work_dir):
 def trained(quick_dataset, tmp_path_factory):
     """SegFormer-GMM on the quick data: 10 iterations, checkpoints every 5, with the progress bar."""
     work_dir = tmp_path_factory.mktemp("train") / "segformer_gmm"
-    cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=work_dir, seed=0,
-                       max_iters=10, cfg_options={"default_hooks.checkpoint.interval": 5,
-                                                  "default_hooks.logger.interval": 1})
+    cfg = build_config(
+        "segformer",
+        "gmm",
+        "quick",
+        data_root=quick_dataset,
+        work_dir=work_dir,
+        seed=0,
+        max_iters=10,
+        cfg_options={"default_hooks.checkpoint.interval": 5, "default_hooks.logger.interval": 1},
+    )
     out = train(cfg, progress=True)
     return cfg, out
 
@@ -87,9 +103,16 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(work_dir, resumed_dir)
     (resumed_dir / "last_checkpoint").write_text(str(resumed_dir / "iter_10.pth"))
-    cfg = build_config("segformer", "gmm", "quick", data_root=cfg.train_dataloader.dataset.data_root,
-                       work_dir=resumed_dir, seed=0, max_iters=15,
-                       cfg_options={"default_hooks.checkpoint.interval": 5})
+    cfg = build_config(
+        "segformer",
+        "gmm",
+        "quick",
+        data_root=cfg.train_dataloader.dataset.data_root,
+        work_dir=resumed_dir,
+        seed=0,
+        max_iters=15,
+        cfg_options={"default_hooks.checkpoint.interval": 5},
+    )
     train(cfg, resume=True, progress=False)
     assert last_checkpoint(resumed_dir) == resumed_dir / "iter_15.pth"
     # config.py is the config as given: what train() set to resume this run is not recorded in it.
@@ -106,8 +129,7 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "segformer"])
 def test_every_arch_trains_and_validates_end_to_end(arch, quick_dataset, tmp_path):
-    cfg = build_config(arch, "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / arch, seed=0,
-                       max_iters=5)
+    cfg = build_config(arch, "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path / arch, seed=0, max_iters=5)
     work_dir = train(cfg, progress=False)
     assert last_checkpoint(work_dir) == work_dir / "iter_5.pth"
     rows = scalars(work_dir)
@@ -130,8 +152,11 @@ def test_progress_hook_counts_iterations_and_shows_metrics():
     assert hook._bar.n == 2 and hook._bar.total == 6
     for i in range(4):
         runner.iter = 2 + i
-        hook.after_train_iter(runner, i, outputs={"loss": torch.tensor(1.5, requires_grad=True),
-                                                  "decode.loss_component": torch.tensor(0.1)})
+        hook.after_train_iter(
+            runner,
+            i,
+            outputs={"loss": torch.tensor(1.5, requires_grad=True), "decode.loss_component": torch.tensor(0.1)},
+        )
     hook.after_val_epoch(runner, metrics={"mIoU": 42.0})
     assert hook._bar.n == 6
     assert hook._postfix["loss"] == "1.5" and hook._postfix["mIoU"] == "42"

@@ -23,8 +23,15 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import MessageHub
 
 import gmmseg_lab.train.hooks as train_mod
-from gmmseg_lab.train import (AtomicCheckpointHook, AtomicLocalBackend, CheckpointError, RNGStateHook,
-                              SyncNormStatsHook, last_checkpoint, train)
+from gmmseg_lab.train import (
+    AtomicCheckpointHook,
+    AtomicLocalBackend,
+    CheckpointError,
+    RNGStateHook,
+    SyncNormStatsHook,
+    last_checkpoint,
+    train,
+)
 
 
 def _ckpt(path, step: int = 0):
@@ -33,8 +40,11 @@ def _ckpt(path, step: int = 0):
 
 
 # ---------------------------------------------------------------------- last_checkpoint
-@pytest.mark.parametrize("pointer", [b"", b"\n  \n", b"\xff\xfe\x00garbage", b"/a/iter_2.pth\n/b/iter_4.pth"],
-                         ids=["empty", "blank", "binary", "two lines"])
+@pytest.mark.parametrize(
+    "pointer",
+    [b"", b"\n  \n", b"\xff\xfe\x00garbage", b"/a/iter_2.pth\n/b/iter_4.pth"],
+    ids=["empty", "blank", "binary", "two lines"],
+)
 def test_an_unusable_pointer_falls_back_to_the_newest_intact_checkpoint(pointer, tmp_path):
     """An empty pointer used to give the work dir itself ('cannot resume from <work_dir>: it does not exist')."""
     for step in (2, 4, 10):
@@ -67,8 +77,11 @@ def test_resume_refuses_a_work_dir_whose_checkpoints_are_all_damaged(quick_datas
     (tmp_path / "iter_4.pth").write_bytes(b"not a checkpoint")
     (tmp_path / "last_checkpoint").write_text("")
     cfg = build_config("segformer", "gmm", "quick", data_root=quick_dataset, work_dir=tmp_path, max_iters=4)
-    with pytest.raises(CheckpointError, match=r"last_checkpoint is empty and none of its checkpoints "
-                                              r"\(iter_4.pth, iter_2.pth\) is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"last_checkpoint is empty and none of its checkpoints "
+        r"\(iter_4.pth, iter_2.pth\) is intact",
+    ):
         train(cfg, resume=True, progress=False)
     assert not (tmp_path / "config.py").exists()  # refused before anything was written
 
@@ -100,16 +113,29 @@ class _Runner:
         self.fail_at = fail_at
         self.during: list = []
 
-    def save_checkpoint(self, out_dir, filename, file_client_args=None, *, save_optimizer=True,
-                        save_param_scheduler=True, meta=None, by_epoch=True, backend_args=None):
+    def save_checkpoint(
+        self,
+        out_dir,
+        filename,
+        file_client_args=None,
+        *,
+        save_optimizer=True,
+        save_param_scheduler=True,
+        meta=None,
+        by_epoch=True,
+        backend_args=None,
+    ):
         from mmengine.runner.checkpoint import save_checkpoint
 
         previous = last_checkpoint(self.work_dir)
         self.during.append((previous, previous is not None and previous.is_file()))
         if meta["iter"] == self.fail_at:
             raise KeyboardInterrupt("killed while saving")
-        save_checkpoint({"meta": meta, "message_hub": self.message_hub.state_dict()},
-                        os.path.join(out_dir, filename), backend_args=backend_args)
+        save_checkpoint(
+            {"meta": meta, "message_hub": self.message_hub.state_dict()},
+            os.path.join(out_dir, filename),
+            backend_args=backend_args,
+        )
 
 
 def test_checkpoint_hook_replaces_files_atomically_and_prunes_after_saving(tmp_path):
@@ -135,7 +161,9 @@ def test_checkpoint_hook_replaces_files_atomically_and_prunes_after_saving(tmp_p
         hook.after_train_iter(runner, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth", "last_checkpoint"]
     assert last_checkpoint(tmp_path) == tmp_path / "iter_2.pth"
-    assert torch.load(tmp_path / "iter_2.pth", weights_only=False)["message_hub"]["runtime_info"]["keep_ckpt_ids"] == [2]
+    assert torch.load(tmp_path / "iter_2.pth", weights_only=False)["message_hub"]["runtime_info"]["keep_ckpt_ids"] == [
+        2
+    ]
 
 
 # ---------------------------------------------------------------------- schedules of the collectives
@@ -156,9 +184,14 @@ def _fake_world(monkeypatch, runner):
 
 
 def test_rng_states_are_gathered_only_where_a_checkpoint_is_saved(monkeypatch, caplog):
-    runner = SimpleNamespace(iter=0, epoch=0, max_iters=12, model=torch.nn.BatchNorm1d(3),
-                             hooks=[CheckpointHook(interval=5, by_epoch=False)],
-                             logger=logging.getLogger("test_train_checkpoints"))
+    runner = SimpleNamespace(
+        iter=0,
+        epoch=0,
+        max_iters=12,
+        model=torch.nn.BatchNorm1d(3),
+        hooks=[CheckpointHook(interval=5, by_epoch=False)],
+        logger=logging.getLogger("test_train_checkpoints"),
+    )
     calls = _fake_world(monkeypatch, runner)
     rng, norm = RNGStateHook(), SyncNormStatsHook()
     checkpoints = {}
@@ -192,8 +225,14 @@ def test_rng_states_are_gathered_only_where_a_checkpoint_is_saved(monkeypatch, c
 
 
 def test_norm_stats_are_synced_at_the_end_of_an_epoch_and_of_training(monkeypatch):
-    runner = SimpleNamespace(iter=0, epoch=0, max_iters=3, model=torch.nn.BatchNorm1d(3), hooks=[],
-                             logger=logging.getLogger("test_train_checkpoints"))
+    runner = SimpleNamespace(
+        iter=0,
+        epoch=0,
+        max_iters=3,
+        model=torch.nn.BatchNorm1d(3),
+        hooks=[],
+        logger=logging.getLogger("test_train_checkpoints"),
+    )
     calls = _fake_world(monkeypatch, runner)
     norm = SyncNormStatsHook()
     norm.after_train_iter(runner, 0)

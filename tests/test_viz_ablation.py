@@ -7,8 +7,17 @@ import pytest
 from scipy.stats import ttest_ind
 
 from gmmseg_lab.viz.ablation import (
-    ablation_bars_figure, ablation_stats, ablation_table, ablation_widget, compare, convergence_figure, final_value,
-    format_bytes, memory_figure, metric_values, noise_threshold,
+    ablation_bars_figure,
+    ablation_stats,
+    ablation_table,
+    ablation_widget,
+    compare,
+    convergence_figure,
+    final_value,
+    format_bytes,
+    memory_figure,
+    metric_values,
+    noise_threshold,
 )
 
 NAN = float("nan")
@@ -28,25 +37,33 @@ LABELS = {"default": "Sinkhorn (paper)", "em": "standard EM", "m1": "M=1", "stat
 
 
 def run_curves(balance, mean_step, loglik=(1.0, 2.0, 3.0, 4.0)):
-    return {"train": {"step": [10.0, 20.0, 30.0, 40.0], "decode.gmm_balance": list(balance),
-                      "decode.gmm_mean_step": list(mean_step), "decode.gmm_loglik": list(loglik)},
-            "val": {"step": [40.0], "mIoU": [60.0]}}
+    return {
+        "train": {
+            "step": [10.0, 20.0, 30.0, 40.0],
+            "decode.gmm_balance": list(balance),
+            "decode.gmm_mean_step": list(mean_step),
+            "decode.gmm_loglik": list(loglik),
+        },
+        "val": {"step": [40.0], "mIoU": [60.0]},
+    }
 
 
 CURVES = {
-    "default": [run_curves([0.5, 0.7, 0.8, 0.9], [0.3, NAN, 0.1, NAN]),
-                run_curves([0.5, 0.6, 0.9, NAN], [0.5, NAN, 0.3, NAN])],
+    "default": [
+        run_curves([0.5, 0.7, 0.8, 0.9], [0.3, NAN, 0.1, NAN]),
+        run_curves([0.5, 0.6, 0.9, NAN], [0.5, NAN, 0.3, NAN]),
+    ],
     "em": [run_curves([0.5, 0.5, 0.4, 0.3], [0.2, NAN, 0.2, NAN])],
 }
 
 
 def test_noise_rule_and_welch_test_by_hand():
-    assert noise_threshold(0.01, 3, 0.02, 4) == pytest.approx(2 * math.sqrt(0.01 ** 2 / 3 + 0.02 ** 2 / 4))
+    assert noise_threshold(0.01, 3, 0.02, 4) == pytest.approx(2 * math.sqrt(0.01**2 / 3 + 0.02**2 / 4))
     assert math.isnan(noise_threshold(0.01, 1, 0.02, 4))
     a, ref = np.array([0.55, 0.56, 0.54]), np.array([0.60, 0.62, 0.61])
     result = compare(a, ref)
     assert result["delta"] == pytest.approx(-0.06)
-    assert result["noise"] == pytest.approx(2 * math.sqrt(2 * 0.01 ** 2 / 3))
+    assert result["noise"] == pytest.approx(2 * math.sqrt(2 * 0.01**2 / 3))
     assert result["within_noise"] is False
     assert result["p_value"] == pytest.approx(ttest_ind(a, ref, equal_var=False).pvalue)
     close = compare(np.array([0.605, 0.615, 0.62]), ref)
@@ -115,8 +132,9 @@ def test_bars_figure_means_whiskers_seeds_and_reference_line():
 
 
 def test_convergence_figure_is_nan_aware_and_notes_missing_keys():
-    fig = convergence_figure(CURVES, keys=("decode.gmm_mean_step", "decode.gmm_balance", "decode.gmm_entropy"),
-                             labels=LABELS)
+    fig = convergence_figure(
+        CURVES, keys=("decode.gmm_mean_step", "decode.gmm_balance", "decode.gmm_entropy"), labels=LABELS
+    )
     lines = [t for t in fig.data if t.fill is None]
     step = lines[0]  # default, gmm_mean_step: only the M-step rows
     np.testing.assert_array_equal(step.x, [10.0, 30.0])
@@ -146,7 +164,10 @@ def test_ablation_widget_metric_and_variant_controls():
     assert box.figure is not first and box.figure.data[2].y[0] == pytest.approx(0.72)
     box.controls["variant:em"].value = False
     assert [t.name for t in box.figure.data if t.type == "bar"] == [
-        "default: Sinkhorn (paper)", "m1: M=1", "stats: statistics memory"]
+        "default: Sinkhorn (paper)",
+        "m1: M=1",
+        "stats: statistics memory",
+    ]
     for name in ("variant:default", "variant:m1", "variant:stats"):
         box.controls[name].value = False
     assert box.figure.layout.annotations[0].text == "select at least one variant"

@@ -178,8 +178,9 @@ def test_threshold_slider_steps_show_the_flagged_pixels(scene):
         sources = step.args[0]["source"]
         assert len(sources) == 3 and list(step.args[2]) == [t for t, tr in enumerate(fig.data) if tr.type == "image"]
         for i in (0, 2):
-            np.testing.assert_array_equal(data_uri_to_array(sources[i]),
-                                          flagged_overlay(images[i], scores[i], masks[i], threshold))
+            np.testing.assert_array_equal(
+                data_uri_to_array(sources[i]), flagged_overlay(images[i], scores[i], masks[i], threshold)
+            )
         rates = flag_rates(scores, masks, threshold)
         assert f"TPR {100 * rates['tpr']:.1f} %" in step.args[1]["title.text"]
         assert f"FPR {100 * rates['fpr']:.1f} %" in step.args[1]["title.text"]
@@ -194,8 +195,10 @@ def test_threshold_slider_steps_show_the_flagged_pixels(scene):
 
 
 def test_anomaly_table_mean_and_std():
-    metrics = {"gmm": [{"auroc": 0.9, "ap": 0.3, "fpr95": 0.2}, {"auroc": 0.8, "ap": 0.1, "fpr95": None}],
-               "softmax": [{"auroc": 0.7, "ap": 0.05, "fpr95": 0.6}]}
+    metrics = {
+        "gmm": [{"auroc": 0.9, "ap": 0.3, "fpr95": 0.2}, {"auroc": 0.8, "ap": 0.1, "fpr95": None}],
+        "softmax": [{"auroc": 0.7, "ap": 0.05, "fpr95": 0.6}],
+    }
     table = anomaly_table(metrics)
     assert list(table["model"]) == ["gmm", "softmax"] and list(table["seeds"]) == [2, 1]
     assert table.iloc[0]["AUROC (%)"] == f"85.00 ± {100 * np.std([0.9, 0.8], ddof=1):.2f}"
@@ -294,7 +297,9 @@ def test_anomaly_widget_redraws_once_per_change_and_ranges_once_per_model(scene,
     images, scores, masks = scene
     renders, percentiles = [], []
     draw, percentile = anomaly.score_overlay_figure, np.percentile
-    monkeypatch.setattr(anomaly, "score_overlay_figure", lambda *a, **k: renders.append(k["threshold"]) or draw(*a, **k))
+    monkeypatch.setattr(
+        anomaly, "score_overlay_figure", lambda *a, **k: renders.append(k["threshold"]) or draw(*a, **k)
+    )
     monkeypatch.setattr(np, "percentile", lambda *a, **k: percentiles.append(1) or percentile(*a, **k))
     w = anomaly_widget(images, masks, {"gmm": scores, "shifted": scores * 10 + 100}, num_thresholds=9)
     assert len(renders) == 1

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gmmseg_lab.eval.metrics import CalibrationError
+from gmmseg_lab.stats import seed_stats
 from gmmseg_lab.viz.calibration import (
     aggregate_bins,
     bins_by_model,
@@ -16,7 +17,6 @@ from gmmseg_lab.viz.calibration import (
     confidence_histogram_figure,
     reliability_figure,
 )
-from gmmseg_lab.stats import seed_stats
 from gmmseg_lab.viz.common import format_percent as format_mean_std
 
 N_BINS = 10
@@ -99,13 +99,16 @@ def test_reliability_legend_holds_mean_and_std_of_the_independent_ece(runs):
     for trace in curves:
         eces = [e for _, (e, _) in runs[trace.meta["model"]]]
         mces = [m for _, (_, m) in runs[trace.meta["model"]]]
-        expected = (f"ECE {100 * np.mean(eces):.2f} ± {100 * np.std(eces, ddof=1):.2f} %, "
-                    f"MCE {100 * np.mean(mces):.2f} ± {100 * np.std(mces, ddof=1):.2f} %")
+        expected = (
+            f"ECE {100 * np.mean(eces):.2f} ± {100 * np.std(eces, ddof=1):.2f} %, "
+            f"MCE {100 * np.mean(mces):.2f} ± {100 * np.std(mces, ddof=1):.2f} %"
+        )
         assert expected in trace.name and "(3 seeds)" in trace.name
     # Points: per-bin accuracy averaged over seeds; the saturated bin sits at confidence 1.
     gmm = curves[0]
-    accuracy = np.array([[np.nan if a is None else a for a in m["calibration_bins"]["accuracy"]]
-                         for m, _ in runs["gmm"]])
+    accuracy = np.array(
+        [[np.nan if a is None else a for a in m["calibration_bins"]["accuracy"]] for m, _ in runs["gmm"]]
+    )
     filled = ~np.isnan(accuracy).all(0)  # bins below confidence 0.2 are empty in every seed
     np.testing.assert_allclose(gmm.y, np.nanmean(accuracy[:, filled], axis=0))
     assert gmm.x[-1] == pytest.approx(1.0) and gmm.error_y.visible
@@ -148,7 +151,10 @@ def test_confidence_histogram_shares(runs):
 def test_table(runs):
     table = calibration_table(bins_by_model(_metrics(runs)), bins_by_model(_metrics(runs), "Bayes posterior"))
     assert list(zip(table["model"], table["probability"], table["seeds"])) == [
-        ("gmm", "class logits", 3), ("softmax", "class logits", 3), ("gmm", "Bayes posterior", 3)]
+        ("gmm", "class logits", 3),
+        ("softmax", "class logits", 3),
+        ("gmm", "Bayes posterior", 3),
+    ]
     eces = [e for _, (e, _) in runs["softmax"]]
     row = table.iloc[1]
     assert row["ece_mean"] == pytest.approx(np.mean(eces)) and row["ece_std"] == pytest.approx(np.std(eces, ddof=1))
@@ -234,10 +240,19 @@ def test_layernorm_bound_figure_places_each_model_at_its_learned_gamma():
 
     from gmmseg_lab.eval.confidence_bound import layernorm_confidence_bound
 
-    bins = {"lower": [0, 0.5, 1], "upper": [0.5, 1, 1], "count": [10, 30, 0], "confidence": [0.4, 0.7, None],
-            "accuracy": [0.5, 0.9, None]}
-    models = {"seg gmm": [dict(gamma=np.full(9, 1.5), beta=np.zeros(9), bins=bins, acc=0.9),
-                          dict(gamma=np.full(9, 0.5), beta=np.zeros(9), bins=bins, acc=0.8)]}
+    bins = {
+        "lower": [0, 0.5, 1],
+        "upper": [0.5, 1, 1],
+        "count": [10, 30, 0],
+        "confidence": [0.4, 0.7, None],
+        "accuracy": [0.5, 0.9, None],
+    }
+    models = {
+        "seg gmm": [
+            dict(gamma=np.full(9, 1.5), beta=np.zeros(9), bins=bins, acc=0.9),
+            dict(gamma=np.full(9, 0.5), beta=np.zeros(9), bins=bins, acc=0.8),
+        ]
+    }
     from gmmseg_lab.viz import calibration as vcal
 
     fig = vcal.layernorm_bound_figure(models, 9)

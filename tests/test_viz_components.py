@@ -6,12 +6,19 @@ from scipy.special import logsumexp, softmax
 from scipy.stats import norm
 
 from gmmseg_lab.experiments.predictions import Predictions
+from gmmseg_lab.viz.common import decode_png_data_uri
 from gmmseg_lab.viz.components import (
-    component_assignment, component_balance, component_colours, component_overlay_figure, component_usage,
-    component_usage_figure, component_widget, pixel_posterior, pixel_posterior_figure,
+    component_assignment,
+    component_balance,
+    component_colours,
+    component_overlay_figure,
+    component_usage,
+    component_usage_figure,
+    component_widget,
+    pixel_posterior,
+    pixel_posterior_figure,
 )
 from gmmseg_lab.viz.style import component_palette
-from gmmseg_lab.viz.common import decode_png_data_uri
 
 C, M, D, N, H, W, h, w = 3, 2, 4, 2, 8, 8, 4, 4
 
@@ -38,12 +45,21 @@ def make_preds(seed=0):
     emb = means[gt_small, comp] + 0.3 * rng.normal(size=(N, h, w, D))
     gt_small[0, 0, 0] = 255  # an ignore cell
     preds = Predictions(
-        names=[f"img{i}.png" for i in range(N)], images=rng.integers(0, 256, size=(N, H, W, 3), dtype=np.uint8),
-        gt=np.repeat(np.repeat(gt_small, 2, 1), 2, 2), pred=np.zeros((N, H, W), np.int64),
-        probs=np.zeros((N, C, H, W), np.float32), anomaly_score=np.zeros((N, H, W), np.float32),
-        classes=["road", "car", "sky"], palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8),
-        head="gmm", embeddings=emb.transpose(0, 3, 1, 2).astype(np.float32), gt_small=gt_small,
-        means=means.astype(np.float32), stds=stds.astype(np.float32), log_weights=log_weights.astype(np.float32))
+        names=[f"img{i}.png" for i in range(N)],
+        images=rng.integers(0, 256, size=(N, H, W, 3), dtype=np.uint8),
+        gt=np.repeat(np.repeat(gt_small, 2, 1), 2, 2),
+        pred=np.zeros((N, H, W), np.int64),
+        probs=np.zeros((N, C, H, W), np.float32),
+        anomaly_score=np.zeros((N, H, W), np.float32),
+        classes=["road", "car", "sky"],
+        palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8),
+        head="gmm",
+        embeddings=emb.transpose(0, 3, 1, 2).astype(np.float32),
+        gt_small=gt_small,
+        means=means.astype(np.float32),
+        stds=stds.astype(np.float32),
+        log_weights=log_weights.astype(np.float32),
+    )
     ll = np.stack([logsumexp(oracle_component_log_prob(preds, i), axis=1) for i in range(N)])  # [N, C, h, w]
     ll_image = np.repeat(np.repeat(ll, 2, 2), 2, 3)
     # smooth the image-resolution likelihood a little so it is not a copy of the feature grid
@@ -85,8 +101,14 @@ def test_component_assignment_uses_preds_pred_and_class_index(preds):
     np.testing.assert_array_equal(fixed, oracle[2].argmax(0))
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(index=5), "index"), (dict(index=0, class_index=3), "class_index"),
-                                          (dict(index=0, resolution="full"), "resolution")])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(index=5), "index"),
+        (dict(index=0, class_index=3), "class_index"),
+        (dict(index=0, resolution="full"), "resolution"),
+    ],
+)
 def test_component_assignment_rejects_bad_input(preds, kwargs, name):
     with pytest.raises(ValueError, match=name):
         component_assignment(preds, **kwargs)
@@ -162,8 +184,12 @@ def test_overlay_figure_changes_with_class_and_rejects_bad_input(preds):
     car = component_overlay_figure(preds, 0, 1)
     assert every.data[N].source != car.data[N].source
     assert car.layout.updatemenus[1].active == 2
-    for kwargs, name in [(dict(index=2), "index"), (dict(class_index=-1), "class_index"),
-                         (dict(opacity=1.5), "opacity"), (dict(pixel=(0, W)), "pixel")]:
+    for kwargs, name in [
+        (dict(index=2), "index"),
+        (dict(class_index=-1), "class_index"),
+        (dict(opacity=1.5), "opacity"),
+        (dict(pixel=(0, W)), "pixel"),
+    ]:
         with pytest.raises(ValueError, match=name):
             component_overlay_figure(preds, **kwargs)
 
@@ -216,7 +242,7 @@ def test_component_widget_redraws_on_control_changes(preds):
     box = component_widget(preds)
     assert set(box.controls) == {"image", "class", "opacity", "row", "col"}
     assert not box.figure.layout.updatemenus  # the widget's controls replace the static menus
-    overlay, posterior = box.figure, box.posterior_figure
+    overlay = box.figure
     box.controls["class"].value = 1
     assert box.figure is not overlay and box.figure.data[1].source != overlay.data[1].source
     assert box.posterior_figure.layout.annotations[1].text.endswith("class = car)")

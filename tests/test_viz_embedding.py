@@ -20,13 +20,21 @@ def make_preds(seed=0):
     emb = means[np.minimum(gt_small, C - 1), comp] + 0.1 * rng.normal(size=(N, h, w, D))
     score = rng.normal(size=(N, H, W)).astype(np.float32)
     return Predictions(
-        names=[f"img{i}.png" for i in range(N)], images=np.zeros((N, H, W, 3), np.uint8),
-        gt=np.repeat(np.repeat(gt_small, 2, 1), 2, 2), pred=np.zeros((N, H, W), np.int64),
-        probs=np.zeros((N, C, H, W), np.float32), anomaly_score=score, classes=["road", "car", "sky"],
-        palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8), head="gmm",
-        embeddings=emb.transpose(0, 3, 1, 2).astype(np.float32), gt_small=gt_small,
-        means=means.astype(np.float32), stds=np.full((C, M, D), 0.2, np.float32),
-        log_weights=np.full((C, M), np.log(1 / M), np.float32))
+        names=[f"img{i}.png" for i in range(N)],
+        images=np.zeros((N, H, W, 3), np.uint8),
+        gt=np.repeat(np.repeat(gt_small, 2, 1), 2, 2),
+        pred=np.zeros((N, H, W), np.int64),
+        probs=np.zeros((N, C, H, W), np.float32),
+        anomaly_score=score,
+        classes=["road", "car", "sky"],
+        palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8),
+        head="gmm",
+        embeddings=emb.transpose(0, 3, 1, 2).astype(np.float32),
+        gt_small=gt_small,
+        means=means.astype(np.float32),
+        stds=np.full((C, M, D), 0.2, np.float32),
+        log_weights=np.full((C, M), np.log(1 / M), np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,9 @@ def test_sample_is_stratified_and_reads_the_right_cells(preds, sample):
     np.testing.assert_array_equal(np.bincount(info["label"], minlength=C), np.minimum(available, 20))
     np.testing.assert_array_equal(preds.gt_small[info["image"], info["row"], info["col"]], info["label"])
     np.testing.assert_array_equal(x, preds.embeddings[info["image"], :, info["row"], info["col"]])
-    np.testing.assert_array_equal(info["anomaly_score"],
-                                  preds.anomaly_score[info["image"], info["row"] * 2, info["col"] * 2])
+    np.testing.assert_array_equal(
+        info["anomaly_score"], preds.anomaly_score[info["image"], info["row"] * 2, info["col"] * 2]
+    )
     assert list(info["name"][:1]) == [preds.names[info["image"][0]]]
     # component: argmax over the labelled class's Gaussians, from scipy's log-pdf
     log_pdf = np.stack([norm.logpdf(x[:, None, :], preds.means[c], preds.stds[c]).sum(-1) for c in range(C)], 1)
@@ -83,8 +92,9 @@ def test_tsne_places_samples_and_means_in_one_run(preds, sample, tsne):
     assert np.linalg.norm(coords2[-1] - means2[1, 0]) < 0.02 * spread
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(perplexity=500), "perplexity"),
-                                          (dict(means=np.zeros((C, M, D + 1))), "means")])
+@pytest.mark.parametrize(
+    "kwargs, name", [(dict(perplexity=500), "perplexity"), (dict(means=np.zeros((C, M, D + 1))), "means")]
+)
 def test_tsne_rejects_bad_input(preds, sample, kwargs, name):
     args = dict(x=sample[0], means=preds.means, perplexity=10) | kwargs
     with pytest.raises(ValueError, match=name):
@@ -92,7 +102,7 @@ def test_tsne_rejects_bad_input(preds, sample, kwargs, name):
 
 
 def test_tsne_figure_groups_menu_means_and_hover(preds, sample, tsne):
-    (x, info), (coords, mean_coords) = sample, tsne
+    (_, info), (coords, mean_coords) = sample, tsne
     fig = tsne_figure(coords, info, mean_coords, preds.classes, preds.palette, colour_by="component")
     menu = fig.layout.updatemenus[0]
     assert [b.args[0]["visible"] for b in menu.buttons][0][:3] == [True, True, True]
@@ -108,13 +118,19 @@ def test_tsne_figure_groups_menu_means_and_hover(preds, sample, tsne):
     np.testing.assert_allclose(anomaly.marker.color, info["anomaly_score"])
     road = fig.data[0]
     assert road.customdata[0][0] == info["name"][info["label"] == 0][0] and "cell (row" in road.hovertemplate
-    recoloured = tsne_figure(coords, info | {"component": 1 - info["component"]}, mean_coords, preds.classes,
-                             preds.palette, colour_by="component")
+    recoloured = tsne_figure(
+        coords,
+        info | {"component": 1 - info["component"]},
+        mean_coords,
+        preds.classes,
+        preds.palette,
+        colour_by="component",
+    )
     assert list(recoloured.data[3].marker.color) != list(fig.data[3].marker.color)
 
 
 def test_tsne_figure_rejects_bad_input(preds, sample, tsne):
-    (x, info), (coords, mean_coords) = sample, tsne
+    (_, info), (coords, mean_coords) = sample, tsne
     with pytest.raises(ValueError, match="colour_by"):
         tsne_figure(coords, info, mean_coords, preds.classes, preds.palette, colour_by="score")
     with pytest.raises(ValueError, match="coords"):

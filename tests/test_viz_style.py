@@ -33,7 +33,8 @@ def test_component_shades_of_the_real_palette_keep_classes_apart(num_components)
     assert shades.shape == (len(CLASSES), num_components, 3) and shades.dtype == np.uint8
     closest = min(
         (delta_e(shades[a][:, None], shades[b][None]).min(), CLASSES[a], CLASSES[b])
-        for a, b in itertools.combinations(range(len(CLASSES)), 2))
+        for a, b in itertools.combinations(range(len(CLASSES)), 2)
+    )
     # The old HLS shades put building's lightest 7 grey levels below pole's darkest (ΔE 2.8).
     assert closest[0] > 6.0, closest
     # No shade near the ignore colour (the old building component 0 was #202020, ΔE 12 from black).

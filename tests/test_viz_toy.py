@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from gmmseg_lab.gmm import fit_gmm
 from gmmseg_lab.data.toy import make_toy_data
 from gmmseg_lab.experiments.toy import fit_iterations, fit_softmax_classifier, fit_toy_classifier
+from gmmseg_lab.gmm import fit_gmm
 from gmmseg_lab.gmm.open_set import gmm_open_set_confidence
 from gmmseg_lab.viz.toy import (
     TOY_PALETTE,
@@ -148,8 +148,9 @@ def test_fit_iterations_equals_one_fit_gmm_call_and_em_never_decreases(toy):
     np.testing.assert_array_equal(em.means[0], sk.means[0])  # shared start
     assert not np.array_equal(em.means[0], fit_iterations(data, 1, 3, "em", 0, seed=4).means[0])
     x = data.x[data.labels == 1].double()
-    weights, means, stds = fit_gmm(x, torch.from_numpy(em.means[0]), torch.from_numpy(em.stds[0]),
-                                   n_iters=8, e_step="em")
+    weights, means, stds = fit_gmm(
+        x, torch.from_numpy(em.means[0]), torch.from_numpy(em.stds[0]), n_iters=8, e_step="em"
+    )
     np.testing.assert_allclose(em.means[-1], means.numpy(), atol=1e-10)
     np.testing.assert_allclose(em.weights[-1], weights.numpy(), atol=1e-10)
     assert np.all(np.diff(em.log_likelihood) > -1e-9)  # EM's monotone likelihood

@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 
 from gmmseg_lab.experiments.predictions import Predictions
-from gmmseg_lab.viz.style import colourise
 from gmmseg_lab.viz.common import decode_png_data_uri
+from gmmseg_lab.viz.style import colourise
 from gmmseg_lab.viz.training import (
-    learning_curves_figure, metrics_table, per_class_iou_figure, pixel_accuracy,
-    predictions_figure, predictions_widget, seed_band, style_metrics_table,
+    learning_curves_figure,
+    metrics_table,
+    per_class_iou_figure,
+    pixel_accuracy,
+    predictions_figure,
+    predictions_widget,
+    seed_band,
+    style_metrics_table,
 )
 
 NAN = float("nan")
@@ -47,8 +53,10 @@ def test_seed_band_skips_nan_rows_and_joins_steps():
 
 
 def test_learning_curves_figure_lines_bands_and_missing_key_note():
-    by_model = {"GMMSeg": [curves([3, 2, 1], miou=(50, 60)), curves([5, 2, 3], miou=(60, 62))],
-                "softmax": [curves([1, 1, 1])]}
+    by_model = {
+        "GMMSeg": [curves([3, 2, 1], miou=(50, 60)), curves([5, 2, 3], miou=(60, 62))],
+        "softmax": [curves([1, 1, 1])],
+    }
     fig = learning_curves_figure(by_model, keys=("loss", "decode.gmm_loglik"))
     lines = [t for t in fig.data if t.fill is None]
     assert [t.name for t in lines] == ["GMMSeg (2 seeds)", "softmax (1 seed)", "GMMSeg (2 seeds)", "softmax (1 seed)"]
@@ -69,10 +77,14 @@ def test_learning_curves_figure_rejects_bad_input(bad):
 
 AGGREGATE = {
     "segformer": {
-        "gmm": {"mIoU": {"mean": 0.5528, "std": 0.0043, "n": 3, "values": []},
-                "ECE": {"mean": 0.258, "std": 0.0038, "n": 3, "values": []}},
-        "softmax": {"mIoU": {"mean": 0.5856, "std": 0.0020, "n": 3, "values": []},
-                    "ECE": {"mean": 0.0069, "std": 0.0008, "n": 3, "values": []}},
+        "gmm": {
+            "mIoU": {"mean": 0.5528, "std": 0.0043, "n": 3, "values": []},
+            "ECE": {"mean": 0.258, "std": 0.0038, "n": 3, "values": []},
+        },
+        "softmax": {
+            "mIoU": {"mean": 0.5856, "std": 0.0020, "n": 3, "values": []},
+            "ECE": {"mean": 0.0069, "std": 0.0008, "n": 3, "values": []},
+        },
     },
     "deeplabv3plus": {
         "gmm": {"mIoU": {"mean": 0.6226, "std": 0.0101, "n": 1, "values": []}},
@@ -122,10 +134,17 @@ def make_preds(seed, n=3, size=6, classes=3):
     noise = rng.integers(0, classes, (n, size, size))
     pred = np.where(rng.random((n, size, size)) < 0.7, np.clip(gt, 0, classes - 1), noise)
     images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    return Predictions(names=[f"v{i}.png" for i in range(n)], images=images,
-                       gt=gt, pred=pred, probs=np.zeros((n, classes, size, size), np.float32),
-                       anomaly_score=np.zeros((n, size, size), np.float32), classes=["road", "car", "sky"],
-                       palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8), head="softmax")
+    return Predictions(
+        names=[f"v{i}.png" for i in range(n)],
+        images=images,
+        gt=gt,
+        pred=pred,
+        probs=np.zeros((n, classes, size, size), np.float32),
+        anomaly_score=np.zeros((n, size, size), np.float32),
+        classes=["road", "car", "sky"],
+        palette=np.array([[128, 64, 128], [0, 0, 142], [70, 130, 180]], np.uint8),
+        head="softmax",
+    )
 
 
 def test_predictions_figure_panels_dropdown_and_legend():
@@ -204,7 +223,9 @@ def test_a_model_keeps_its_colour_across_notebooks():
     reliability = reliability_figure({"gmm": [bins], "softmax": [bins]})  # 04
     assert [t.line.color for t in reliability.data if t.meta and t.meta.get("role") == "curve"][1] == expected
     curve = {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1], "precision": [1, 0.6, 0.5], "recall": [0, 0.9, 1]}
-    roc = [t for t in curves_figure({"gmm": [curve], "softmax": [curve]}).data if t.meta and t.meta.get("panel") == "roc"]
+    roc = [
+        t for t in curves_figure({"gmm": [curve], "softmax": [curve]}).data if t.meta and t.meta.get("panel") == "roc"
+    ]
     assert roc[1].line.color == expected  # 06
     results = {"gmm": [{"miou": 0.5}], "softmax": [{"miou": 0.4}]}
     ablation = ablation_bars_figure(results, metrics=("mIoU",), reference="gmm")

@@ -36,11 +36,19 @@ def fake_predictions(name: str, rgb: np.ndarray, head: str = "gmm") -> Predictio
     rng = np.random.default_rng(0)
     means = rng.normal(size=(C, M, D)).astype(np.float32)
     preds = Predictions(
-        names=[name], images=rgb[None], gt=np.full((1, height, width), 255, np.int64), pred=pred[None],
+        names=[name],
+        images=rgb[None],
+        gt=np.full((1, height, width), 255, np.int64),
+        pred=pred[None],
         probs=np.full((1, C, height, width), 1 / C, np.float32),
         anomaly_score=maps["neg_max_log_likelihood" if head == "gmm" else "max_softmax"][None],
-        classes=CLASSES, palette=PALETTE, head=head, split="images", labeled=False,
-        score_maps={k: v[None].astype(np.float32) for k, v in maps.items()})
+        classes=CLASSES,
+        palette=PALETTE,
+        head=head,
+        split="images",
+        labeled=False,
+        score_maps={k: v[None].astype(np.float32) for k, v in maps.items()},
+    )
     if head == "gmm":
         preds.embeddings = rng.normal(size=(1, D, h, w)).astype(np.float32)
         preds.gt_small = np.full((1, h, w), 255, np.int64)
@@ -60,7 +68,7 @@ class FakeScorer:
         self.calls: list[tuple[str, np.ndarray, int]] = []
 
     def predict(self, images, max_images=None, max_side=384):
-        (name, rgb), = images.items()
+        ((name, rgb),) = images.items()
         self.calls.append((name, rgb, max_side))
         return fake_predictions(name, rgb, self.head)
 
@@ -73,8 +81,15 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def upload_value(name: str, data: bytes) -> tuple:
     """ipywidgets 8's FileUpload.value for one file."""
-    return ({"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
-             "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},)
+    return (
+        {
+            "name": name,
+            "type": "image/png",
+            "size": len(data),
+            "content": memoryview(data),
+            "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        },
+    )
 
 
 def picture(seed: int, shape=(24, 32)) -> np.ndarray:

@@ -34,8 +34,10 @@ def mathjax_root() -> Path:
     """
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise PluginError(f"the docs need MathJax from the {PACKAGE.replace('_', '-')} package: "
-                          "pip install -e '.[docs]' (or make docs)")
+        raise PluginError(
+            f"the docs need MathJax from the {PACKAGE.replace('_', '-')} package: "
+            "pip install -e '.[docs]' (or make docs)"
+        )
     root = Path(spec.origin).parent / "static"
     if not (root / "MathJax.js").is_file():
         raise PluginError(f"{root}: no MathJax.js; reinstall {PACKAGE.replace('_', '-')}")

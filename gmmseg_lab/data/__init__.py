@@ -54,11 +54,11 @@ from .real import (
 from .scenes import (
     ANOMALY_COLOURS,
     ANOMALY_SOURCES,
-    PHOTO_OBJECTS,
     CLASSES,
     MODE_COLOURS,
     MODES,
     PALETTE,
+    PHOTO_OBJECTS,
     PRESETS,
     Scene,
     make_dataset,

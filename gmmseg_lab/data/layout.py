@@ -199,16 +199,27 @@ def _sources_problems(path: Path) -> tuple[list[str], list[dict] | None, dict[st
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [f"{path}: malformed JSON ({exc})"], None, None
-    if not isinstance(data, dict) or not isinstance(data.get("sources"), list) \
-            or not isinstance(data.get("images"), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("sources"), list)
+        or not isinstance(data.get("images"), dict)
+    ):
         return [f"{path}: top level must be an object with 'sources' (a list) and 'images' (an object)"], None, None
     problems, ids, names = [], set(), set()
     for i, source in enumerate(data["sources"]):
-        if not (isinstance(source, dict) and isinstance(source.get("id"), int) and not isinstance(source["id"], bool)
-                and 1 <= source["id"] < IGNORE_INDEX and isinstance(source.get("name"), str) and source["name"]
-                and isinstance(source.get("kind"), str)):
-            problems.append(f"{path}: sources[{i}] = {source!r} needs an integer 'id' 1..{IGNORE_INDEX - 1}, "
-                            "a non-empty 'name' and a 'kind'")
+        if not (
+            isinstance(source, dict)
+            and isinstance(source.get("id"), int)
+            and not isinstance(source["id"], bool)
+            and 1 <= source["id"] < IGNORE_INDEX
+            and isinstance(source.get("name"), str)
+            and source["name"]
+            and isinstance(source.get("kind"), str)
+        ):
+            problems.append(
+                f"{path}: sources[{i}] = {source!r} needs an integer 'id' 1..{IGNORE_INDEX - 1}, "
+                "a non-empty 'name' and a 'kind'"
+            )
             continue
         if source["id"] in ids or source["name"] in names:
             problems.append(f"{path}: sources[{i}]: id {source['id']} or name {source['name']!r} used twice")
@@ -273,15 +284,18 @@ def _list_folder(folder: Path, extensions: tuple[str, ...], wrong_kind: str, nou
     listing = FolderListing()
     for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if path.is_dir():
-            listing.problems.append(f"{path}: a folder inside {folder.name}/; the layout is flat (files directly "
-                                    f"in {folder}), so nothing in it is checked or read")
+            listing.problems.append(
+                f"{path}: a folder inside {folder.name}/; the layout is flat (files directly "
+                f"in {folder}), so nothing in it is checked or read"
+            )
         elif not path.is_file():
             continue
         elif path.suffix.lower() not in extensions:
             listing.problems.append(f"{path}: {wrong_kind}")
         elif path.stem in listing.files:
-            listing.problems.append(f"{path}: two {noun} share the name {path.stem!r} "
-                                    f"(also {listing.files[path.stem].name})")
+            listing.problems.append(
+                f"{path}: two {noun} share the name {path.stem!r} (also {listing.files[path.stem].name})"
+            )
         else:
             listing.files[path.stem] = path
     return listing
@@ -298,8 +312,9 @@ def list_images(folder: str | Path, extensions=IMAGE_EXTENSIONS) -> FolderListin
         two images with one stem, sub-folders).
     """
     extensions = tuple(e.lower() for e in ((extensions,) if isinstance(extensions, str) else extensions))
-    return _list_folder(Path(folder), extensions,
-                        f"not an image file (expected one of {', '.join(extensions)})", "images")
+    return _list_folder(
+        Path(folder), extensions, f"not an image file (expected one of {', '.join(extensions)})", "images"
+    )
 
 
 @dataclass
@@ -320,8 +335,7 @@ def scan_pairs(image_dir: Path, mask_dir: Path, what: str) -> PairScan:
     if scan.problems:
         return scan
     images = list_images(image_dir)
-    masks = _list_folder(mask_dir, (MASK_EXTENSION,), "masks must be PNG (lossy formats corrupt label values)",
-                         "masks")
+    masks = _list_folder(mask_dir, (MASK_EXTENSION,), "masks must be PNG (lossy formats corrupt label values)", "masks")
     scan.problems += images.problems + masks.problems
     for stem, path in images.files.items():
         if stem not in masks.files:
@@ -489,8 +503,10 @@ def _png_structure_problem(path: Path) -> str | None:
         kind = data[pos + 4 : pos + 8]
         end = pos + 12 + length
         if end > len(data):
-            return (f"truncated PNG: chunk {kind.decode('latin-1')!r} at byte {pos} needs {length + 12} bytes, "
-                    f"the file has {len(data) - pos} left")
+            return (
+                f"truncated PNG: chunk {kind.decode('latin-1')!r} at byte {pos} needs {length + 12} bytes, "
+                f"the file has {len(data) - pos} left"
+            )
         if zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
             return f"corrupt PNG: bad CRC in chunk {kind.decode('latin-1')!r} at byte {pos}"
         if kind == b"IEND":
@@ -549,9 +565,11 @@ def exif_orientation_problem(image_path: Path, mask_path: Path, image: Image.Ima
         orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation in (0, 1):
         return None
-    return (f"{image_path}: EXIF orientation {orientation}: the image is turned on loading (by mmseg's "
-            f"LoadImageFromFile and load_image) but its mask {Path(mask_path).name} is not; save the pixels "
-            "upright without the tag")
+    return (
+        f"{image_path}: EXIF orientation {orientation}: the image is turned on loading (by mmseg's "
+        f"LoadImageFromFile and load_image) but its mask {Path(mask_path).name} is not; save the pixels "
+        "upright without the tag"
+    )
 
 
 def label_range_problem(mask_path: Path, counts: np.ndarray, max_label: int, owner: str) -> str | None:
@@ -561,11 +579,13 @@ def label_range_problem(mask_path: Path, counts: np.ndarray, max_label: int, own
         counts: ``[256]`` pixel count per stored value (``np.bincount(mask.ravel(), minlength=256)``).
         owner: what defines the classes, e.g. ``"3 classes"`` or ``"cityscapes"``.
     """
-    bad = np.flatnonzero(counts[max_label + 1:IGNORE_INDEX]) + max_label + 1
+    bad = np.flatnonzero(counts[max_label + 1 : IGNORE_INDEX]) + max_label + 1
     if not len(bad):
         return None
-    return (f"{mask_path}: label values {_shown(bad)} out of range for {owner} "
-            f"(valid: 0..{max_label} and {IGNORE_INDEX} = ignore)")
+    return (
+        f"{mask_path}: label values {_shown(bad)} out of range for {owner} "
+        f"(valid: 0..{max_label} and {IGNORE_INDEX} = ignore)"
+    )
 
 
 def describe_anomaly_values(mapping: dict[int, int], other: int | None = None) -> str:
@@ -590,8 +610,10 @@ def anomaly_values_problem(path, values, mapping: dict[int, int], other: int | N
     if not bad:
         return None
     where = f"{path}: " if path is not None else ""
-    return (f"{where}anomaly mask values {_shown(bad)} are not defined for {owner} "
-            f"(allowed: {describe_anomaly_values(mapping, other)})")
+    return (
+        f"{where}anomaly mask values {_shown(bad)} are not defined for {owner} "
+        f"(allowed: {describe_anomaly_values(mapping, other)})"
+    )
 
 
 def undefined_anomaly_note(num_pos: int, num_neg: int, where: str) -> str | None:
@@ -604,8 +626,10 @@ def undefined_anomaly_note(num_pos: int, num_neg: int, where: str) -> str | None
         missing, upper, lower = "anomalous (1)", "AUROC, AP and FPR95", "auroc, ap, fpr95"
     else:
         missing, upper, lower = "inlier (0)", "AUROC and FPR95", "auroc, fpr95"
-    return (f"{where} has no {missing} pixel outside void (255): {upper} are undefined "
-            f"(in metrics.json: {lower} are null, with a warning)")
+    return (
+        f"{where} has no {missing} pixel outside void (255): {upper} are undefined "
+        f"(in metrics.json: {lower} are null, with a warning)"
+    )
 
 
 def note_image_modes(report: DatasetReport) -> None:
@@ -613,8 +637,10 @@ def note_image_modes(report: DatasetReport) -> None:
     converted = {m: n for m, n in sorted(report.image_modes.items()) if m not in ("RGB", *UNSUPPORTED_IMAGE_MODES)}
     if converted:
         listed = ", ".join(f"{n} in mode {m}" for m, n in converted.items())
-        report.notes.append(f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped, "
-                            "16-bit reduced to its high byte), by load_image and mmseg's reader alike")
+        report.notes.append(
+            f"images not stored as RGB ({listed}) are converted to RGB on load (alpha dropped, "
+            "16-bit reduced to its high byte), by load_image and mmseg's reader alike"
+        )
 
 
 def check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problems: list[str]) -> np.ndarray | None:
@@ -625,8 +651,9 @@ def check_pair(image_path: Path, mask_path: Path, report: DatasetReport, problem
     if image is not None:
         report.image_modes[image.mode] = report.image_modes.get(image.mode, 0) + 1
         if image.mode in UNSUPPORTED_IMAGE_MODES:
-            problems.append(f"{image_path}: image mode {image.mode!r} is not supported "
-                            f"({UNSUPPORTED_IMAGE_MODES[image.mode]})")
+            problems.append(
+                f"{image_path}: image mode {image.mode!r} is not supported ({UNSUPPORTED_IMAGE_MODES[image.mode]})"
+            )
         if (turned := exif_orientation_problem(image_path, mask_path, image)) is not None:
             problems.append(turned)
     if mask_img is None:
@@ -683,8 +710,10 @@ class _SourceMaskChecker:
             self.masks = _list_folder(self.folder, (MASK_EXTENSION,), "source masks must be PNG", "source masks")
             problems += self.masks.problems
             if not self.json_path.exists():
-                problems.append(f"{self.folder}: source masks without {self.json_path.name} to name their ids "
-                                f"(expected {self.json_path})")
+                problems.append(
+                    f"{self.folder}: source masks without {self.json_path.name} to name their ids "
+                    f"(expected {self.json_path})"
+                )
         elif self.folder.exists():
             problems.append(f"{self.folder}: not a folder (the source masks' folder)")
         self.pixels = {name: 0 for name in self.names.values()} if self.names else None
@@ -709,15 +738,19 @@ class _SourceMaskChecker:
         if mask is None:  # the pair itself is broken (reported): nothing to compare with
             return
         if source.shape != mask.shape:
-            problems.append(f"{path}: source mask size {source.shape[1]}x{source.shape[0]} differs from its "
-                            f"image's {mask.shape[1]}x{mask.shape[0]} ({image_path.name})")
+            problems.append(
+                f"{path}: source mask size {source.shape[1]}x{source.shape[0]} differs from its "
+                f"image's {mask.shape[1]}x{mask.shape[0]} ({image_path.name})"
+            )
             return
         counts = np.bincount(source.ravel(), minlength=256)
         present = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
         if self.sources is not None:
             if unknown := [v for v in present if v not in self.names]:
-                problems.append(f"{path}: source ids {_shown(unknown)} are not defined in {self.json_path} "
-                                f"(its ids: {_shown(sorted(self.names))})")
+                problems.append(
+                    f"{path}: source ids {_shown(unknown)} are not defined in {self.json_path} "
+                    f"(its ids: {_shown(sorted(self.names))})"
+                )
                 return
             for v in present:
                 self.pixels[self.names[v]] += int(counts[v])
@@ -731,11 +764,17 @@ class _SourceMaskChecker:
         self.stray_masks = [path.name for stem, path in self.masks.files.items() if stem not in self.checked]
         unreliable, ignored = "the per-source figures of these images are not reliable", "they are ignored"
         remarks = [
-            (self.disagree, f"source mask(s) in {self.folder} are not > 0 exactly where their anomaly mask is 1",
-             unreliable),
+            (
+                self.disagree,
+                f"source mask(s) in {self.folder} are not > 0 exactly where their anomaly mask is 1",
+                unreliable,
+            ),
             (self.unmasked, f"image(s) have no source mask in {self.folder}", unreliable),
-            (self.mislisted, (f"image(s) have a {self.json_path.name} entry listing other sources than their "
-                              "source mask shows"), unreliable),
+            (
+                self.mislisted,
+                (f"image(s) have a {self.json_path.name} entry listing other sources than their source mask shows"),
+                unreliable,
+            ),
             (self.unlisted, f"image(s) have no entry in {self.json_path}", unreliable),
             (self.stray_masks, f"source mask(s) in {self.folder} have no image in the anomaly split", ignored),
             (self.stray_entries, f"entries of {self.json_path} name no image of the anomaly split", ignored),
@@ -789,7 +828,8 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
             counts = np.bincount(mask.ravel(), minlength=256)
             histogram += counts
             if num_classes is not None and (
-                    bad := label_range_problem(mask_path, counts, num_classes - 1, f"{num_classes} classes")):
+                bad := label_range_problem(mask_path, counts, num_classes - 1, f"{num_classes} classes")
+            ):
                 report.problems.append(bad)
         if num_classes is not None:
             report.class_pixels[split] = [int(n) for n in histogram[:num_classes]]
@@ -820,8 +860,9 @@ def check_dataset(root: str | Path, splits=("train", "val"), check_anomaly: bool
                 report.problems.append(bad)
         sources.finish(report)
         report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
-        note = undefined_anomaly_note(report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"],
-                                      "the anomaly split")
+        note = undefined_anomaly_note(
+            report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"], "the anomaly split"
+        )
         if histogram.sum() > 0 and note:
             report.notes.append(note)
 

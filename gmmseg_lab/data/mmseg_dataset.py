@@ -112,8 +112,9 @@ class GMMLabDataset(BaseSegDataset):
         """
         data_list = self._list_data()
         if not data_list:
-            raise DatasetError(f"{self.data_prefix.get('img_path', self.data_root)}: empty split, no image "
-                               f"ending in {self.img_suffix}")
+            raise DatasetError(
+                f"{self.data_prefix.get('img_path', self.data_root)}: empty split, no image ending in {self.img_suffix}"
+            )
         return data_list
 
     def prepare_data(self, idx: int):
@@ -133,8 +134,10 @@ class GMMLabDataset(BaseSegDataset):
                 data = transform(data)
             except Exception as exc:
                 if name.startswith("Load") and not isinstance(exc, (MemoryError, DatasetError)):
-                    raise DatasetError(f"{files}: failed to load ({type(exc).__name__}: {exc}); "
-                                       "`gmmseg-lab data check DIR` lists every broken file") from exc
+                    raise DatasetError(
+                        f"{files}: failed to load ({type(exc).__name__}: {exc}); "
+                        "`gmmseg-lab data check DIR` lists every broken file"
+                    ) from exc
                 exc.add_note(f"while preparing {files} (in {name})")
                 raise
             if data is None:  # as mmengine's Compose: the data set then draws another sample

@@ -144,19 +144,44 @@ class ClosedSetSpec:
 
 CLOSED_SETS: dict[str, ClosedSetSpec] = {
     "cityscapes": ClosedSetSpec(
-        "cityscapes", "CityscapesDataset", "paper",
+        "cityscapes",
+        "CityscapesDataset",
+        "paper",
         {"train": ("leftImg8bit/train", "gtFine/train"), "val": ("leftImg8bit/val", "gtFine/val")},
-        "_leftImg8bit.png", "_gtFine_labelTrainIds.png", num_classes=19, max_label=18, reduce_zero_label=False),
+        "_leftImg8bit.png",
+        "_gtFine_labelTrainIds.png",
+        num_classes=19,
+        max_label=18,
+        reduce_zero_label=False,
+    ),
     "ade20k": ClosedSetSpec(
-        "ade20k", "ADE20KDataset", "paper-ade20k",
-        {"training": ("images/training", "annotations/training"),
-         "validation": ("images/validation", "annotations/validation")},
-        ".jpg", ".png", num_classes=150, max_label=150, reduce_zero_label=True),
+        "ade20k",
+        "ADE20KDataset",
+        "paper-ade20k",
+        {
+            "training": ("images/training", "annotations/training"),
+            "validation": ("images/validation", "annotations/validation"),
+        },
+        ".jpg",
+        ".png",
+        num_classes=150,
+        max_label=150,
+        reduce_zero_label=True,
+    ),
     "coco-stuff-10k": ClosedSetSpec(
-        "coco-stuff-10k", "COCOStuffDataset", "paper-cocostuff10k",
-        {"train2014": ("images/train2014", "annotations/train2014"),
-         "test2014": ("images/test2014", "annotations/test2014")},
-        ".jpg", "_labelTrainIds.png", num_classes=171, max_label=171, reduce_zero_label=True),
+        "coco-stuff-10k",
+        "COCOStuffDataset",
+        "paper-cocostuff10k",
+        {
+            "train2014": ("images/train2014", "annotations/train2014"),
+            "test2014": ("images/test2014", "annotations/test2014"),
+        },
+        ".jpg",
+        "_labelTrainIds.png",
+        num_classes=171,
+        max_label=171,
+        reduce_zero_label=True,
+    ),
 }
 
 
@@ -174,8 +199,25 @@ def closed_set_classes(fmt: str) -> tuple[str, ...]:
 # cityscapesscripts/helpers/labels.py: label id -> train id for the 19 evaluated classes; every
 # other id (unlabeled, ego vehicle, ..., caravan, trailer, license plate) is 255.
 CITYSCAPES_LABEL_ID_TO_TRAIN_ID: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
 _LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
 
@@ -311,8 +353,10 @@ class AnomalyFrame:
             return image
         overlay = _load_overlay(self.overlay_path)
         if overlay.shape != image.shape:
-            raise DatasetError(f"{self.overlay_path}: overlay shape {overlay.shape} differs from its "
-                               f"Cityscapes image's {image.shape} ({self.image_path})")
+            raise DatasetError(
+                f"{self.overlay_path}: overlay shape {overlay.shape} differs from its "
+                f"Cityscapes image's {image.shape} ({self.image_path})"
+            )
         return np.clip(image.astype(np.int64) + overlay, 0, 255).astype(np.uint8)
 
     def load_raw_mask(self) -> np.ndarray:
@@ -370,8 +414,11 @@ class AnomalyBenchmark:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in BENCHMARK_IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in BENCHMARK_IMAGE_EXTENSIONS
+    )
 
 
 def _frames_lab(root: Path, bench: AnomalyBenchmark) -> None:
@@ -457,14 +504,18 @@ def _frames_fishyscapes_release(root: Path, bench: AnomalyBenchmark) -> None:
         fs_id, base_id = match.groups()
         image = base_images.get(base_id)
         if image is None:
-            bench.problems.append(f"{mask}: its {base_name} image {base_id}_leftImg8bit.png was not found "
-                                  f"under {root / 'leftImg8bit'} (put or link {base_name}'s leftImg8bit/ there)")
+            bench.problems.append(
+                f"{mask}: its {base_name} image {base_id}_leftImg8bit.png was not found "
+                f"under {root / 'leftImg8bit'} (put or link {base_name}'s leftImg8bit/ there)"
+            )
             continue
         overlay = None
         if bench.fmt == "fishyscapes-static":
             overlays = sorted(root.glob(f"{fs_id}_*rgb.npz"))
             if not overlays:
-                bench.problems.append(f"{mask}: no overlay {fs_id}_*rgb.npz beside it (fs_val_v3.zip holds one per image)")
+                bench.problems.append(
+                    f"{mask}: no overlay {fs_id}_*rgb.npz beside it (fs_val_v3.zip holds one per image)"
+                )
                 continue
             overlay = overlays[0]
         bench.frames.append(AnomalyFrame(f"{fs_id}_{base_id}", image, mask, bench.fmt, overlay))
@@ -483,8 +534,10 @@ def _frames_fishyscapes(root: Path, bench: AnomalyBenchmark) -> None:
         return
     folders = _prepared_folders(root)
     if folders is None:
-        bench.problems.append(f"{root}: no Fishyscapes files (expected <NNNN>_<id>_labels.png from the release, "
-                              f"or images/ + labels_masks/, or original/ + labels/)")
+        bench.problems.append(
+            f"{root}: no Fishyscapes files (expected <NNNN>_<id>_labels.png from the release, "
+            f"or images/ + labels_masks/, or original/ + labels/)"
+        )
         return
     scan = scan_pairs(*folders, f"{bench.fmt} frames")
     bench.problems += scan.problems
@@ -522,8 +575,9 @@ def read_anomaly_benchmark(root: str | Path, fmt: str = "auto", strict: bool = T
     notes: list[str] = []
     fmt = _detect_format(root, notes) if fmt == "auto" else fmt
     if fmt not in _FRAME_READERS:
-        raise DatasetError(f"{root}: {fmt!r} is not an anomaly benchmark format "
-                           f"(anomaly formats: lab, {', '.join(ANOMALY_FORMATS)})")
+        raise DatasetError(
+            f"{root}: {fmt!r} is not an anomaly benchmark format (anomaly formats: lab, {', '.join(ANOMALY_FORMATS)})"
+        )
     bench = AnomalyBenchmark(root=root, fmt=fmt, notes=notes)
     _FRAME_READERS[fmt](root, bench)
     if not bench.frames and not bench.problems:
@@ -536,6 +590,7 @@ def read_anomaly_benchmark(root: str | Path, fmt: str = "auto", strict: bool = T
 # --------------------------------------------------------------------------------------------
 # Detection
 # --------------------------------------------------------------------------------------------
+
 
 def _smiyc_track(root: Path) -> str:
     """RoadObstacle21 or RoadAnomaly21: by the folder name (``dataset_ObstacleTrack``...), else by
@@ -570,8 +625,11 @@ def _detect_here(root: Path, notes: list[str] | None = None) -> str | None:
         return "cityscapes"
     if any((root / d / s).is_dir() for d in ("images", "annotations") for s in ("training", "validation")):
         return "ade20k"
-    if any((root / d / s).is_dir() for d in ("images", "annotations") for s in ("train2014", "test2014")) \
-            or (root / "imageLists").is_dir() or any((root / "annotations").glob("*.mat")):
+    if (
+        any((root / d / s).is_dir() for d in ("images", "annotations") for s in ("train2014", "test2014"))
+        or (root / "imageLists").is_dir()
+        or any((root / "annotations").glob("*.mat"))
+    ):
         return "coco-stuff-10k"
     if (root / "frames").is_dir():
         return "road-anomaly"
@@ -584,10 +642,12 @@ def _detect_here(root: Path, notes: list[str] | None = None) -> str | None:
         if "lost" in name or "laf" in name:
             return "fishyscapes-laf"
         if notes is not None:
-            notes.append(f"{root}: prepared Fishyscapes frames (images + masks, 0 inlier / 1 anomaly / other "
-                         f"void) whose folder name says neither Lost & Found nor Static: read as "
-                         f"{_FISHYSCAPES_DEFAULT} (both sets read and score identically once prepared; pass "
-                         f"--format fishyscapes-static to name them Static in the results)")
+            notes.append(
+                f"{root}: prepared Fishyscapes frames (images + masks, 0 inlier / 1 anomaly / other "
+                f"void) whose folder name says neither Lost & Found nor Static: read as "
+                f"{_FISHYSCAPES_DEFAULT} (both sets read and score identically once prepared; pass "
+                f"--format fishyscapes-static to name them Static in the results)"
+            )
         return _FISHYSCAPES_DEFAULT
     return None
 
@@ -619,8 +679,7 @@ def _detect_format(root: Path, notes: list[str] | None) -> str:
         if inner is not None:
             hints.append(f"{child} looks like {inner}")
     hint = f"; did you mean a sub-folder? ({'; '.join(hints)})" if hints else ""
-    raise DatasetError(f"{root}: no known data set layout (formats: {', '.join(FORMATS)}; "
-                       f"see docs/datasets.md){hint}")
+    raise DatasetError(f"{root}: no known data set layout (formats: {', '.join(FORMATS)}; see docs/datasets.md){hint}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,8 +758,7 @@ def _check_lab(root: Path, splits, limit, report: RealDatasetReport) -> None:
         if anomaly and not (root / "anomaly").exists():
             report.problems.append(f"{root / 'anomaly'}: missing folder (the lab layout's anomaly split)")
     lab = check_dataset(root, splits=closed, check_anomaly=anomaly)
-    for name in ("classes", "palette", "counts", "class_pixels", "ignore_pixels", "anomaly_pixels",
-                 "image_modes"):
+    for name in ("classes", "palette", "counts", "class_pixels", "ignore_pixels", "anomaly_pixels", "image_modes"):
         setattr(report, name, getattr(lab, name))
     report.notes += lab.notes
     report.problems += lab.problems
@@ -718,10 +776,16 @@ def _closed_set_pairs(root: Path, spec: ClosedSetSpec, split: str, problems: lis
         problems.append(f"{folder}: missing folder ({spec.name} split {split!r})")
     if missing:
         return []
-    images = {str(p.relative_to(image_dir))[: -len(spec.img_suffix)]: p
-              for p in sorted(image_dir.rglob(f"*{spec.img_suffix}")) if p.is_file()}
-    labels = {str(p.relative_to(label_dir))[: -len(spec.seg_suffix)]: p
-              for p in sorted(label_dir.rglob(f"*{spec.seg_suffix}")) if p.is_file()}
+    images = {
+        str(p.relative_to(image_dir))[: -len(spec.img_suffix)]: p
+        for p in sorted(image_dir.rglob(f"*{spec.img_suffix}"))
+        if p.is_file()
+    }
+    labels = {
+        str(p.relative_to(label_dir))[: -len(spec.seg_suffix)]: p
+        for p in sorted(label_dir.rglob(f"*{spec.seg_suffix}"))
+        if p.is_file()
+    }
     pairs, needs_conversion = [], []
     for key, image in images.items():
         if key in labels:
@@ -737,7 +801,8 @@ def _closed_set_pairs(root: Path, spec: ClosedSetSpec, split: str, problems: lis
         problems.append(
             f"{label_dir}: {len(needs_conversion)} image(s) have *{_LABEL_IDS_SUFFIX} but no *{spec.seg_suffix} "
             f"(first: {needs_conversion[0]}); create the train-ID files with `gmmseg-lab data check {root} "
-            f"--make-train-ids` (official 34 -> 19 mapping) or cityscapesscripts' csCreateTrainIdLabelImgs")
+            f"--make-train-ids` (official 34 -> 19 mapping) or cityscapesscripts' csCreateTrainIdLabelImgs"
+        )
     if not images and not labels:
         problems.append(f"{image_dir}: empty split ({spec.name} split {split!r} has no *{spec.img_suffix} images)")
     return pairs
@@ -747,9 +812,11 @@ def _coco_raw_problem(root: Path) -> str | None:
     """The unconverted COCO-Stuff-10K release (``annotations/*.mat``) needs mmseg's converter."""
     mats = sorted((root / "annotations").glob("*.mat")) if (root / "annotations").is_dir() else []
     if mats and not (root / "annotations" / "train2014").is_dir():
-        return (f"{mats[0]}: the unconverted COCO-Stuff-10K release ({len(mats)} .mat files); run mmseg's "
-                f"`python tools/dataset_converters/coco_stuff10k.py {root} --nproc 8` to write "
-                f"images/{{train2014,test2014}} and annotations/{{train2014,test2014}}/*_labelTrainIds.png")
+        return (
+            f"{mats[0]}: the unconverted COCO-Stuff-10K release ({len(mats)} .mat files); run mmseg's "
+            f"`python tools/dataset_converters/coco_stuff10k.py {root} --nproc 8` to write "
+            f"images/{{train2014,test2014}} and annotations/{{train2014,test2014}}/*_labelTrainIds.png"
+        )
     return None
 
 
@@ -779,8 +846,10 @@ def _check_closed_set(root: Path, fmt: str, splits, limit, report: RealDatasetRe
         report.label_values[split] = [int(v) for v in np.flatnonzero(histogram)]
         report.ignore_pixels[split] = int(histogram[IGNORE_INDEX] + (histogram[0] if spec.reduce_zero_label else 0))
     if spec.reduce_zero_label:
-        report.notes.append(f"stored label 0 is ignored and c becomes class c - 1 (mmseg's reduce_zero_label); "
-                            f"{spec.num_classes} classes")
+        report.notes.append(
+            f"stored label 0 is ignored and c becomes class c - 1 (mmseg's reduce_zero_label); "
+            f"{spec.num_classes} classes"
+        )
     report.notes.append(f"read by mmseg's {spec.mmseg_type}; train with --preset {spec.preset}")
     note_image_modes(report)
 
@@ -808,8 +877,10 @@ def _check_frame(frame: AnomalyFrame, report: RealDatasetReport, histogram: np.n
     if image is None or raw is None:
         return
     if image.shape[:2] != raw.shape:
-        report.problems.append(f"{frame.mask_path}: mask size {raw.shape[1]}x{raw.shape[0]} differs from its "
-                               f"image's {image.shape[1]}x{image.shape[0]} ({frame.image_path.name})")
+        report.problems.append(
+            f"{frame.mask_path}: mask size {raw.shape[1]}x{raw.shape[0]} differs from its "
+            f"image's {image.shape[1]}x{image.shape[0]} ({frame.image_path.name})"
+        )
         return
     counts = np.bincount(raw.ravel(), minlength=256)
     seen |= counts > 0
@@ -832,8 +903,9 @@ def _check_anomaly(root: Path, fmt: str, limit, report: RealDatasetReport) -> No
     report.label_values["anomaly"] = [int(v) for v in np.flatnonzero(seen)]
     report.anomaly_pixels = {"inlier": int(histogram[0]), "anomaly": int(histogram[1]), "void": int(histogram[255])}
     report.notes.append(f"mask values: {_describe_values(fmt)}")
-    note = undefined_anomaly_note(report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"],
-                                  f"the {len(checked)} decoded frame(s)")
+    note = undefined_anomaly_note(
+        report.anomaly_pixels["anomaly"], report.anomaly_pixels["inlier"], f"the {len(checked)} decoded frame(s)"
+    )
     if checked and note:
         report.notes.append(note)
 
@@ -881,7 +953,9 @@ def check_real_dataset(root: str | Path, fmt: str = "auto", splits=None, limit: 
     return report
 
 
-def validate_real_dataset(root: str | Path, fmt: str = "auto", splits=None, limit: int | None = None) -> RealDatasetReport:
+def validate_real_dataset(
+    root: str | Path, fmt: str = "auto", splits=None, limit: int | None = None
+) -> RealDatasetReport:
     """:func:`check_real_dataset`, raising :class:`DatasetError` that lists every problem found."""
     report = check_real_dataset(root, fmt=fmt, splits=splits, limit=limit)
     if report.problems:

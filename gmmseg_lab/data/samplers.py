@@ -79,8 +79,10 @@ def class_presence(dataset, num_classes: int | None = None, progress: bool = Fal
         values = values[(values >= 0) & (values < num_classes)]
         presence[i, values] = True
     if broken:
-        raise DatasetError(broken + ["ClassBalancedSampler reads every training mask; "
-                                     "`gmmseg-lab data check DIR` lists every broken file"])
+        raise DatasetError(
+            broken
+            + ["ClassBalancedSampler reads every training mask; `gmmseg-lab data check DIR` lists every broken file"]
+        )
     return presence
 
 
@@ -100,15 +102,15 @@ class ClassBalancedSampler(Sampler):
         progress: show a progress bar while the annotations are read.
     """
 
-    def __init__(self, dataset: Sized, seed: int | None = None, presence: np.ndarray | None = None,
-                 progress: bool = False) -> None:
+    def __init__(
+        self, dataset: Sized, seed: int | None = None, presence: np.ndarray | None = None, progress: bool = False
+    ) -> None:
         self.rank, self.world_size = get_dist_info()
         self.dataset = dataset
         self.seed = sync_random_seed() if seed is None else int(seed)
         self.presence = class_presence(dataset, progress=progress) if presence is None else np.asarray(presence, bool)
         if self.presence.ndim != 2 or self.presence.shape[0] != len(dataset):
-            raise ValueError(f"presence must be [num_images={len(dataset)}, num_classes], "
-                             f"got {self.presence.shape}")
+            raise ValueError(f"presence must be [num_images={len(dataset)}, num_classes], got {self.presence.shape}")
         self.classes = np.flatnonzero(self.presence.any(axis=0))
         if self.classes.size == 0:
             raise ValueError("ClassBalancedSampler: no training image shows any class (every label is ignored)")

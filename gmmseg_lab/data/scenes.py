@@ -177,46 +177,189 @@ class PhotoObject:
 #: front wheel; the rocket without its launch tower) and checked by rendering the cut-outs.
 PHOTO_OBJECTS: tuple[PhotoObject, ...] = (
     PhotoObject(
-        "cat", "chelsea.png",
-        ((0.09, 0.0), (0.17, 0.0), (0.30, 0.05), (0.50, 0.06), (0.68, 0.03), (0.74, 0.0), (0.885, 0.0),
-         (0.83, 0.13), (0.80, 0.24), (0.80, 0.36), (0.795, 0.5), (0.77, 0.61), (0.71, 0.73), (0.675, 0.83),
-         (0.71, 0.91), (0.73, 1.0), (0.0, 1.0), (0.0, 0.42), (0.04, 0.3), (0.065, 0.14)),
+        "cat",
+        "chelsea.png",
+        (
+            (0.09, 0.0),
+            (0.17, 0.0),
+            (0.30, 0.05),
+            (0.50, 0.06),
+            (0.68, 0.03),
+            (0.74, 0.0),
+            (0.885, 0.0),
+            (0.83, 0.13),
+            (0.80, 0.24),
+            (0.80, 0.36),
+            (0.795, 0.5),
+            (0.77, 0.61),
+            (0.71, 0.73),
+            (0.675, 0.83),
+            (0.71, 0.91),
+            (0.73, 1.0),
+            (0.0, 1.0),
+            (0.0, 0.42),
+            (0.04, 0.3),
+            (0.065, 0.14),
+        ),
         (0.45, 0.75),
     ),
     PhotoObject(
-        "coffee cup", "coffee.png",
-        ((0.30, 0.2), (0.33, 0.1), (0.40, 0.06), (0.47, 0.05), (0.55, 0.06), (0.62, 0.09), (0.67, 0.14),
-         (0.70, 0.16), (0.70, 0.2), (0.75, 0.27), (0.795, 0.37), (0.80, 0.5), (0.79, 0.62), (0.75, 0.75),
-         (0.68, 0.86), (0.58, 0.94), (0.47, 0.97), (0.36, 0.95), (0.26, 0.89), (0.18, 0.8), (0.14, 0.68),
-         (0.13, 0.55), (0.16, 0.42), (0.21, 0.32), (0.28, 0.24)),
+        "coffee cup",
+        "coffee.png",
+        (
+            (0.30, 0.2),
+            (0.33, 0.1),
+            (0.40, 0.06),
+            (0.47, 0.05),
+            (0.55, 0.06),
+            (0.62, 0.09),
+            (0.67, 0.14),
+            (0.70, 0.16),
+            (0.70, 0.2),
+            (0.75, 0.27),
+            (0.795, 0.37),
+            (0.80, 0.5),
+            (0.79, 0.62),
+            (0.75, 0.75),
+            (0.68, 0.86),
+            (0.58, 0.94),
+            (0.47, 0.97),
+            (0.36, 0.95),
+            (0.26, 0.89),
+            (0.18, 0.8),
+            (0.14, 0.68),
+            (0.13, 0.55),
+            (0.16, 0.42),
+            (0.21, 0.32),
+            (0.28, 0.24),
+        ),
         (0.3, 0.55),
     ),
     PhotoObject(
-        "astronaut", "astronaut.png",
-        ((0.44, 0.03), (0.52, 0.035), (0.57, 0.08), (0.59, 0.14), (0.585, 0.2), (0.55, 0.24), (0.51, 0.28),
-         (0.52, 0.31), (0.56, 0.34), (0.59, 0.40), (0.60, 0.46), (0.64, 0.49), (0.68, 0.53), (0.70, 0.58),
-         (0.71, 0.66), (0.76, 0.67), (0.86, 0.69), (0.93, 0.74), (0.96, 0.82), (0.98, 0.92), (0.98, 1.0),
-         (0.04, 1.0), (0.04, 0.8), (0.05, 0.64), (0.08, 0.54), (0.13, 0.47), (0.20, 0.42), (0.23, 0.36),
-         (0.26, 0.31), (0.33, 0.28), (0.31, 0.22), (0.30, 0.15), (0.31, 0.09), (0.34, 0.055), (0.38, 0.04)),
+        "astronaut",
+        "astronaut.png",
+        (
+            (0.44, 0.03),
+            (0.52, 0.035),
+            (0.57, 0.08),
+            (0.59, 0.14),
+            (0.585, 0.2),
+            (0.55, 0.24),
+            (0.51, 0.28),
+            (0.52, 0.31),
+            (0.56, 0.34),
+            (0.59, 0.40),
+            (0.60, 0.46),
+            (0.64, 0.49),
+            (0.68, 0.53),
+            (0.70, 0.58),
+            (0.71, 0.66),
+            (0.76, 0.67),
+            (0.86, 0.69),
+            (0.93, 0.74),
+            (0.96, 0.82),
+            (0.98, 0.92),
+            (0.98, 1.0),
+            (0.04, 1.0),
+            (0.04, 0.8),
+            (0.05, 0.64),
+            (0.08, 0.54),
+            (0.13, 0.47),
+            (0.20, 0.42),
+            (0.23, 0.36),
+            (0.26, 0.31),
+            (0.33, 0.28),
+            (0.31, 0.22),
+            (0.30, 0.15),
+            (0.31, 0.09),
+            (0.34, 0.055),
+            (0.38, 0.04),
+        ),
         (0.7, 0.95),
     ),
     PhotoObject(
-        "motorcycle", "motorcycle_left.png",
-        ((0.125, 0.40), (0.15, 0.37), (0.19, 0.34), (0.21, 0.33), (0.33, 0.345), (0.47, 0.37), (0.475, 0.33),
-         (0.50, 0.31), (0.53, 0.315), (0.56, 0.335), (0.62, 0.33), (0.63, 0.26), (0.645, 0.21), (0.67, 0.17),
-         (0.69, 0.15), (0.705, 0.17), (0.735, 0.19), (0.74, 0.22), (0.77, 0.24), (0.79, 0.26), (0.78, 0.29),
-         (0.765, 0.33), (0.76, 0.37), (0.78, 0.45), (0.79, 0.52), (0.83, 0.53), (0.87, 0.56), (0.88, 0.6),
-         (0.91, 0.66), (0.925, 0.73), (0.91, 0.82), (0.88, 0.88), (0.84, 0.905), (0.79, 0.895), (0.75, 0.86),
-         (0.72, 0.8), (0.70, 0.74), (0.69, 0.68), (0.66, 0.68), (0.62, 0.72), (0.5, 0.735), (0.44, 0.745),
-         (0.39, 0.74), (0.37, 0.77), (0.33, 0.79), (0.27, 0.795), (0.215, 0.78), (0.18, 0.73), (0.17, 0.65),
-         (0.175, 0.57), (0.19, 0.5), (0.16, 0.475), (0.13, 0.47), (0.12, 0.44)),
+        "motorcycle",
+        "motorcycle_left.png",
+        (
+            (0.125, 0.40),
+            (0.15, 0.37),
+            (0.19, 0.34),
+            (0.21, 0.33),
+            (0.33, 0.345),
+            (0.47, 0.37),
+            (0.475, 0.33),
+            (0.50, 0.31),
+            (0.53, 0.315),
+            (0.56, 0.335),
+            (0.62, 0.33),
+            (0.63, 0.26),
+            (0.645, 0.21),
+            (0.67, 0.17),
+            (0.69, 0.15),
+            (0.705, 0.17),
+            (0.735, 0.19),
+            (0.74, 0.22),
+            (0.77, 0.24),
+            (0.79, 0.26),
+            (0.78, 0.29),
+            (0.765, 0.33),
+            (0.76, 0.37),
+            (0.78, 0.45),
+            (0.79, 0.52),
+            (0.83, 0.53),
+            (0.87, 0.56),
+            (0.88, 0.6),
+            (0.91, 0.66),
+            (0.925, 0.73),
+            (0.91, 0.82),
+            (0.88, 0.88),
+            (0.84, 0.905),
+            (0.79, 0.895),
+            (0.75, 0.86),
+            (0.72, 0.8),
+            (0.70, 0.74),
+            (0.69, 0.68),
+            (0.66, 0.68),
+            (0.62, 0.72),
+            (0.5, 0.735),
+            (0.44, 0.745),
+            (0.39, 0.74),
+            (0.37, 0.77),
+            (0.33, 0.79),
+            (0.27, 0.795),
+            (0.215, 0.78),
+            (0.18, 0.73),
+            (0.17, 0.65),
+            (0.175, 0.57),
+            (0.19, 0.5),
+            (0.16, 0.475),
+            (0.13, 0.47),
+            (0.12, 0.44),
+        ),
         (0.6, 0.8),
     ),
     PhotoObject(
-        "rocket", "rocket.jpg",
-        ((0.505, 0.297), (0.512, 0.305), (0.518, 0.32), (0.521, 0.34), (0.522, 0.37), (0.521, 0.41),
-         (0.519, 0.42), (0.519, 0.85), (0.521, 0.95), (0.487, 0.95), (0.489, 0.85), (0.489, 0.42),
-         (0.487, 0.41), (0.487, 0.37), (0.488, 0.34), (0.492, 0.32), (0.498, 0.305)),
+        "rocket",
+        "rocket.jpg",
+        (
+            (0.505, 0.297),
+            (0.512, 0.305),
+            (0.518, 0.32),
+            (0.521, 0.34),
+            (0.522, 0.37),
+            (0.521, 0.41),
+            (0.519, 0.42),
+            (0.519, 0.85),
+            (0.521, 0.95),
+            (0.487, 0.95),
+            (0.489, 0.85),
+            (0.489, 0.42),
+            (0.487, 0.41),
+            (0.487, 0.37),
+            (0.488, 0.34),
+            (0.492, 0.32),
+            (0.498, 0.305),
+        ),
         (1.0, 1.5),
     ),
 )
@@ -226,8 +369,10 @@ PROCEDURAL_SOURCE_ID = 1
 #: procedural objects, then one id per :data:`PHOTO_OBJECTS` entry. Ids are stable.
 ANOMALY_SOURCES: tuple[dict, ...] = (
     {"id": PROCEDURAL_SOURCE_ID, "name": "procedural", "kind": "procedural"},
-    *({"id": PROCEDURAL_SOURCE_ID + 1 + i, "name": p.name, "kind": "photo", "file": p.file}
-      for i, p in enumerate(PHOTO_OBJECTS)),
+    *(
+        {"id": PROCEDURAL_SOURCE_ID + 1 + i, "name": p.name, "kind": "photo", "file": p.file}
+        for i, p in enumerate(PHOTO_OBJECTS)
+    ),
 )
 _SOURCE_NAMES = {s["id"]: s["name"] for s in ANOMALY_SOURCES}
 
@@ -495,7 +640,10 @@ def _paint_ground(c: _Canvas) -> _Street:
     verge_l = rng.uniform(0.5, 1.1) if rng.random() < 0.4 else 0.0
     verge_r = rng.uniform(0.5, 1.1) if rng.random() < 0.4 else 0.0
     street = _Street(
-        left, right, verge_l, verge_r,
+        left,
+        right,
+        verge_l,
+        verge_r,
         wall_left=left - verge_l - rng.uniform(1.2, 2.8),
         wall_right=right + verge_r + rng.uniform(1.2, 2.8),
     )
@@ -718,8 +866,10 @@ def photo_path(file: str) -> Path:
     """
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the anomaly split's photographic objects need scikit-image "
-                                  "(pip install scikit-image): its wheel ships the photographs")
+        raise ModuleNotFoundError(
+            "the anomaly split's photographic objects need scikit-image "
+            "(pip install scikit-image): its wheel ships the photographs"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / file
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not in the installed scikit-image (its wheel ships it)")
@@ -737,8 +887,12 @@ def _cutout_image(photo: int) -> Image.Image:
     w, h = rgb.size
     xs = [x * w for x, _ in spec.outline]
     ys = [y * h for _, y in spec.outline]
-    box = (max(0, math.floor(min(xs))), max(0, math.floor(min(ys))),
-           min(w, math.ceil(max(xs))), min(h, math.ceil(max(ys))))
+    box = (
+        max(0, math.floor(min(xs))),
+        max(0, math.floor(min(ys))),
+        min(w, math.ceil(max(xs))),
+        min(h, math.ceil(max(ys))),
+    )
     cut = rgb.crop(box)
     alpha = Image.new("L", cut.size, 0)
     ImageDraw.Draw(alpha).polygon([(x - box[0], y - box[1]) for x, y in zip(xs, ys)], fill=255)
@@ -880,9 +1034,14 @@ def _paint_objects(c: _Canvas, street: _Street, anomaly: bool, index: int | None
                 break
         objects.append((z, _photo_anomaly(c, x, z, photo) if k == photo_slot else _anomaly(c, x, z)))
 
-    paint = _AnomalyPaint(np.zeros((s, s), bool), np.zeros((s, s), np.uint8), [], np.zeros((s, s), bool),
-                          np.zeros((s, s, 3), np.float32),
-                          PROCEDURAL_SOURCE_ID + 1 + photo if photo_slot >= 0 else 0)
+    paint = _AnomalyPaint(
+        np.zeros((s, s), bool),
+        np.zeros((s, s), np.uint8),
+        [],
+        np.zeros((s, s), bool),
+        np.zeros((s, s, 3), np.float32),
+        PROCEDURAL_SOURCE_ID + 1 + photo if photo_slot >= 0 else 0,
+    )
     for _, parts in sorted(objects, key=lambda item: -item[0]):
         for mask, cls, mode, colour in parts:
             if cls is None:  # an anomaly: no class, no mode; ``mode`` holds its source id
@@ -955,8 +1114,10 @@ def render_scene(rng: np.random.Generator, size: int, anomaly: bool = False, ind
         paint = _paint_objects(c, street, anomaly, index)
         # An anomaly scene must show a fair amount of anomaly, and its photo if it has one (a few
         # pixels of it at least); redraw the rare ones that do not.
-        if not anomaly or (paint.visible.sum() >= max(6, 0.004 * size * size)
-                           and (not paint.photo or (paint.source == paint.photo).sum() >= 4)):
+        if not anomaly or (
+            paint.visible.sum() >= max(6, 0.004 * size * size)
+            and (not paint.photo or (paint.source == paint.photo).sum() >= 4)
+        ):
             break
     anomaly_mask = source = names = None
     if anomaly:
@@ -973,8 +1134,9 @@ def render_scene(rng: np.random.Generator, size: int, anomaly: bool = False, ind
         present = set(np.unique(source[anomalous]).tolist())
         names = tuple(_SOURCE_NAMES[i] for i in dict.fromkeys(paint.order) if i in present)
     image = _light(c)
-    return Scene(image=image, label=c.label, mode=c.mode, anomaly_mask=anomaly_mask, anomaly_source=source,
-                 anomaly_sources=names)
+    return Scene(
+        image=image, label=c.label, mode=c.mode, anomaly_mask=anomaly_mask, anomaly_source=source, anomaly_sources=names
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1073,8 +1235,9 @@ def _write_dataset(root: Path, name: str, cfg: dict, seed: int, progress: bool, 
             f.write("\n")
 
 
-def make_dataset(out_dir, preset="quick", seed: int = 0, overwrite: bool = False, progress: bool = True,
-                 workers: int | None = None) -> Path:
+def make_dataset(
+    out_dir, preset="quick", seed: int = 0, overwrite: bool = False, progress: bool = True, workers: int | None = None
+) -> Path:
     """Generate the embedded data set into ``out_dir`` and return its path.
 
     Args:

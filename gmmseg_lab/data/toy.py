@@ -25,8 +25,14 @@ class ToyData:
     centres: torch.Tensor
 
 
-def make_toy_data(num_classes: int = 3, modes_per_class: int = 3, n_per_mode: int = 200, dim: int = 2,
-                  spread: float = 0.35, seed: int = 0) -> ToyData:
+def make_toy_data(
+    num_classes: int = 3,
+    modes_per_class: int = 3,
+    n_per_mode: int = 200,
+    dim: int = 2,
+    spread: float = 0.35,
+    seed: int = 0,
+) -> ToyData:
     """Classes whose modes sit on interleaved points of a circle of radius 3 (for ``dim=2``).
 
     Returns float32 tensors; deterministic for a seed.

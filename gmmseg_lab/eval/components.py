@@ -66,8 +66,9 @@ DEFAULT_TAUS: tuple[float, ...] = tuple(round(0.25 + 0.05 * i, 2) for i in range
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def _size_filtered_labels(binary: np.ndarray, min_size: int, counted: np.ndarray | None = None
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def _size_filtered_labels(
+    binary: np.ndarray, min_size: int, counted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """8-connected components of ``binary`` (``[H, W]`` bool) and their sizes.
 
     Args:
@@ -216,18 +217,32 @@ class AnomalyComponents(StreamingMetric):
         self.ignore_index = ignore_index
         self.connect_through_void = bool(connect_through_void)
         self.validate = validate
-        for name, dtype in (("siou_sum", torch.float64), ("ppv_sum", torch.float64),
-                            ("num_gt", torch.int64), ("num_pred", torch.int64)):
-            self.add_state(name, default=torch.zeros((), dtype=dtype, device="cpu"), dist_reduce_fx="sum",
-                           persistent=True)
+        for name, dtype in (
+            ("siou_sum", torch.float64),
+            ("ppv_sum", torch.float64),
+            ("num_gt", torch.int64),
+            ("num_pred", torch.int64),
+        ):
+            self.add_state(
+                name, default=torch.zeros((), dtype=dtype, device="cpu"), dist_reduce_fx="sum", persistent=True
+            )
         for name in ("tp", "fn", "fp"):
-            self.add_state(name, default=torch.zeros(len(taus), dtype=torch.int64, device="cpu"),
-                           dist_reduce_fx="sum", persistent=True)
+            self.add_state(
+                name,
+                default=torch.zeros(len(taus), dtype=torch.int64, device="cpu"),
+                dist_reduce_fx="sum",
+                persistent=True,
+            )
 
     def _config(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "taus": self.taus, "min_pred_size": self.min_pred_size,
-                "min_gt_size": self.min_gt_size, "ignore_index": self.ignore_index,
-                "connect_through_void": self.connect_through_void}
+        return {
+            "threshold": self.threshold,
+            "taus": self.taus,
+            "min_pred_size": self.min_pred_size,
+            "min_gt_size": self.min_gt_size,
+            "ignore_index": self.ignore_index,
+            "connect_through_void": self.connect_through_void,
+        }
 
     def _apply(self, fn: Any, exclude_state: Any = "") -> AnomalyComponents:
         # nn.Module.to / cuda / cpu all come here: the state stays on the CPU, where scipy labels the
@@ -262,16 +277,22 @@ class AnomalyComponents(StreamingMetric):
                 bad = ~((mask == 0) | anomalous | ~valid)
                 if bool(bad.any()):
                     allowed = "0 (inlier), 1 (anomaly)" + (
-                        "" if self.ignore_index is None else f" or {self.ignore_index} (void)")
+                        "" if self.ignore_index is None else f" or {self.ignore_index} (void)"
+                    )
                     raise ValueError(f"mask must hold only {allowed}, found {torch.unique(mask[bad])[:5].tolist()}")
         flagged, anomalous, valid = (t.cpu().numpy() for t in (flagged, anomalous, valid))
         if flagged.ndim == 2:
             flagged, anomalous, valid = flagged[None], anomalous[None], valid[None]
         taus = np.asarray(self.taus)
         for image in range(flagged.shape[0]):
-            siou, ppv = component_statistics(anomalous[image], flagged[image], valid[image],
-                                             min_pred_size=self.min_pred_size, min_gt_size=self.min_gt_size,
-                                             connect_through_void=self.connect_through_void)
+            siou, ppv = component_statistics(
+                anomalous[image],
+                flagged[image],
+                valid[image],
+                min_pred_size=self.min_pred_size,
+                min_gt_size=self.min_gt_size,
+                connect_through_void=self.connect_through_void,
+            )
             self.siou_sum += float(siou.sum())
             self.ppv_sum += float(ppv.sum())
             self.num_gt += siou.size

@@ -45,8 +45,7 @@ def layernorm_confidence_bound(num_classes: int, gamma: float = 1.0) -> float:
     return 1.0 / (1.0 + (c - 1) * math.exp(-gamma * c / math.sqrt(c - 1)))
 
 
-def layernorm_confidence_bound_per_class(gamma: Tensor, beta: Tensor | None = None, *, steps: int = 400
-                                         ) -> Tensor:
+def layernorm_confidence_bound_per_class(gamma: Tensor, beta: Tensor | None = None, *, steps: int = 400) -> Tensor:
     """For each class k, the largest softmax probability of class k over ``gamma * u + beta`` with
     ``sum(u) = 0`` and ``||u||^2 <= C`` (every output of a LayerNorm over C scores).
 

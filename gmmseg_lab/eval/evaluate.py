@@ -99,15 +99,15 @@ def resolve_model(model: str | Path, config: str | Path | None = None):
     """
     from mmengine.config import Config
 
-
     model = Path(model)
     if model.is_dir():
         if not (model / "config.py").is_file():
             raise FileNotFoundError(f"{model}: a work dir must hold config.py (written by `gmmseg-lab train`)")
         checkpoint = last_checkpoint(model)
         if checkpoint is None:
-            raise FileNotFoundError(f"{model}: no last_checkpoint and no intact checkpoint; train first or pass "
-                                    "a .pth file")
+            raise FileNotFoundError(
+                f"{model}: no last_checkpoint and no intact checkpoint; train first or pass a .pth file"
+            )
         return read_config(config or model / "config.py"), checkpoint
     if not model.is_file():
         raise FileNotFoundError(f"{model}: no such checkpoint file or work dir")
@@ -139,8 +139,7 @@ def _load_model(model: str | Path, config, slide: tuple[int, int] | None, device
     return segmentor, cfg, checkpoint, head, "gmm" if is_gmm_head(head) else "softmax"
 
 
-def _loader_for(cfg, data_dir: Path, img_dir: str, ann_dir: str, batch_size: int,
-                indices: list[int] | None = None):
+def _loader_for(cfg, data_dir: Path, img_dir: str, ann_dir: str, batch_size: int, indices: list[int] | None = None):
     """The config's val loader over ``data_dir/img_dir`` with ``ann_dir``; with ``indices``, only
     those positions of the data set's (sorted) image list, in that order."""
     cfg = copy.deepcopy(cfg)
@@ -222,8 +221,9 @@ def evaluate(
 
     segmentor, cfg, checkpoint, head, head_kind = _load_model(model, config, slide, device)
     if head.num_classes != len(classes):
-        raise DatasetError(f"{data_dir / 'classes.json'}: {len(classes)} classes, but the model at {model} "
-                           f"predicts {head.num_classes}")
+        raise DatasetError(
+            f"{data_dir / 'classes.json'}: {len(classes)} classes, but the model at {model} predicts {head.num_classes}"
+        )
 
     iou = SegmentationIoU(len(classes))
     calibration = CalibrationError(n_bins=n_bins)
@@ -279,17 +279,22 @@ def evaluate(
     never = [classes[c] for c in seg["absent_never_predicted"]]
     only_pred = [classes[c] for c in seg["absent_predicted"]]
     if never:
-        notes.append(f"per_class_iou of {never} is null (NaN): annotations/{split} has no pixel of them and the "
-                     "model predicts none; they are left out of miou")
+        notes.append(
+            f"per_class_iou of {never} is null (NaN): annotations/{split} has no pixel of them and the "
+            "model predicts none; they are left out of miou"
+        )
     if only_pred:
-        notes.append(f"per_class_iou of {only_pred} is 0: annotations/{split} has no pixel of them but the model "
-                     "predicts some (false positives, counted in miou as in mmseg)")
+        notes.append(
+            f"per_class_iou of {only_pred} is 0: annotations/{split} has no pixel of them but the model "
+            "predicts some (false positives, counted in miou as in mmseg)"
+        )
     result["notes"] = notes
     if bayes_calibration is not None:
         bayes = bayes_calibration.compute()
         result["bayes_posterior_calibration"] = {"ece": bayes["ece"], "mce": bayes["mce"], "bins": bayes["bins"]}
-    result["temperature_scaling"] = _temperature_results(scaled, reservoirs, fit_images, score_images, notes,
-                                                         f"images/{split}")
+    result["temperature_scaling"] = _temperature_results(
+        scaled, reservoirs, fit_images, score_images, notes, f"images/{split}"
+    )
 
     if benchmark is not None:  # a real anomaly benchmark replaces data_dir/anomaly
         result.update(_score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress, notes))
@@ -303,8 +308,19 @@ def evaluate(
                     yield r, r["gt"]
 
         where = str(data_dir / "anomaly" / "masks")
-        result.update(_score_anomaly_split(images, len(loader.dataset), head_kind, COMPONENT_RULES["lab"],
-                                           "evaluate anomaly", progress, notes, where, sources))
+        result.update(
+            _score_anomaly_split(
+                images,
+                len(loader.dataset),
+                head_kind,
+                COMPONENT_RULES["lab"],
+                "evaluate anomaly",
+                progress,
+                notes,
+                where,
+                sources,
+            )
+        )
 
     if out is not None:
         atomic_write_json(out, result)
@@ -337,8 +353,7 @@ def _anomaly_score_maps(r: dict) -> dict[str, torch.Tensor]:
     return maps
 
 
-def _update_anomaly_scores(scores: dict[str, AnomalyScores], maps: dict[str, torch.Tensor],
-                           mask: torch.Tensor) -> None:
+def _update_anomaly_scores(scores: dict[str, AnomalyScores], maps: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
     """Add one image: ``maps`` from :func:`_anomaly_score_maps`, ``mask`` ``[H, W]`` 0 inlier /
     1 anomaly / 255 void."""
     for name, metric in scores.items():
@@ -353,8 +368,9 @@ def _anomaly_results(scores: dict[str, AnomalyScores], head_kind: str) -> dict[s
     return {"anomaly": dict(by_score[primary], score=primary), "anomaly_by_score": by_score}
 
 
-def _new_component_metrics(scores: dict[str, AnomalyScores], rule: tuple[int, int, bool]
-                           ) -> dict[str, tuple[AnomalyComponents, dict[str, float]] | None]:
+def _new_component_metrics(
+    scores: dict[str, AnomalyScores], rule: tuple[int, int, bool]
+) -> dict[str, tuple[AnomalyComponents, dict[str, float]] | None]:
     """For each score, the component metric at its best-pixel-F1 threshold (SegmentMeIfYouCan's
     choice) with that pixel operating point; ``None`` where no threshold exists (no anomalous pixel)."""
     out: dict[str, tuple[AnomalyComponents, dict[str, float]] | None] = {}
@@ -363,14 +379,22 @@ def _new_component_metrics(scores: dict[str, AnomalyScores], rule: tuple[int, in
             # Already explained by the note on the undefined pixel metrics.
             warnings.simplefilter("ignore", MetricUndefinedWarning)
             best = metric.threshold_at_best_f1()
-        out[name] = None if best is None else (
-            AnomalyComponents(best["threshold"], min_pred_size=rule[0], min_gt_size=rule[1],
-                              connect_through_void=rule[2]), best)
+        out[name] = (
+            None
+            if best is None
+            else (
+                AnomalyComponents(
+                    best["threshold"], min_pred_size=rule[0], min_gt_size=rule[1], connect_through_void=rule[2]
+                ),
+                best,
+            )
+        )
     return out
 
 
-def _component_results(components: dict[str, tuple[AnomalyComponents, dict[str, float]] | None],
-                       head_kind: str) -> dict[str, Any]:
+def _component_results(
+    components: dict[str, tuple[AnomalyComponents, dict[str, float]] | None], head_kind: str
+) -> dict[str, Any]:
     """``{"anomaly_components": the primary score's, "anomaly_components_by_score": every score's}``;
     each entry is :meth:`AnomalyComponents.compute` with ``threshold_rule``, ``pixel_f1``,
     ``pixel_precision`` and ``pixel_recall`` (the pixel operating point) and ``score``."""
@@ -380,8 +404,14 @@ def _component_results(components: dict[str, tuple[AnomalyComponents, dict[str, 
             by_score[name] = None
             continue
         metric, best = entry
-        by_score[name] = dict(metric.compute(), threshold_rule="best_pixel_f1", pixel_f1=best["f1"],
-                              pixel_precision=best["precision"], pixel_recall=best["recall"], score=name)
+        by_score[name] = dict(
+            metric.compute(),
+            threshold_rule="best_pixel_f1",
+            pixel_f1=best["f1"],
+            pixel_precision=best["precision"],
+            pixel_recall=best["recall"],
+            score=name,
+        )
     primary = PRIMARY_SCORE[head_kind]
     return {"anomaly_components": by_score[primary], "anomaly_components_by_score": by_score}
 
@@ -436,11 +466,14 @@ def _score_anomaly_split(
                     entry[0].update(maps[name], mask)
     result.update(_component_results(components, head_kind))
     if result["anomaly_components"] is None:
-        notes.append(f"anomaly_components is null: {where} has no anomalous pixel, so no pixel threshold "
-                     "(best pixel F1) exists")
+        notes.append(
+            f"anomaly_components is null: {where} has no anomalous pixel, so no pixel threshold (best pixel F1) exists"
+        )
     elif result["anomaly_components"]["num_pred_components"] == 0:
-        notes.append("anomaly_components: ppv is null: no predicted component at the threshold of best pixel F1 "
-                     f"(min_pred_size={rule[0]})")
+        notes.append(
+            "anomaly_components: ppv is null: no predicted component at the threshold of best pixel F1 "
+            f"(min_pred_size={rule[0]})"
+        )
     return result
 
 
@@ -449,35 +482,52 @@ def _score_anomaly_split(
 # --------------------------------------------------------------------------------------------
 
 
-def _temperature_results(scaled: dict[str, ScaledCalibration], reservoirs: dict[str, LogitReservoir],
-                         fit_images: list[int], score_images: list[int], notes: list[str],
-                         where: str) -> dict[str, Any] | None:
+def _temperature_results(
+    scaled: dict[str, ScaledCalibration],
+    reservoirs: dict[str, LogitReservoir],
+    fit_images: list[int],
+    score_images: list[int],
+    notes: list[str],
+    where: str,
+) -> dict[str, Any] | None:
     """metrics.json's ``temperature_scaling``: per output (``logits``, ``bayes_posterior``) the
     fitted ``T`` and the calibration of the scored half before and after it; ``None`` (with a note)
     when the split has fewer than two images."""
     if not score_images:
-        notes.append(f"temperature_scaling is null: {where} has {len(fit_images)} image(s); fitting T on every "
-                     "other image and scoring the rest needs at least 2")
+        notes.append(
+            f"temperature_scaling is null: {where} has {len(fit_images)} image(s); fitting T on every "
+            "other image and scoring the rest needs at least 2"
+        )
         return None
     out: dict[str, Any] = {}
     for name, reservoir in reservoirs.items():
         if name not in scaled:
-            notes.append(f"temperature_scaling.{name} is null: the {len(fit_images)} fitting image(s) of {where} "
-                         "have no labelled pixel")
+            notes.append(
+                f"temperature_scaling.{name} is null: the {len(fit_images)} fitting image(s) of {where} "
+                "have no labelled pixel"
+            )
             out[name] = None
             continue
         s = scaled[name].compute()
         out[name] = {
             "temperature": s["temperature"],
-            "ece_before": s["ece_before"], "ece_after": s["ece_after"],
-            "mce_before": s["mce_before"], "mce_after": s["mce_after"],
-            "nll_before": s["nll_before"], "nll_after": s["nll_after"],
-            "fit_images": len(fit_images), "score_images": len(score_images),
-            "fit_pixels": len(reservoir), "fit_pixels_seen": reservoir.num_seen, "score_pixels": s["num_pixels"],
+            "ece_before": s["ece_before"],
+            "ece_after": s["ece_after"],
+            "mce_before": s["mce_before"],
+            "mce_after": s["mce_after"],
+            "nll_before": s["nll_before"],
+            "nll_after": s["nll_after"],
+            "fit_images": len(fit_images),
+            "score_images": len(score_images),
+            "fit_pixels": len(reservoir),
+            "fit_pixels_seen": reservoir.num_seen,
+            "score_pixels": s["num_pixels"],
         }
         if s["num_pixels"] == 0:
-            notes.append(f"temperature_scaling.{name}: the scored images of {where} have no labelled pixel; "
-                         "its ECE, MCE and NLL are null")
+            notes.append(
+                f"temperature_scaling.{name}: the scored images of {where} have no labelled pixel; "
+                "its ECE, MCE and NLL are null"
+            )
     return out
 
 
@@ -526,8 +576,9 @@ def _read_anomaly_sources(data_dir: Path) -> _AnomalySources | None:
             masks[image.stem] = folder / f"{image.stem}.png"
         else:
             unmasked.append(image.name)
-    return _AnomalySources(data_dir / "anomaly" / "sources.json", {s["id"]: s["name"] for s in sources}, masks,
-                           unmasked)
+    return _AnomalySources(
+        data_dir / "anomaly" / "sources.json", {s["id"]: s["name"] for s in sources}, masks, unmasked
+    )
 
 
 class _SourceScores:
@@ -538,8 +589,10 @@ class _SourceScores:
     def __init__(self, sources: _AnomalySources, head_kind: str) -> None:
         self.sources = sources
         # No value checks: the masks are built here, the scores were checked by the headline metrics.
-        self.scores = {name: _new_anomaly_scores(head_kind, key_bits=SOURCE_KEY_BITS, validate=False)
-                       for name in sources.names.values()}
+        self.scores = {
+            name: _new_anomaly_scores(head_kind, key_bits=SOURCE_KEY_BITS, validate=False)
+            for name in sources.names.values()
+        }
         self.unattributed = 0  # anomalous pixels that no source claims
         self.off_anomaly = 0  # source pixels on inlier pixels (void ones are fine: a band around)
 
@@ -553,8 +606,10 @@ class _SourceScores:
         else:
             source = torch.from_numpy(load_mask(path)).to(device=device, dtype=mask.dtype)
             if source.shape != mask.shape:  # checked up front; a file changed meanwhile
-                raise DatasetError(f"{path}: size {source.shape[1]}x{source.shape[0]} differs from its anomaly "
-                                   f"mask's {mask.shape[1]}x{mask.shape[0]}")
+                raise DatasetError(
+                    f"{path}: size {source.shape[1]}x{source.shape[0]} differs from its anomaly "
+                    f"mask's {mask.shape[1]}x{mask.shape[0]}"
+                )
         anomalous, inlier = mask == 1, mask == 0
         self.unattributed += int((anomalous & (source == 0)).sum())
         self.off_anomaly += int((inlier & (source != 0)).sum())
@@ -577,14 +632,20 @@ class _SourceScores:
         where = self.sources.path.parent / "source_masks"
         if self.sources.unmasked:
             shown = ", ".join(self.sources.unmasked[:4]) + (", ..." if len(self.sources.unmasked) > 4 else "")
-            notes.append(f"anomaly_by_source: {len(self.sources.unmasked)} image(s) have no source mask in {where} "
-                         f"({shown}); their anomalies count for no source, their inliers as negatives")
+            notes.append(
+                f"anomaly_by_source: {len(self.sources.unmasked)} image(s) have no source mask in {where} "
+                f"({shown}); their anomalies count for no source, their inliers as negatives"
+            )
         if self.unattributed:
-            notes.append(f"anomaly_by_source: {self.unattributed} anomalous pixel(s) have no source in {where} "
-                         "(source id 0); they count for no source")
+            notes.append(
+                f"anomaly_by_source: {self.unattributed} anomalous pixel(s) have no source in {where} "
+                "(source id 0); they count for no source"
+            )
         if self.off_anomaly:
-            notes.append(f"anomaly_by_source: {self.off_anomaly} pixel(s) of {where} name a source where the "
-                         "anomaly mask says inlier; they count as inliers")
+            notes.append(
+                f"anomaly_by_source: {self.off_anomaly} pixel(s) of {where} name a source where the "
+                "anomaly mask says inlier; they count as inliers"
+            )
         return out
 
 
@@ -604,8 +665,10 @@ def _checked_benchmark(bench_dir: str | Path, fmt: str = "auto"):
     """
     report = check_real_dataset(bench_dir, fmt=fmt, splits=("anomaly",))
     if report.format in CLOSED_SET_FORMATS:
-        raise DatasetError(f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
-                           f"(formats: lab, {', '.join(ANOMALY_FORMATS)})")
+        raise DatasetError(
+            f"{bench_dir}: a {report.format} data set is not an anomaly benchmark "
+            f"(formats: lab, {', '.join(ANOMALY_FORMATS)})"
+        )
     if report.problems:
         raise DatasetError(report.problems, bench_dir)
     return read_anomaly_benchmark(bench_dir, fmt)  # fmt as given: "auto" keeps the detection's notes
@@ -637,18 +700,26 @@ def _benchmark_batches(cfg, frames, batch_size: int):
     import numpy as np
     from mmengine.dataset import pseudo_collate
 
-
     transforms = _test_transforms(cfg)
     samples, masks = [], []
     for frame in frames:
         rgb = frame.load_image()
         mask = frame.load_mask()
         if mask.shape != rgb.shape[:2]:
-            raise DatasetError(f"{frame.mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
-                               f"image's {rgb.shape[1]}x{rgb.shape[0]} ({frame.image_path})")
-        sample = transforms(dict(img=np.ascontiguousarray(rgb[..., ::-1]), img_path=str(frame.image_path),
-                                 ori_shape=rgb.shape[:2], img_shape=rgb.shape[:2], seg_fields=[],
-                                 reduce_zero_label=False))
+            raise DatasetError(
+                f"{frame.mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its "
+                f"image's {rgb.shape[1]}x{rgb.shape[0]} ({frame.image_path})"
+            )
+        sample = transforms(
+            dict(
+                img=np.ascontiguousarray(rgb[..., ::-1]),
+                img_path=str(frame.image_path),
+                ori_shape=rgb.shape[:2],
+                img_shape=rgb.shape[:2],
+                seg_fields=[],
+                reduce_zero_label=False,
+            )
+        )
         if samples and (len(samples) == batch_size or sample["inputs"].shape != samples[0]["inputs"].shape):
             yield pseudo_collate(samples), masks
             samples, masks = [], []
@@ -658,13 +729,15 @@ def _benchmark_batches(cfg, frames, batch_size: int):
         yield pseudo_collate(samples), masks
 
 
-def _score_benchmark(segmentor, cfg, head_kind: str, benchmark, batch_size: int, progress: bool,
-                     notes: list[str] | None = None) -> dict[str, Any]:
+def _score_benchmark(
+    segmentor, cfg, head_kind: str, benchmark, batch_size: int, progress: bool, notes: list[str] | None = None
+) -> dict[str, Any]:
     """Anomaly metrics of ``segmentor`` on an :class:`~gmmseg_lab.data.real.AnomalyBenchmark`:
     ``{"anomaly", "anomaly_by_score", "anomaly_components", "anomaly_components_by_score",
     "anomaly_data", "anomaly_format", "anomaly_frames"}``, in two passes over its frames (as
     :func:`_score_anomaly_split`); the notes on undefined component metrics go to ``notes``.
     The component metrics use :data:`COMPONENT_RULES` of the benchmark's format."""
+
     def images() -> Iterator[tuple[dict, torch.Tensor]]:
         for batch, masks in _benchmark_batches(cfg, benchmark.frames, batch_size):
             for r, mask in zip(predict_batch(segmentor, batch), masks):
@@ -672,14 +745,23 @@ def _score_benchmark(segmentor, cfg, head_kind: str, benchmark, batch_size: int,
 
     rule = COMPONENT_RULES.get(benchmark.fmt, DEFAULT_COMPONENT_RULE)
     component_notes: list[str] = []
-    result = _score_anomaly_split(images, len(benchmark.frames), head_kind, rule, f"evaluate {benchmark.fmt}",
-                                  progress, component_notes, f"{benchmark.root} ({benchmark.fmt})")
+    result = _score_anomaly_split(
+        images,
+        len(benchmark.frames),
+        head_kind,
+        rule,
+        f"evaluate {benchmark.fmt}",
+        progress,
+        component_notes,
+        f"{benchmark.root} ({benchmark.fmt})",
+    )
     # The caller adds the note on undefined pixel metrics itself (_undefined_anomaly_notes).
     undefined = _undefined_anomaly_notes(result["anomaly"], f"{benchmark.root} ({benchmark.fmt})")
     if notes is not None:
         notes += [n for n in component_notes if n not in undefined]
-    return dict(result, anomaly_data=str(benchmark.root), anomaly_format=benchmark.fmt,
-                anomaly_frames=len(benchmark.frames))
+    return dict(
+        result, anomaly_data=str(benchmark.root), anomaly_format=benchmark.fmt, anomaly_frames=len(benchmark.frames)
+    )
 
 
 def evaluate_anomaly(
@@ -713,10 +795,14 @@ def evaluate_anomaly(
     segmentor, cfg, checkpoint, _, head_kind = _load_model(model, config, slide, device)
     component_notes: list[str] = []
     result = _score_benchmark(segmentor, cfg, head_kind, benchmark, batch_size, progress, component_notes)
-    result.update(head=head_kind, model=str(model), checkpoint=str(checkpoint),
-                  notes=benchmark.notes + _undefined_anomaly_notes(result["anomaly"],
-                                                                   f"{benchmark.root} ({benchmark.fmt})")
-                  + component_notes)
+    result.update(
+        head=head_kind,
+        model=str(model),
+        checkpoint=str(checkpoint),
+        notes=benchmark.notes
+        + _undefined_anomaly_notes(result["anomaly"], f"{benchmark.root} ({benchmark.fmt})")
+        + component_notes,
+    )
     if out is not None:
         atomic_write_json(out, result)
     return result

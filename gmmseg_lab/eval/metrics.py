@@ -83,9 +83,7 @@ def _as_tensor(value: Any, name: str) -> Tensor:
 
 def _check_same_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(
-            f"{b_name} must have the shape of {a_name} {tuple(a.shape)}, got shape {tuple(b.shape)}"
-        )
+        raise ValueError(f"{b_name} must have the shape of {a_name} {tuple(a.shape)}, got shape {tuple(b.shape)}")
 
 
 def _check_integer(value: Tensor, name: str, *, allow_bool: bool = False) -> None:
@@ -264,7 +262,7 @@ class StreamingMetric(Metric):
         # nn.Module.load_state_dict hands each module its own copy of the dict; torchmetrics would
         # take the tensors as they are (any shape, dtype or device, aliased with the caller's).
         # State names have no dot: dotted keys belong to child metrics, which check their own.
-        given = sorted(k[len(prefix):] for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):])
+        given = sorted(k[len(prefix) :] for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix) :])
         if strict and set(given) != set(self._defaults):
             raise ValueError(f"state must have the keys {sorted(self._defaults)}, got {given}")
         for name in self._defaults:
@@ -287,6 +285,7 @@ class StreamingMetric(Metric):
     def extra_repr(self) -> str:
         config = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
         return f"{config}, device={str(self.device)!r}"
+
 
 # --------------------------------------------------------------------------------------------------
 
@@ -333,19 +332,17 @@ class SegmentationIoU(StreamingMetric):
     ) -> None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if ignore_index is not None and (
-            not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes
-        ):
-            raise ValueError(
-                f"ignore_index must be None or an int outside [0, {num_classes}), got {ignore_index!r}"
-            )
+        if ignore_index is not None and (not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes):
+            raise ValueError(f"ignore_index must be None or an int outside [0, {num_classes}), got {ignore_index!r}")
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.validate = validate
         self.add_state(
-            "confusion", default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
-            dist_reduce_fx="sum", persistent=True,
+            "confusion",
+            default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            dist_reduce_fx="sum",
+            persistent=True,
         )
         self._place(device)
 
@@ -708,7 +705,9 @@ class AnomalyScores(StreamingMetric):
         self._shift = 32 - key_bits
         self._num_bins = 1 << key_bits
         self.add_state(
-            "histogram", default=torch.zeros(2, self._num_bins, dtype=torch.int64), dist_reduce_fx="sum",
+            "histogram",
+            default=torch.zeros(2, self._num_bins, dtype=torch.int64),
+            dist_reduce_fx="sum",
             persistent=True,
         )
         self._place(device)
@@ -929,9 +928,7 @@ class AnomalyScores(StreamingMetric):
             raise ValueError(f"max_points must be an int >= 2, got {max_points!r}")
         num_pos, num_neg = self._counts()
         if num_pos == 0 or num_neg == 0:
-            raise ValueError(
-                f"curves need anomalous and inlier pixels, got num_pos={num_pos}, num_neg={num_neg}"
-            )
+            raise ValueError(f"curves need anomalous and inlier pixels, got num_pos={num_pos}, num_neg={num_neg}")
         tp, fp, thresholds = self._cumulative()
         zero = tp.new_zeros(1)
         tpr = torch.cat([zero, tp / num_pos])

@@ -30,8 +30,7 @@ from torch import Tensor
 
 from .metrics import CalibrationError, StreamingMetric, _as_tensor, _check_floating, _check_integer
 
-__all__ = ["DEFAULT_CAPACITY", "LogitReservoir", "ScaledCalibration", "fit_temperature", "nll",
-           "temperature_split"]
+__all__ = ["DEFAULT_CAPACITY", "LogitReservoir", "ScaledCalibration", "fit_temperature", "nll", "temperature_split"]
 
 #: Default number of held-out pixels kept to fit ``T``: 200k pixels are a few MB for tens of classes
 #: (``capacity * (C + 3) * 4`` bytes), and the fitted ``T`` varies by well under 1% between samples.
@@ -64,8 +63,10 @@ def _checked_logits_target(logits: Any, target: Any) -> tuple[Tensor, Tensor]:
     _check_floating(logits, "logits")
     _check_integer(target, "target")
     if logits.dim() != 2 or target.dim() != 1 or logits.shape[0] != target.shape[0] or logits.shape[1] == 0:
-        raise ValueError(f"logits must have shape [N, C] (C >= 1) and target [N], got logits {tuple(logits.shape)} "
-                         f"and target {tuple(target.shape)}")
+        raise ValueError(
+            f"logits must have shape [N, C] (C >= 1) and target [N], got logits {tuple(logits.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
     return logits, target.to(device=logits.device, dtype=torch.int64)
 
 
@@ -88,8 +89,8 @@ def nll(logits: Tensor, target: Tensor, temperature: float = 1.0, *, chunk: int 
         return math.nan
     total = 0.0
     for start in range(0, target.numel(), chunk):
-        z = logits[start:start + chunk].to(torch.float64) / temperature
-        y = target[start:start + chunk]
+        z = logits[start : start + chunk].to(torch.float64) / temperature
+        y = target[start : start + chunk]
         total += float((torch.logsumexp(z, dim=1) - z.gather(1, y[:, None])[:, 0]).sum())
     return total / target.numel()
 
@@ -203,8 +204,9 @@ class LogitReservoir:
         """
         logits, target = _checked_logits_target(logits, target)
         if self.logits is not None and logits.shape[1] != self.logits.shape[1]:
-            raise ValueError(f"logits must have {self.logits.shape[1]} classes like the earlier updates, "
-                             f"got {logits.shape[1]}")
+            raise ValueError(
+                f"logits must have {self.logits.shape[1]} classes like the earlier updates, got {logits.shape[1]}"
+            )
         if self.ignore_index is not None:
             keep = target != self.ignore_index
             logits, target = logits[keep], target[keep]
@@ -264,8 +266,11 @@ class ScaledCalibration(StreamingMetric):
     higher_is_better = False  # ECE, MCE and NLL
 
     def __init__(self, temperature: float, n_bins: int = 15, ignore_index: int | None = 255, **kwargs: Any) -> None:
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-                temperature > 0 and math.isfinite(temperature)):
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (temperature > 0 and math.isfinite(temperature))
+        ):
             raise ValueError(f"temperature must be a positive finite float, got {temperature!r}")
         super().__init__(**kwargs)
         self.temperature = float(temperature)
@@ -275,8 +280,7 @@ class ScaledCalibration(StreamingMetric):
         self.after = CalibrationError(n_bins=n_bins, **kwargs)
         for name in ("nll_sum_before", "nll_sum_after"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum", persistent=True)
-        self.add_state("num_pixels", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum",
-                       persistent=True)
+        self.add_state("num_pixels", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum", persistent=True)
 
     def _config(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "n_bins": self.n_bins, "ignore_index": self.ignore_index}

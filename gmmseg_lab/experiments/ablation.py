@@ -21,8 +21,18 @@ from ..gmm import GMMClassifier
 from ..stats import flatten_metrics
 from .runs import run_many, run_name, run_one
 
-__all__ = ["VARIANTS", "Variant", "ablation_records", "check_variants", "memory_bytes", "resolve_backbone",
-           "run_variant", "train_ablation", "variant_request", "variant_run_name"]
+__all__ = [
+    "VARIANTS",
+    "Variant",
+    "ablation_records",
+    "check_variants",
+    "memory_bytes",
+    "resolve_backbone",
+    "run_variant",
+    "train_ablation",
+    "variant_request",
+    "variant_run_name",
+]
 
 
 class Variant(NamedTuple):
@@ -46,13 +56,15 @@ VARIANTS: dict[str, Variant] = {
     "momentum0.99": Variant("mean momentum 0.99", gmm_cfg={"mean_momentum": 0.99}),
     "stats": Variant("streaming statistics memory", gmm_cfg={"memory": "stats"}),
     "memory32000": Variant("the release's memory size, 32000 per component", gmm_cfg={"memory_size": 32000}),
-    "linear_projection": Variant("projection: 1x1 conv with bias (no BN, no ReLU)",
-                                 gmm_head={"projection": "linear"}),
-    "head_lr1": Variant("decode head at the encoder's learning rate (x1, not x10)",
-                        cfg_options={"optim_wrapper.paramwise_cfg.custom_keys.head.lr_mult": 1.0}),
-    "uniform_sampler": Variant("uniform image sampling (no class balancing)",
-                               cfg_options={"train_dataloader.sampler": {"type": "InfiniteSampler",
-                                                                         "shuffle": True}}),
+    "linear_projection": Variant("projection: 1x1 conv with bias (no BN, no ReLU)", gmm_head={"projection": "linear"}),
+    "head_lr1": Variant(
+        "decode head at the encoder's learning rate (x1, not x10)",
+        cfg_options={"optim_wrapper.paramwise_cfg.custom_keys.head.lr_mult": 1.0},
+    ),
+    "uniform_sampler": Variant(
+        "uniform image sampling (no class balancing)",
+        cfg_options={"train_dataloader.sampler": {"type": "InfiniteSampler", "shuffle": True}},
+    ),
     "scratch": Variant("the architecture's own backbone from scratch (no ImageNet weights)", backbone="native"),
 }
 
@@ -88,21 +100,37 @@ def variant_request(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed
     """The keyword arguments of :func:`gmmseg_lab.experiments.runs.run_one` for the GMMSeg ``variant`` of ``arch``,
     in ``runs_dir / variant_run_name(...)``."""
     v = VARIANTS[variant]
-    return dict(data_dir=Path(data_dir), run_dir=Path(runs_dir) / variant_run_name(arch, preset, seed, variant),
-                arch=arch, head="gmm", preset=preset, seed=seed, gmm_cfg=v.gmm_cfg or None,
-                gmm_head=v.gmm_head or None, backbone=resolve_backbone(arch, v.backbone),
-                cfg_options=v.cfg_options or None)
+    return dict(
+        data_dir=Path(data_dir),
+        run_dir=Path(runs_dir) / variant_run_name(arch, preset, seed, variant),
+        arch=arch,
+        head="gmm",
+        preset=preset,
+        seed=seed,
+        gmm_cfg=v.gmm_cfg or None,
+        gmm_head=v.gmm_head or None,
+        backbone=resolve_backbone(arch, v.backbone),
+        cfg_options=v.cfg_options or None,
+    )
 
 
-def run_variant(data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str,
-                progress: bool = True) -> dict:
+def run_variant(
+    data_dir: Path, runs_dir: Path, arch: str, preset: str, seed: int, variant: str, progress: bool = True
+) -> dict:
     """Train (or reuse) and evaluate the GMMSeg ``variant`` of ``arch``; returns its metrics."""
     return run_one(**variant_request(data_dir, runs_dir, arch, preset, seed, variant), progress=progress)
 
 
-def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, variants: Iterable[str],
-                   seeds: Iterable[int], preset: str, progress: bool = True,
-                   jobs: int | None = None) -> dict[tuple[str, int], dict]:
+def train_ablation(
+    work_dir: str | Path,
+    data_dir: str | Path,
+    arch: str,
+    variants: Iterable[str],
+    seeds: Iterable[int],
+    preset: str,
+    progress: bool = True,
+    jobs: int | None = None,
+) -> dict[tuple[str, int], dict]:
     """Train (or reuse) every GMMSeg variant of :data:`gmmseg_lab.experiments.ablation.VARIANTS` for every seed, the
     runs that need training ``jobs`` at a time (:func:`gmmseg_lab.experiments.runs.run_many`).
 
@@ -120,8 +148,14 @@ def train_ablation(work_dir: str | Path, data_dir: str | Path, arch: str, varian
 
 def ablation_records(arch: str, runs: dict[tuple[str, int], dict]) -> list[dict]:
     """Records grouped by (arch, variant)."""
-    return [{"group": {"arch": arch, "variant": variant, "label": VARIANTS[variant].label}, "seed": seed,
-             "metrics": flatten_metrics(r["metrics"])} for (variant, seed), r in runs.items()]
+    return [
+        {
+            "group": {"arch": arch, "variant": variant, "label": VARIANTS[variant].label},
+            "seed": seed,
+            "metrics": flatten_metrics(r["metrics"]),
+        }
+        for (variant, seed), r in runs.items()
+    ]
 
 
 def memory_bytes(run_dir: str | Path) -> int:
@@ -130,6 +164,10 @@ def memory_bytes(run_dir: str | Path) -> int:
     head = cfg.model.decode_head
     head = head[-1] if isinstance(head, (list, tuple)) else head
     gmm_cfg = dict(head.get("gmm_cfg") or {})
-    clf = GMMClassifier(int(head["num_classes"] if "num_classes" in head else head["head"]["num_classes"]),
-                        int(head.get("num_components", 5)), int(head.get("embed_dim", 64)), **gmm_cfg)
+    clf = GMMClassifier(
+        int(head["num_classes"] if "num_classes" in head else head["head"]["num_classes"]),
+        int(head.get("num_components", 5)),
+        int(head.get("embed_dim", 64)),
+        **gmm_cfg,
+    )
     return clf.memory_nbytes()

@@ -17,12 +17,27 @@ from ..io_utils import atomic_write_json
 from ..stats import TABLE_COLUMNS, flatten_metrics, metric_value, seed_stats
 from .runs import ensure_dataset, run_dir_of, run_many
 
-__all__ = ["aggregate_over_seeds", "by_model", "format_table", "run_comparison", "run_demo", "train_twins",
-           "twin_records", "twin_summary"]
+__all__ = [
+    "aggregate_over_seeds",
+    "by_model",
+    "format_table",
+    "run_comparison",
+    "run_demo",
+    "train_twins",
+    "twin_records",
+    "twin_summary",
+]
 
 
-def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str], seeds: Iterable[int],
-                preset: str, progress: bool = True, jobs: int | None = None) -> dict[tuple[str, str, int], dict]:
+def train_twins(
+    work_dir: str | Path,
+    data_dir: str | Path,
+    archs: Iterable[str],
+    seeds: Iterable[int],
+    preset: str,
+    progress: bool = True,
+    jobs: int | None = None,
+) -> dict[tuple[str, str, int], dict]:
     """Train (or reuse) GMMSeg and its softmax twin for every architecture and seed.
 
     ``archs``: architecture names, each optionally ``@backbone`` (``"deeplabv3plus@resnet"``: its own
@@ -39,14 +54,28 @@ def train_twins(work_dir: str | Path, data_dir: str | Path, archs: Iterable[str]
         for seed in seeds:
             for head in HEADS:
                 keys.append((spec, head, seed))
-                requests.append(dict(data_dir=Path(data_dir), run_dir=run_dir_of(work_dir, spec, head, preset, seed),
-                                     arch=arch, head=head, preset=preset, seed=seed, backbone=backbone))
+                requests.append(
+                    dict(
+                        data_dir=Path(data_dir),
+                        run_dir=run_dir_of(work_dir, spec, head, preset, seed),
+                        arch=arch,
+                        head=head,
+                        preset=preset,
+                        seed=seed,
+                        backbone=backbone,
+                    )
+                )
     metrics = run_many(requests, jobs=jobs, progress=progress)
     return {key: {"run_dir": r["run_dir"], "metrics": m} for key, r, m in zip(keys, requests, metrics)}
 
 
-def by_model(runs: Mapping[tuple[str, str, int], Any], archs: Iterable[str], seeds: Iterable[int] | int,
-             key: str | Callable[[Any], Any] | None = "metrics", heads: Iterable[str] = HEADS) -> dict[str, Any]:
+def by_model(
+    runs: Mapping[tuple[str, str, int], Any],
+    archs: Iterable[str],
+    seeds: Iterable[int] | int,
+    key: str | Callable[[Any], Any] | None = "metrics",
+    heads: Iterable[str] = HEADS,
+) -> dict[str, Any]:
     """One entry per model, ``"<arch> <head>"``, in the order of ``archs`` then ``heads``: what the
     figures and tables of the notebooks take.
 
@@ -61,6 +90,7 @@ def by_model(runs: Mapping[tuple[str, str, int], Any], archs: Iterable[str], see
     ``by_model(runs, ["segformer"], [0, 1])`` is ``{"segformer gmm": [metrics seed 0, metrics seed 1],
     "segformer softmax": [...]}``; a run missing from ``runs`` raises ``KeyError`` naming it.
     """
+
     def pick(arch: str, head: str, seed: int) -> Any:
         if (arch, head, seed) not in runs:
             raise KeyError(f"no run ({arch!r}, {head!r}, {seed}) in runs (has {sorted(runs)})")
@@ -76,8 +106,10 @@ def by_model(runs: Mapping[tuple[str, str, int], Any], archs: Iterable[str], see
 
 def twin_records(runs: dict[tuple[str, str, int], dict]) -> list[dict]:
     """Records for :func:`gmmseg_lab.report.record_runs`, grouped by (arch, head)."""
-    return [{"group": {"arch": arch, "head": head}, "seed": seed, "metrics": flatten_metrics(r["metrics"])}
-            for (arch, head, seed), r in runs.items()]
+    return [
+        {"group": {"arch": arch, "head": head}, "seed": seed, "metrics": flatten_metrics(r["metrics"])}
+        for (arch, head, seed), r in runs.items()
+    ]
 
 
 def twin_summary(runs: dict[tuple[str, str, int], dict]) -> dict:
@@ -107,8 +139,7 @@ def aggregate_over_seeds(metrics: dict[str, dict[str, list[dict]]]) -> dict:
 def format_table(summary: dict) -> str:
     """A Markdown table of mean ± std over seeds, one row per (architecture, head)."""
     seeds = summary["seeds"]
-    header = "| model | head | " + " | ".join(
-        f"{label} {'↑' if up else '↓'}" for label, _, up in TABLE_COLUMNS) + " |"
+    header = "| model | head | " + " | ".join(f"{label} {'↑' if up else '↓'}" for label, _, up in TABLE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
     for arch, by_head in summary["aggregate"].items():
         for head, cols in by_head.items():
@@ -123,14 +154,22 @@ def format_table(summary: dict) -> str:
             lines.append(f"| {arch} | {head} | " + " | ".join(cells) + " |")
     seeds_text = ", ".join(str(s) for s in seeds)
     lines.append("")
-    lines.append(f"preset `{summary['preset']}`, seeds {seeds_text}"
-                 + (" (mean ± sample std over seeds)" if len(seeds) > 1 else " (one seed: no spread)")
-                 + "; anomaly scores: GMMSeg −max_c log p(x|c), softmax 1 − max p(c|x).")
+    lines.append(
+        f"preset `{summary['preset']}`, seeds {seeds_text}"
+        + (" (mean ± sample std over seeds)" if len(seeds) > 1 else " (one seed: no spread)")
+        + "; anomaly scores: GMMSeg −max_c log p(x|c), softmax 1 − max p(c|x)."
+    )
     return "\n".join(lines)
 
 
-def run_comparison(data_dir: Path, work_dir: Path, archs: Iterable[str] = ("segformer",), seeds: Iterable[int] = (0,),
-                   preset: str = "quick", progress: bool = True) -> dict:
+def run_comparison(
+    data_dir: Path,
+    work_dir: Path,
+    archs: Iterable[str] = ("segformer",),
+    seeds: Iterable[int] = (0,),
+    preset: str = "quick",
+    progress: bool = True,
+) -> dict:
     """Train (or reuse) both twins for every architecture and seed, and write ``work_dir/runs/summary.json``.
 
     Returns:
@@ -142,14 +181,20 @@ def run_comparison(data_dir: Path, work_dir: Path, archs: Iterable[str] = ("segf
     by: dict[str, dict[str, list[dict]]] = {}
     for (arch, head, _seed), r in runs.items():
         by.setdefault(arch, {}).setdefault(head, []).append(r["metrics"])
-    summary = {"preset": preset, "seeds": seeds, "data": str(data_dir),
-               "runs": {r["run_dir"].name: r["metrics"] for r in runs.values()}, "aggregate": aggregate_over_seeds(by)}
+    summary = {
+        "preset": preset,
+        "seeds": seeds,
+        "data": str(data_dir),
+        "runs": {r["run_dir"].name: r["metrics"] for r in runs.values()},
+        "aggregate": aggregate_over_seeds(by),
+    }
     atomic_write_json(Path(work_dir) / "runs" / "summary.json", summary)
     return summary
 
 
-def run_demo(out: str | Path = "runs/demo", arch: str = "segformer", preset: str = "demo",
-             seeds: Iterable[int] = (0, 1)) -> dict:
+def run_demo(
+    out: str | Path = "runs/demo", arch: str = "segformer", preset: str = "demo", seeds: Iterable[int] = (0, 1)
+) -> dict:
     """``gmmseg-lab demo``: make the data, train both twins for each seed, evaluate them and print the
     comparison table (``make demo`` builds the demo report instead, with every notebook's views)."""
     out = Path(out)
@@ -159,6 +204,8 @@ def run_demo(out: str | Path = "runs/demo", arch: str = "segformer", preset: str
     print(format_table(summary))
     print(f"\nmetrics of every run: {out / 'runs' / 'summary.json'}")
     if preset == "quick":
-        print("The quick preset is a smoke run (tens of iterations from random weights): its numbers show the\n"
-              "pipeline works, not how the heads compare. The README's table comes from the cpu preset, 3 seeds.")
+        print(
+            "The quick preset is a smoke run (tens of iterations from random weights): its numbers show the\n"
+            "pipeline works, not how the heads compare. The README's table comes from the cpu preset, 3 seeds."
+        )
     return summary

@@ -25,8 +25,14 @@ from ..models.inference import decode_head_of, predict_batch
 
 CACHE_VERSION = 2
 #: The code whose output the predictions cache holds: a change in it recomputes the cache.
-_INFERENCE_CODE = ("experiments/predictions.py", "models", "gmm", "checkpoints.py", "data/layout.py",
-                   "eval/evaluate.py")
+_INFERENCE_CODE = (
+    "experiments/predictions.py",
+    "models",
+    "gmm",
+    "checkpoints.py",
+    "data/layout.py",
+    "eval/evaluate.py",
+)
 
 
 def _inference_code_digest() -> str:
@@ -101,8 +107,11 @@ class Predictions:
         c, m, d = self.means.shape
         x = torch.from_numpy(self.embeddings[index]).double()  # [D, h, w]
         h, w = x.shape[1:]
-        flat = diag_gaussian_log_prob(x.reshape(d, h * w).T, torch.from_numpy(self.means).double().reshape(c * m, d),
-                                      torch.from_numpy(self.stds).double().reshape(c * m, d))  # [h*w, C*M]
+        flat = diag_gaussian_log_prob(
+            x.reshape(d, h * w).T,
+            torch.from_numpy(self.means).double().reshape(c * m, d),
+            torch.from_numpy(self.stds).double().reshape(c * m, d),
+        )  # [h*w, C*M]
         return flat.T.reshape(c, m, h, w).numpy() + self.log_weights.astype(np.float64)[..., None, None]
 
 
@@ -117,8 +126,14 @@ def _checkpoint_of(run_dir: Path) -> str:
     return str(checkpoint)
 
 
-def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_images: int = 8,
-                        device: str | None = None, use_cache: bool = True) -> Predictions:
+def collect_predictions(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    split: str = "val",
+    max_images: int = 8,
+    device: str | None = None,
+    use_cache: bool = True,
+) -> Predictions:
     """Run a trained model on the first ``max_images`` images of ``split`` (``val``, ``train``, ``anomaly``).
 
     The arrays are cached in ``run_dir/analysis/`` (atomically) and reused while the run's checkpoint,
@@ -151,8 +166,20 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
     gmm = is_gmm_head(head)
     loader = _loader_for(cfg, data_dir, img_dir, ann_dir, batch_size=min(4, max_images))
 
-    out: dict[str, list] = {k: [] for k in ("names", "images", "gt", "pred", "probs", "anomaly_score",
-                                            "class_log_likelihood", "embeddings", "gt_small")}
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "names",
+            "images",
+            "gt",
+            "pred",
+            "probs",
+            "anomaly_score",
+            "class_log_likelihood",
+            "embeddings",
+            "gt_small",
+        )
+    }
     for batch in loader:
         for r in predict_batch(model, batch):
             if len(out["names"]) >= max_images:
@@ -171,8 +198,9 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
                 if "embeddings" in r:  # whole-image inference only
                     emb = r["embeddings"].float().cpu()
                     out["embeddings"].append(emb.numpy())
-                    small = torch.nn.functional.interpolate(gt[None, None].float(), size=emb.shape[-2:],
-                                                            mode="nearest")[0, 0].long()
+                    small = torch.nn.functional.interpolate(
+                        gt[None, None].float(), size=emb.shape[-2:], mode="nearest"
+                    )[0, 0].long()
                     out["gt_small"].append(small.numpy())
             else:
                 out["anomaly_score"].append((1.0 - probs.amax(0)).numpy())
@@ -182,10 +210,17 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
         raise ValueError(f"{data_dir / img_dir}: no images to predict")
 
     preds = Predictions(
-        names=out["names"], images=np.stack(out["images"]), gt=np.stack(out["gt"]), pred=np.stack(out["pred"]),
-        probs=np.stack(out["probs"]), anomaly_score=np.stack(out["anomaly_score"]).astype(np.float32),
-        classes=list(classes), palette=np.asarray(palette, dtype=np.uint8), head="gmm" if gmm else "softmax",
-        split=split, run_dir=str(run_dir),
+        names=out["names"],
+        images=np.stack(out["images"]),
+        gt=np.stack(out["gt"]),
+        pred=np.stack(out["pred"]),
+        probs=np.stack(out["probs"]),
+        anomaly_score=np.stack(out["anomaly_score"]).astype(np.float32),
+        classes=list(classes),
+        palette=np.asarray(palette, dtype=np.uint8),
+        head="gmm" if gmm else "softmax",
+        split=split,
+        run_dir=str(run_dir),
     )
     if gmm:
         preds.class_log_likelihood = np.stack(out["class_log_likelihood"]).astype(np.float32)
@@ -200,11 +235,18 @@ def collect_predictions(run_dir: str | Path, data_dir: str | Path, split: str = 
 
 
 def _save_cache(path: Path, preds: Predictions, checkpoint: str, data_dir: Path) -> None:
-    arrays = {f.name: getattr(preds, f.name) for f in fields(preds)
-              if isinstance(getattr(preds, f.name), np.ndarray)}
-    meta = dict(version=CACHE_VERSION, checkpoint=checkpoint, data=str(data_dir.resolve()),
-                code=_inference_code_digest(), names=preds.names, classes=preds.classes, head=preds.head,
-                split=preds.split, run_dir=preds.run_dir)
+    arrays = {f.name: getattr(preds, f.name) for f in fields(preds) if isinstance(getattr(preds, f.name), np.ndarray)}
+    meta = dict(
+        version=CACHE_VERSION,
+        checkpoint=checkpoint,
+        data=str(data_dir.resolve()),
+        code=_inference_code_digest(),
+        names=preds.names,
+        classes=preds.classes,
+        head=preds.head,
+        split=preds.split,
+        run_dir=preds.run_dir,
+    )
     with atomic_open(path, "wb") as fh:
         np.savez_compressed(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
 
@@ -217,12 +259,22 @@ def _load_cache(path: Path, checkpoint: str, data_dir: Path) -> Predictions | No
     try:
         with np.load(path) as npz:
             meta = json.loads(bytes(npz["__meta__"]).decode())
-            if (meta.get("version") != CACHE_VERSION or meta.get("checkpoint") != checkpoint
-                    or meta.get("data") != str(data_dir.resolve()) or meta.get("code") != _inference_code_digest()):
+            if (
+                meta.get("version") != CACHE_VERSION
+                or meta.get("checkpoint") != checkpoint
+                or meta.get("data") != str(data_dir.resolve())
+                or meta.get("code") != _inference_code_digest()
+            ):
                 return None
             arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
-        return Predictions(names=meta["names"], classes=meta["classes"], head=meta["head"], split=meta["split"],
-                           run_dir=meta["run_dir"], **arrays)
+        return Predictions(
+            names=meta["names"],
+            classes=meta["classes"],
+            head=meta["head"],
+            split=meta["split"],
+            run_dir=meta["run_dir"],
+            **arrays,
+        )
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
 
@@ -255,12 +307,14 @@ def learning_curves(run_dir: str | Path) -> dict[str, dict[str, list[float]]]:
     curves: dict[str, dict[str, list[float]]] = {}
     for kind, by_step in rows.items():
         steps = sorted(by_step)
-        keys = sorted({k for r in by_step.values() for k in r} - {"step", "iter", "epoch", "time", "data_time",
-                                                                   "memory", "eta"})
+        keys = sorted(
+            {k for r in by_step.values() for k in r} - {"step", "iter", "epoch", "time", "data_time", "memory", "eta"}
+        )
         curves[kind] = {"step": [float(s) for s in steps]}
         for key in keys:
-            curves[kind][key] = [float(by_step[s][key]) if isinstance(by_step[s].get(key), (int, float))
-                                 else float("nan") for s in steps]
+            curves[kind][key] = [
+                float(by_step[s][key]) if isinstance(by_step[s].get(key), (int, float)) else float("nan") for s in steps
+            ]
     return curves
 
 

@@ -31,9 +31,23 @@ from ..io_utils import atomic_write_json, source_digest, usable_cpus
 from ..models import build_config
 from ..train import train
 
-__all__ = ["EVAL_CODE", "RUN_RECORD", "RUNS_USED_ENV", "TRAIN_CODE", "code_digest", "config_digest",
-           "ensure_dataset", "ensure_run", "note_run_used", "run_dir_of", "run_is_current", "run_many", "run_name",
-           "run_one", "runs_unchanged"]
+__all__ = [
+    "EVAL_CODE",
+    "RUN_RECORD",
+    "RUNS_USED_ENV",
+    "TRAIN_CODE",
+    "code_digest",
+    "config_digest",
+    "ensure_dataset",
+    "ensure_run",
+    "note_run_used",
+    "run_dir_of",
+    "run_is_current",
+    "run_many",
+    "run_name",
+    "run_one",
+    "runs_unchanged",
+]
 
 
 #: Written in a run folder before training: what the run is (its settings and a digest of its config).
@@ -55,6 +69,7 @@ def code_digest(parts: tuple[str, ...]) -> str:
     """SHA-256 of the package's source files under ``parts`` (see :data:`TRAIN_CODE`, :data:`EVAL_CODE`)."""
     return source_digest(_PACKAGE_DIR, parts)
 
+
 def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
     """SHA-256 of a built mmengine config with its data and run folders replaced by placeholders.
 
@@ -67,8 +82,9 @@ def config_digest(cfg, data_dir: Path, run_dir: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_name(arch: str, head: str, preset: str, seed: int, variant: str = "default",
-             backbone: str | None = None) -> str:
+def run_name(
+    arch: str, head: str, preset: str, seed: int, variant: str = "default", backbone: str | None = None
+) -> str:
     """Folder name of one training run: ``<arch>_<head>_<preset>_s<seed>``, then ``_<backbone>`` when a
     backbone other than the preset's default is asked for, and ``_<variant>`` for a GMM variant."""
     base = f"{arch}_{head}_{preset}_s{seed}"
@@ -99,17 +115,33 @@ def ensure_dataset(data_dir: Path, preset: str, seed: int = 0) -> Path:
         if info.get("preset") == preset and info.get("seed") == seed:
             if str(info.get("version")) == GENERATOR_VERSION:
                 return data_dir
-            print(f"{data_dir}: made by generator version {info.get('version')}, not {GENERATOR_VERSION}; "
-                  "making it again", flush=True)
+            print(
+                f"{data_dir}: made by generator version {info.get('version')}, not {GENERATOR_VERSION}; "
+                "making it again",
+                flush=True,
+            )
             return make_dataset(data_dir, preset=preset, seed=seed, overwrite=True, progress=True)
-        raise FileExistsError(f"{data_dir} holds a data set made with preset {info.get('preset')!r} "
-                              f"seed {info.get('seed')}, not {preset!r} seed {seed}; choose another --out")
+        raise FileExistsError(
+            f"{data_dir} holds a data set made with preset {info.get('preset')!r} "
+            f"seed {info.get('seed')}, not {preset!r} seed {seed}; choose another --out"
+        )
     return make_dataset(data_dir, preset=preset, seed=seed, progress=True)
 
 
-def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
-            gmm_cfg: dict | None = None, progress: bool = True, gmm_head: dict | None = None, *,
-            backbone: str | None = None, cfg_options: dict | None = None) -> dict:
+def run_one(
+    data_dir: Path,
+    run_dir: Path,
+    arch: str,
+    head: str,
+    preset: str,
+    seed: int,
+    gmm_cfg: dict | None = None,
+    progress: bool = True,
+    gmm_head: dict | None = None,
+    *,
+    backbone: str | None = None,
+    cfg_options: dict | None = None,
+) -> dict:
     """Train (or resume) one model and evaluate it; ``run_dir/metrics.json`` marks it done.
 
     ``backbone``, ``gmm_cfg``, ``gmm_head`` and ``cfg_options`` are passed to
@@ -123,11 +155,30 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
         the run's ``metrics.json`` as a dict.
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
-    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
-                       gmm_head=gmm_head, backbone=backbone, cfg_options=cfg_options)
-    record = {"arch": arch, "head": head, "preset": preset, "seed": seed, "backbone": backbone,
-              "gmm_cfg": gmm_cfg, "gmm_head": gmm_head, "cfg_options": cfg_options,
-              "config_sha256": config_digest(cfg, data_dir, run_dir), "train_code_sha256": code_digest(TRAIN_CODE)}
+    cfg = build_config(
+        arch,
+        head,
+        preset,
+        data_root=data_dir,
+        work_dir=run_dir,
+        seed=seed,
+        gmm_cfg=gmm_cfg,
+        gmm_head=gmm_head,
+        backbone=backbone,
+        cfg_options=cfg_options,
+    )
+    record = {
+        "arch": arch,
+        "head": head,
+        "preset": preset,
+        "seed": seed,
+        "backbone": backbone,
+        "gmm_cfg": gmm_cfg,
+        "gmm_head": gmm_head,
+        "cfg_options": cfg_options,
+        "config_sha256": config_digest(cfg, data_dir, run_dir),
+        "train_code_sha256": code_digest(TRAIN_CODE),
+    }
     eval_code = code_digest(EVAL_CODE)
     metrics_file = run_dir / "metrics.json"
     with _run_lock(run_dir):  # two notebooks (or processes) never train the same run at once
@@ -145,8 +196,9 @@ def run_one(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, se
     return metrics
 
 
-def ensure_run(work_dir: str | Path, data_dir: str | Path, arch: str, head: str, preset: str, seed: int,
-               progress: bool = True) -> Path:
+def ensure_run(
+    work_dir: str | Path, data_dir: str | Path, arch: str, head: str, preset: str, seed: int, progress: bool = True
+) -> Path:
     """Train (or reuse) one run of :func:`train_twins` and return its folder; ``arch`` may name a
     backbone as ``arch@backbone``."""
     name, backbone = parse_model_spec(arch)
@@ -155,19 +207,42 @@ def ensure_run(work_dir: str | Path, data_dir: str | Path, arch: str, head: str,
     return run_dir
 
 
-def run_is_current(data_dir: Path, run_dir: Path, arch: str, head: str, preset: str, seed: int,
-                   gmm_cfg: dict | None = None, gmm_head: dict | None = None, *, backbone: str | None = None,
-                   cfg_options: dict | None = None, **_ignored) -> bool:
+def run_is_current(
+    data_dir: Path,
+    run_dir: Path,
+    arch: str,
+    head: str,
+    preset: str,
+    seed: int,
+    gmm_cfg: dict | None = None,
+    gmm_head: dict | None = None,
+    *,
+    backbone: str | None = None,
+    cfg_options: dict | None = None,
+    **_ignored,
+) -> bool:
     """Whether :func:`run_one` with these arguments would only read ``run_dir/metrics.json`` (the run is
     trained and evaluated by the current code and config)."""
     if not (Path(run_dir) / "metrics.json").is_file():
         return False
-    cfg = build_config(arch, head, preset, data_root=data_dir, work_dir=run_dir, seed=seed, gmm_cfg=gmm_cfg,
-                       gmm_head=gmm_head, backbone=backbone, cfg_options=cfg_options)
+    cfg = build_config(
+        arch,
+        head,
+        preset,
+        data_root=data_dir,
+        work_dir=run_dir,
+        seed=seed,
+        gmm_cfg=gmm_cfg,
+        gmm_head=gmm_head,
+        backbone=backbone,
+        cfg_options=cfg_options,
+    )
     old = _read_record(Path(run_dir))
-    return (old.get("config_sha256") == config_digest(cfg, Path(data_dir), Path(run_dir))
-            and old.get("train_code_sha256") == code_digest(TRAIN_CODE)
-            and old.get("eval_code_sha256") == code_digest(EVAL_CODE))
+    return (
+        old.get("config_sha256") == config_digest(cfg, Path(data_dir), Path(run_dir))
+        and old.get("train_code_sha256") == code_digest(TRAIN_CODE)
+        and old.get("eval_code_sha256") == code_digest(EVAL_CODE)
+    )
 
 
 def _init_worker(threads: int) -> None:
@@ -207,10 +282,17 @@ def run_many(requests: list[dict], jobs: int | None = None, progress: bool = Tru
 
         per_worker = max(1, threads // jobs)
         context = multiprocessing.get_context("spawn")  # no fork of a notebook kernel's threads
-        with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                                         initargs=(per_worker,)) as pool, \
-                tqdm(total=len(pending), desc=f"training {len(pending)} runs, {jobs} at a time", unit="run",
-                     disable=not progress) as bar:
+        with (
+            futures.ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_init_worker, initargs=(per_worker,)
+            ) as pool,
+            tqdm(
+                total=len(pending),
+                desc=f"training {len(pending)} runs, {jobs} at a time",
+                unit="run",
+                disable=not progress,
+            ) as bar,
+        ):
             todo = {pool.submit(_run_one_quietly, requests[i]): i for i in pending}
             for done in futures.as_completed(todo):
                 i = todo[done]
@@ -238,8 +320,13 @@ def _discard_if_other_config(run_dir: Path, record: dict) -> None:
     old = _read_record(run_dir)
     same = all(old.get(key) == record[key] for key in ("config_sha256", "train_code_sha256"))
     if not same and any(run_dir.iterdir()):
-        why = "another config" if old.get("config_sha256") not in (None, record["config_sha256"]) else \
-            "other training code" if old else "an unknown config (no run record)"
+        why = (
+            "another config"
+            if old.get("config_sha256") not in (None, record["config_sha256"])
+            else "other training code"
+            if old
+            else "an unknown config (no run record)"
+        )
         print(f"{run_dir}: trained from {why}; discarding it and training again", flush=True)
         shutil.rmtree(run_dir)
 
@@ -268,8 +355,9 @@ def note_run_used(run_dir: Path) -> None:
     target = os.environ.get(RUNS_USED_ENV)
     if not target:
         return
-    line = json.dumps({"run_dir": str(Path(run_dir).resolve()),
-                       "metrics_sha256": _file_sha256(Path(run_dir) / "metrics.json")})
+    line = json.dumps(
+        {"run_dir": str(Path(run_dir).resolve()), "metrics_sha256": _file_sha256(Path(run_dir) / "metrics.json")}
+    )
     with open(target, "a", encoding="utf-8") as fh:  # one short line per run: appended whole
         fh.write(line + "\n")
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,13 +22,26 @@ from ..gmm import GMMClassifier, diag_gaussian_log_prob, fit_gmm
 from ..gmm.fit import E_STEPS, FitSnapshots, e_step_responsibilities
 from ..gmm.open_set import background_log_density, gmm_open_set_confidence
 
-__all__ = ["FitSnapshots", "fit_iterations", "fit_softmax_classifier", "fit_toy_classifier", "main",
-           "toy_far_confidence"]
+__all__ = [
+    "FitSnapshots",
+    "fit_iterations",
+    "fit_softmax_classifier",
+    "fit_toy_classifier",
+    "main",
+    "toy_far_confidence",
+]
 
 
-def fit_toy_classifier(data: ToyData, num_components: int = 3, e_step: str = "sinkhorn", steps: int = 60,
-                       batch_size: int = 256, mean_momentum: float = 0.8, seed: int = 0,
-                       progress: bool = False) -> tuple[GMMClassifier, list[float]]:
+def fit_toy_classifier(
+    data: ToyData,
+    num_components: int = 3,
+    e_step: str = "sinkhorn",
+    steps: int = 60,
+    batch_size: int = 256,
+    mean_momentum: float = 0.8,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[GMMClassifier, list[float]]:
     """Fit a :class:`GMMClassifier` online on mini-batches of the toy data.
 
     Means are not normalised (the toy data is not on a sphere), and the random start is spread over
@@ -41,10 +55,19 @@ def fit_toy_classifier(data: ToyData, num_components: int = 3, e_step: str = "si
     num_classes = int(data.labels.max()) + 1
     dim = data.x.shape[1]
     torch.manual_seed(seed)
-    clf = GMMClassifier(num_classes, num_components=num_components, embed_dim=dim, e_step=e_step,
-                        normalize_means=False, mean_momentum=mean_momentum, update_interval=1,
-                        memory_size=2000, samples_per_component=None, var_floor=0.01,
-                        init_std=float(data.x.std()))
+    clf = GMMClassifier(
+        num_classes,
+        num_components=num_components,
+        embed_dim=dim,
+        e_step=e_step,
+        normalize_means=False,
+        mean_momentum=mean_momentum,
+        update_interval=1,
+        memory_size=2000,
+        samples_per_component=None,
+        var_floor=0.01,
+        init_std=float(data.x.std()),
+    )
     g = torch.Generator().manual_seed(seed)
     history = []
     for _ in tqdm(range(steps), desc=f"EM ({e_step})", disable=not progress):
@@ -54,8 +77,9 @@ def fit_toy_classifier(data: ToyData, num_components: int = 3, e_step: str = "si
     return clf, history
 
 
-def fit_softmax_classifier(data: ToyData, hidden: int = 32, num_layers: int = 2, steps: int = 400,
-                           lr: float = 0.02, seed: int = 0) -> tuple[nn.Module, list[float]]:
+def fit_softmax_classifier(
+    data: ToyData, hidden: int = 32, num_layers: int = 2, steps: int = 400, lr: float = 0.02, seed: int = 0
+) -> tuple[nn.Module, list[float]]:
     """Train a small softmax classifier on the toy data, full batch with Adam and cross-entropy.
 
     Args:
@@ -74,8 +98,10 @@ def fit_softmax_classifier(data: ToyData, hidden: int = 32, num_layers: int = 2,
     if not isinstance(data, ToyData):
         raise TypeError(f"data must be a ToyData, got {type(data).__name__}")
     if hidden < 0 or num_layers < 1 or steps < 1 or not lr > 0:
-        raise ValueError(f"need hidden >= 0, num_layers >= 1, steps >= 1 and lr > 0, got hidden={hidden}, "
-                         f"num_layers={num_layers}, steps={steps}, lr={lr}")
+        raise ValueError(
+            f"need hidden >= 0, num_layers >= 1, steps >= 1 and lr > 0, got hidden={hidden}, "
+            f"num_layers={num_layers}, steps={steps}, lr={lr}"
+        )
     x, labels = data.x.float(), data.labels.long()
     num_classes, dim = int(labels.max()) + 1, x.shape[1]
     with torch.random.fork_rng(devices=[]):
@@ -100,8 +126,9 @@ def fit_softmax_classifier(data: ToyData, hidden: int = 32, num_layers: int = 2,
     return model.eval(), history
 
 
-def toy_far_confidence(data, gmm, softmax_model, radius_factor: float = 3.0, n_points: int = 360,
-                       background_quantile: float = 0.01) -> dict[str, float]:
+def toy_far_confidence(
+    data, gmm, softmax_model, radius_factor: float = 3.0, n_points: int = 360, background_quantile: float = 0.01
+) -> dict[str, float]:
     """Mean confidence of both classifiers on a circle far outside the toy data.
 
     The circle has ``radius_factor`` times the largest distance of a training point from the data's
@@ -115,26 +142,37 @@ def toy_far_confidence(data, gmm, softmax_model, radius_factor: float = 3.0, n_p
     ring = (centre + radius * torch.stack([angles.cos(), angles.sin()], 1)).float()
     with torch.no_grad():
         softmax_conf = torch.softmax(softmax_model(ring).double(), dim=1).amax(1)
-        gmm_conf, _ = gmm_open_set_confidence(gmm.class_log_likelihood(ring),
-                                              background_log_density(gmm, data.x, background_quantile))
-    return {"radius": radius, "softmax_confidence": float(softmax_conf.mean()),
-            "gmm_confidence": float(gmm_conf.mean())}
-
-
+        gmm_conf, _ = gmm_open_set_confidence(
+            gmm.class_log_likelihood(ring), background_log_density(gmm, data.x, background_quantile)
+        )
+    return {
+        "radius": radius,
+        "softmax_confidence": float(softmax_conf.mean()),
+        "gmm_confidence": float(gmm_conf.mean()),
+    }
 
 
 def _responsibilities(x, means, stds, weights, e_step, sinkhorn_iters, sinkhorn_epsilon):
     """Responsibilities ``[N, M]`` and mean log-likelihood, with ``fit_gmm``'s own E-step."""
     log_prob = diag_gaussian_log_prob(x, means, stds)
     log_weights = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
-    resp = e_step_responsibilities(log_prob, log_weights, e_step, sinkhorn_iters=sinkhorn_iters,
-                                   sinkhorn_epsilon=sinkhorn_epsilon)
+    resp = e_step_responsibilities(
+        log_prob, log_weights, e_step, sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon
+    )
     return resp, float(torch.logsumexp(log_prob + log_weights, dim=1).mean())
 
 
-def fit_iterations(data: ToyData, class_index: int = 0, num_components: int = 3, e_step: str = "em",
-                   n_iters: int = 30, seed: int = 0, *, sinkhorn_iters: int = 3,
-                   sinkhorn_epsilon: float = 0.05) -> FitSnapshots:
+def fit_iterations(
+    data: ToyData,
+    class_index: int = 0,
+    num_components: int = 3,
+    e_step: str = "em",
+    n_iters: int = 30,
+    seed: int = 0,
+    *,
+    sinkhorn_iters: int = 3,
+    sinkhorn_epsilon: float = 0.05,
+) -> FitSnapshots:
     """Fit one class's mixture by batch EM with :func:`~gmmseg_lab.gmm.fit_gmm`, one iteration at a time.
 
     The start depends only on the data, class, ``num_components`` and ``seed`` (not on ``e_step``),
@@ -159,8 +197,9 @@ def fit_iterations(data: ToyData, class_index: int = 0, num_components: int = 3,
         raise ValueError(f"class_index must be an int in [0, {num_classes}), got {class_index!r}")
     x = data.x[labels == class_index].double()
     if not isinstance(num_components, int) or not 1 <= num_components <= len(x):
-        raise ValueError(f"num_components must be an int in [1, {len(x)}] (points of class {class_index}), "
-                         f"got {num_components!r}")
+        raise ValueError(
+            f"num_components must be an int in [1, {len(x)}] (points of class {class_index}), got {num_components!r}"
+        )
     if not isinstance(n_iters, int) or n_iters < 0:
         raise ValueError(f"n_iters must be an int >= 0, got {n_iters!r}")
     rng = np.random.default_rng(seed)
@@ -174,13 +213,29 @@ def fit_iterations(data: ToyData, class_index: int = 0, num_components: int = 3,
             history[key].append(value.numpy().copy())
         history["ll"].append(ll)
         if t < n_iters:
-            weights, means, stds = fit_gmm(x, means, stds, weights, n_iters=1, e_step=e_step,
-                                           sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon)
+            weights, means, stds = fit_gmm(
+                x,
+                means,
+                stds,
+                weights,
+                n_iters=1,
+                e_step=e_step,
+                sinkhorn_iters=sinkhorn_iters,
+                sinkhorn_epsilon=sinkhorn_epsilon,
+            )
     resp = np.stack(history["resp"])
-    return FitSnapshots(x=x.numpy(), class_index=class_index, e_step=e_step, seed=seed,
-                        means=np.stack(history["means"]), stds=np.stack(history["stds"]),
-                        weights=np.stack(history["weights"]), responsibilities=resp,
-                        log_likelihood=np.asarray(history["ll"]), masses=resp.mean(axis=1))
+    return FitSnapshots(
+        x=x.numpy(),
+        class_index=class_index,
+        e_step=e_step,
+        seed=seed,
+        means=np.stack(history["means"]),
+        stds=np.stack(history["stds"]),
+        weights=np.stack(history["weights"]),
+        responsibilities=resp,
+        log_likelihood=np.asarray(history["ll"]),
+        masses=resp.mean(axis=1),
+    )
 
 
 def main() -> None:
@@ -215,10 +270,14 @@ def main() -> None:
         print("           nearest true mode at distance " + ", ".join(f"{d:.2f}" for d in dist.min(1).values.tolist()))
     far = torch.tensor([[30.0, 30.0]])
     near = data.centres[0, :1]
-    print(f"\nAnomaly score -max_c log p(x|c): at a mode centre {float(gmm.anomaly_score(near)):.2f}, "
-          f"far from all data {float(gmm.anomaly_score(far)):.1f}")
-    print(f"MLP softmax at the same far point: max p(c|x) = {softmax.predict_proba(far.numpy()).max():.3f} "
-          "(a discriminative model has no notion of 'far from the data').")
+    print(
+        f"\nAnomaly score -max_c log p(x|c): at a mode centre {float(gmm.anomaly_score(near)):.2f}, "
+        f"far from all data {float(gmm.anomaly_score(far)):.1f}"
+    )
+    print(
+        f"MLP softmax at the same far point: max p(c|x) = {softmax.predict_proba(far.numpy()).max():.3f} "
+        "(a discriminative model has no notion of 'far from the data')."
+    )
 
 
 if __name__ == "__main__":

@@ -99,9 +99,14 @@ class GMMClassifier(nn.Module):
         init_std: float = 0.02,
     ):
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("num_components", num_components),
-                            ("embed_dim", embed_dim), ("update_interval", update_interval),
-                            ("memory_size", memory_size), ("sinkhorn_iters", sinkhorn_iters)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("num_components", num_components),
+            ("embed_dim", embed_dim),
+            ("update_interval", update_interval),
+            ("memory_size", memory_size),
+            ("sinkhorn_iters", sinkhorn_iters),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if e_step not in E_STEPS:
@@ -139,9 +144,7 @@ class GMMClassifier(nn.Module):
             means = nn.functional.normalize(means, dim=-1)
         self.register_buffer("means", means)
         self.register_buffer("stds", torch.ones(num_classes, num_components, embed_dim))
-        self.register_buffer(
-            "log_weights", torch.full((num_classes, num_components), -math.log(num_components))
-        )
+        self.register_buffer("log_weights", torch.full((num_classes, num_components), -math.log(num_components)))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_m_steps", torch.zeros((), dtype=torch.long))
         # Classes that received samples since the last M-step: only these are re-estimated.
@@ -151,14 +154,18 @@ class GMMClassifier(nn.Module):
             self.memory = FIFOMemory(num_slots, memory_size, embed_dim)
         else:
             if stats_decay is None and memory_size < 2:
-                raise ValueError(f"memory_size must be >= 2 for memory='stats' without stats_decay (the decay is "
-                                 f"1 - 1/memory_size, which must be > 0), got {memory_size}")
+                raise ValueError(
+                    f"memory_size must be >= 2 for memory='stats' without stats_decay (the decay is "
+                    f"1 - 1/memory_size, which must be > 0), got {memory_size}"
+                )
             decay = 1.0 - 1.0 / memory_size if stats_decay is None else stats_decay
             self.memory = StatsMemory(num_slots, embed_dim, decay)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, num_components={self.num_components}, "
-                f"embed_dim={self.embed_dim}, e_step={self.e_step!r}, memory={self.memory_kind!r}")
+        return (
+            f"num_classes={self.num_classes}, num_components={self.num_components}, "
+            f"embed_dim={self.embed_dim}, e_step={self.e_step!r}, memory={self.memory_kind!r}"
+        )
 
     # ------------------------------------------------------------------ densities and prediction
     def _current_means(self) -> Tensor:
@@ -232,8 +239,10 @@ class GMMClassifier(nn.Module):
             raise TypeError(f"log_prob must be a torch.Tensor, got {type(log_prob).__name__}")
         c, m = self.num_classes, self.num_components
         if not log_prob.is_floating_point() or log_prob.shape not in ((n, c, m), (n, c * m)):
-            raise ValueError(f"log_prob must be a floating-point tensor of shape [{n}, {c}, {m}] or [{n}, {c * m}] "
-                             f"(the component log-densities of x), got {log_prob.dtype} {tuple(log_prob.shape)}")
+            raise ValueError(
+                f"log_prob must be a floating-point tensor of shape [{n}, {c}, {m}] or [{n}, {c * m}] "
+                f"(the component log-densities of x), got {log_prob.dtype} {tuple(log_prob.shape)}"
+            )
         return log_prob.detach().reshape(n, c, m)
 
     def _e_step(self, x: Tensor, labels: Tensor, log_prob: Tensor | None = None) -> Tensor:
@@ -249,8 +258,10 @@ class GMMClassifier(nn.Module):
             own = log_prob.reshape(-1, self.num_components).index_select(0, rows * self.num_classes + lab)
             bad = torch.isnan(own) | torch.isposinf(own)
             if bool(bad.any()):
-                raise ValueError(f"log_prob must not hold NaN or +inf (-inf, a density below the float range, is "
-                                 f"allowed), found {int(bad.sum())} in the labelled pixels' own-class entries")
+                raise ValueError(
+                    f"log_prob must not hold NaN or +inf (-inf, a density below the float range, is "
+                    f"allowed), found {int(bad.sum())} in the labelled pixels' own-class entries"
+                )
         else:
             own = self._own_class_log_prob(x.index_select(0, rows), lab)
         # Huge inputs can overflow float32 to -inf; keep the E-step finite and NaN-free.
@@ -299,15 +310,18 @@ class GMMClassifier(nn.Module):
         assignment = assignment.to(device=labelled.device, dtype=torch.long)
         bad = torch.where(labelled, (assignment < 0) | (assignment >= m), assignment != -1)
         if bool(bad.any()):
-            raise ValueError(f"assignment must be in [0, {m}) where the label is a class and -1 where it is "
-                             f"ignore_index ({self.ignore_index}), as assign_components returns it; found "
-                             f"{int(bad.sum())} entries that are not, e.g. {assignment[bad][:5].tolist()}")
+            raise ValueError(
+                f"assignment must be in [0, {m}) where the label is a class and -1 where it is "
+                f"ignore_index ({self.ignore_index}), as assign_components returns it; found "
+                f"{int(bad.sum())} entries that are not, e.g. {assignment[bad][:5].tolist()}"
+            )
         return assignment
 
     # ------------------------------------------------------------------ memory and M-step
     @torch.no_grad()
-    def update(self, x: Tensor, labels: Tensor, correct: Tensor | None = None,
-               assignment: Tensor | None = None) -> dict:
+    def update(
+        self, x: Tensor, labels: Tensor, correct: Tensor | None = None, assignment: Tensor | None = None
+    ) -> dict:
         """One online-EM step: E-step on the batch, memory update, and the M-step when it is due.
 
         One E-step per step, as the paper's release: one assignment per class over all the batch's
@@ -344,9 +358,11 @@ class GMMClassifier(nn.Module):
             use = labelled
             if correct is not None:
                 if not isinstance(correct, Tensor) or correct.dtype != torch.bool or correct.shape != labels.shape:
-                    raise ValueError(f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
-                                     f"{getattr(correct, 'dtype', type(correct))} "
-                                     f"{tuple(getattr(correct, 'shape', ()))}")
+                    raise ValueError(
+                        f"correct must be a bool tensor of shape [{labels.shape[0]}], got "
+                        f"{getattr(correct, 'dtype', type(correct))} "
+                        f"{tuple(getattr(correct, 'shape', ()))}"
+                    )
                 use = use & correct
             if assignment is not None:
                 assignment = self._check_assignment(assignment, labelled)

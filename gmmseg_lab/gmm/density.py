@@ -88,8 +88,9 @@ def diag_gaussian_log_prob(
     dtype = _compute_dtype(x, means, stds)
     if (validate if range_check is None else range_check) and float32_overflow_risk(x, means, stds):
         # -inf where the density is below float32's range, never NaN.
-        return diag_gaussian_log_prob(x.double(), means.double(), stds.double(), chunk_rows=chunk_rows,
-                                      validate=False, range_check=False).float()
+        return diag_gaussian_log_prob(
+            x.double(), means.double(), stds.double(), chunk_rows=chunk_rows, validate=False, range_check=False
+        ).float()
     # Autocast would silently run the matmul in half precision; the quadratic needs full precision.
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
@@ -150,7 +151,6 @@ def mixture_log_prob(component_log_prob: Tensor, log_weights: Tensor | None = No
     return torch.logsumexp(component_log_prob + log_weights, dim=-1)
 
 
-
 #: Points per block of :func:`grouped_diag_gaussian_log_prob`: its ``[rows, M, D]`` temporary stays
 #: in cache (about 0.7 MB at M = 5, D = 64 in float32).
 GROUPED_CHUNK_ROWS = 512
@@ -185,10 +185,13 @@ def grouped_diag_gaussian_log_prob(
         (:func:`float32_overflow_risk`).
     """
     if means.dim() != 3 or stds.shape != means.shape:
-        raise ValueError(f"means and stds must have one shape [G, M, D], got {tuple(means.shape)} and {tuple(stds.shape)}")
+        raise ValueError(
+            f"means and stds must have one shape [G, M, D], got {tuple(means.shape)} and {tuple(stds.shape)}"
+        )
     if x.dim() != 2 or x.shape[1] != means.shape[2] or groups.shape != (x.shape[0],):
-        raise ValueError(f"x must have shape [N, {means.shape[2]}] and groups [N], got {tuple(x.shape)} and "
-                         f"{tuple(groups.shape)}")
+        raise ValueError(
+            f"x must have shape [N, {means.shape[2]}] and groups [N], got {tuple(x.shape)} and {tuple(groups.shape)}"
+        )
     dtype = _compute_dtype(x, means, stds)
     num_groups, num_comp, dim = means.shape
     with torch.autocast(device_type=x.device.type, enabled=False):

@@ -56,5 +56,7 @@ def raise_together(error: BaseException | None, device: torch.device | str = "cp
     if error is not None:
         raise error
     bad = [(rank, msg) for rank, msg in enumerate(messages) if msg is not None]
-    raise ValueError(f"{what} is invalid on rank {', '.join(str(r) for r, _ in bad)} "
-                     f"({'; '.join(f'rank {r}: {m}' for r, m in bad)}); every rank stops")
+    raise ValueError(
+        f"{what} is invalid on rank {', '.join(str(r) for r, _ in bad)} "
+        f"({'; '.join(f'rank {r}: {m}' for r, m in bad)}); every rank stops"
+    )

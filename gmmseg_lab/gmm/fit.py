@@ -20,8 +20,14 @@ def em_responsibilities(log_prob: Tensor, log_weights: Tensor) -> Tensor:
     return torch.softmax(log_prob + log_weights, dim=1)
 
 
-def e_step_responsibilities(log_prob: Tensor, log_weights: Tensor, e_step: str = "em", *,
-                            sinkhorn_iters: int = 3, sinkhorn_epsilon: float = 0.05) -> Tensor:
+def e_step_responsibilities(
+    log_prob: Tensor,
+    log_weights: Tensor,
+    e_step: str = "em",
+    *,
+    sinkhorn_iters: int = 3,
+    sinkhorn_epsilon: float = 0.05,
+) -> Tensor:
     """The E-step of :func:`fit_gmm`: soft assignment ``[N, M]`` of N points to M components.
 
     ``"em"``: the posterior with mixture weights (:func:`em_responsibilities`); ``"sinkhorn"``:
@@ -51,9 +57,7 @@ def weighted_moments(x: Tensor, resp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return resp.sum(dim=0), resp.t() @ x, resp.t() @ (x * x)
 
 
-def diag_moments_to_params(
-    count: Tensor, total: Tensor, total_sq: Tensor, reg_var: float
-) -> tuple[Tensor, Tensor]:
+def diag_moments_to_params(count: Tensor, total: Tensor, total_sq: Tensor, reg_var: float) -> tuple[Tensor, Tensor]:
     """M-step from sufficient statistics: means and standard deviations of a diagonal mixture.
 
     ``var = E[x^2] - mean^2 + reg_var`` (the weighted mean squared deviation from the mean), clamped
@@ -134,8 +138,13 @@ def fit_gmm(
         # The means and stds change every iteration: keep the float32 overflow check (cheap next to
         # the E- and M-steps of a batch fit).
         log_prob = diag_gaussian_log_prob(x, means, stds, validate=False, range_check=True)
-        resp = e_step_responsibilities(log_prob, weights.clamp_min(torch.finfo(dtype).tiny).log(), e_step,
-                                       sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon)
+        resp = e_step_responsibilities(
+            log_prob,
+            weights.clamp_min(torch.finfo(dtype).tiny).log(),
+            e_step,
+            sinkhorn_iters=sinkhorn_iters,
+            sinkhorn_epsilon=sinkhorn_epsilon,
+        )
         count, total, total_sq = weighted_moments(x, resp)
         count = count + mass_eps
         new_means, new_stds = diag_moments_to_params(count, total, total_sq, reg_var)

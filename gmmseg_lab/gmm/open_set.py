@@ -15,8 +15,9 @@ from .classifier import GMMClassifier
 __all__ = ["background_log_density", "gmm_open_set_confidence"]
 
 
-def gmm_open_set_confidence(class_log_likelihood: torch.Tensor, background_log_density: float
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def gmm_open_set_confidence(
+    class_log_likelihood: torch.Tensor, background_log_density: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bayes' posterior of the predicted class with a "none of these" class of constant density.
 
     ``conf(x) = p(x|c*) / (sum_c p(x|c) + b)`` with ``b = exp(background_log_density)``, computed

@@ -71,8 +71,9 @@ def _first_argmax(values: Tensor) -> Tensor:
     return index
 
 
-def segmented_sinkhorn_assign(log_prob: Tensor, segments: Tensor, num_segments: int, n_iters: int = 3,
-                              epsilon: float = 0.05) -> Tensor:
+def segmented_sinkhorn_assign(
+    log_prob: Tensor, segments: Tensor, num_segments: int, n_iters: int = 3, epsilon: float = 0.05
+) -> Tensor:
     """:func:`normalized_sinkhorn_assign` on many groups of rows at once (GMMSeg's E-step, every class).
 
     Each group (segment) of rows is an independent Sinkhorn problem, the same operations as
@@ -102,13 +103,17 @@ def segmented_sinkhorn_assign(log_prob: Tensor, segments: Tensor, num_segments: 
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     n, m = log_prob.shape
     if segments.shape != (n,) or segments.dtype != torch.long:
-        raise ValueError(f"segments must be an int64 tensor of shape [{n}] (one per row of log_prob), got "
-                         f"{segments.dtype} {tuple(segments.shape)}")
+        raise ValueError(
+            f"segments must be an int64 tensor of shape [{n}] (one per row of log_prob), got "
+            f"{segments.dtype} {tuple(segments.shape)}"
+        )
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=log_prob.device)
     if int(segments.min()) < 0 or int(segments.max()) >= num_segments:
-        raise ValueError(f"segments must be in [0, {num_segments}) (num_segments), found "
-                         f"{int(segments.min())}..{int(segments.max())}")
+        raise ValueError(
+            f"segments must be in [0, {num_segments}) (num_segments), found "
+            f"{int(segments.min())}..{int(segments.max())}"
+        )
     dtype = torch.float64 if log_prob.dtype == torch.float64 else torch.float32
     # Components along dim 0, rows along dim 1: the reductions over the few components (per row) and
     # the segment reductions over rows (per component) both run over long contiguous rows.

@@ -37,11 +37,33 @@ from ..data import mmseg_dataset as _mmseg_dataset  # noqa: F401,E402  (register
 from ..data import samplers as _samplers  # noqa: F401,E402  (registers ClassBalancedSampler)
 from . import backbones  # noqa: F401,E402  (registers EfficientNetLite)
 from .gmm_head import GMM_HEAD_KEYS, GMMHeadMixin, GMMSegHead, gmm_head_class, is_gmm_head
-from .inference import (build_dataloader, decode_head_of, load_segmentor, predict_batch, quiet_mmengine,
-                        segmentor_outputs)
-from .presets import (ARCHS, BACKBONES, CONFIG_DIR, CONFIG_SETS, HEADS, PRESETS, PRETRAINED_BACKBONE, PRETRAINED_PRESETS,
-                      build_config, config_diff, config_path, default_backbone, flatten_gmm_heads,
-                      gmm_head_configs, list_configs, parse_model_spec, set_max_iters)
+from .inference import (
+    build_dataloader,
+    decode_head_of,
+    load_segmentor,
+    predict_batch,
+    quiet_mmengine,
+    segmentor_outputs,
+)
+from .presets import (
+    ARCHS,
+    BACKBONES,
+    CONFIG_DIR,
+    CONFIG_SETS,
+    HEADS,
+    PRESETS,
+    PRETRAINED_BACKBONE,
+    PRETRAINED_PRESETS,
+    build_config,
+    config_diff,
+    config_path,
+    default_backbone,
+    flatten_gmm_heads,
+    gmm_head_configs,
+    list_configs,
+    parse_model_spec,
+    set_max_iters,
+)
 
 __all__ = [
     "ARCHS",

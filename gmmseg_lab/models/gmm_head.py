@@ -31,7 +31,8 @@ release does: only correctly classified pixels feed the memory; the M-step runs 
 Distributed (DDP): ``gmm.update`` gathers every rank's pixels, so every rank must reach it. An input
 the GMM refuses (non-finite embeddings, labels out of range) therefore stops every rank together: in
 training under a multi-rank process group, :meth:`GMMHeadMixin.cls_seg` (embeddings) and
-``loss_by_feat`` (labels) agree on their checks with one scalar all-reduce each (:func:`~gmmseg_lab.gmm.distributed.raise_together`)
+``loss_by_feat`` (labels) agree on their checks with one scalar all-reduce each
+(:func:`~gmmseg_lab.gmm.distributed.raise_together`)
 before the rank-local checks could raise on one rank only. In eval mode (validation, inference) no
 collective is made, so a rank that raises there stops alone (under torchrun the agent then stops the
 others).
@@ -47,14 +48,13 @@ import copy
 import types
 from typing import Any
 
+import mmseg.models  # noqa: F401  (registers every mmseg decode head in MODELS)
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-import mmseg.models  # noqa: F401  (registers every mmseg decode head in MODELS)
 from mmseg.models.decode_heads.cascade_decode_head import BaseCascadeDecodeHead
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
+from torch import Tensor, nn
 
 from ..gmm import GMMClassifier
 from ..gmm._checks import check_float_matrix
@@ -63,8 +63,16 @@ from ..gmm.distributed import is_distributed, raise_together
 __all__ = ["GMMHeadMixin", "GMMSegHead", "gmm_head_class", "is_gmm_head", "GMM_HEAD_KEYS"]
 
 #: Config keys of ``GMMSegHead`` that a softmax head does not have (the twin-diff allows only these).
-GMM_HEAD_KEYS = ("base_type", "head", "num_components", "embed_dim", "gmm_cfg",
-                 "loss_component_weight", "update_correct_only", "projection")
+GMM_HEAD_KEYS = (
+    "base_type",
+    "head",
+    "num_components",
+    "embed_dim",
+    "gmm_cfg",
+    "loss_component_weight",
+    "update_correct_only",
+    "projection",
+)
 
 #: Ways to project the fused feature to the embedding dimension D (``GMMHeadMixin(projection=...)``).
 PROJECTIONS = ("conv_bn_relu", "linear")
@@ -94,13 +102,23 @@ class GMMHeadMixin:
         **kwargs: the base head's own arguments.
     """
 
-    def __init__(self, *args, num_components: int = 5, embed_dim: int = 64,
-                 gmm_cfg: dict | None = None, loss_component_weight: float = 0.01,
-                 update_correct_only: bool = True, projection: str = "conv_bn_relu", **kwargs):
+    def __init__(
+        self,
+        *args,
+        num_components: int = 5,
+        embed_dim: int = 64,
+        gmm_cfg: dict | None = None,
+        loss_component_weight: float = 0.01,
+        update_correct_only: bool = True,
+        projection: str = "conv_bn_relu",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self.out_channels != self.num_classes or self.num_classes < 2:
-            raise ValueError("GMMSeg heads need out_channels == num_classes >= 2 "
-                             f"(got num_classes={self.num_classes}, out_channels={self.out_channels})")
+            raise ValueError(
+                "GMMSeg heads need out_channels == num_classes >= 2 "
+                f"(got num_classes={self.num_classes}, out_channels={self.out_channels})"
+            )
         gmm_cfg = dict(gmm_cfg or {})
         for key in ("num_classes", "num_components", "embed_dim"):
             if key in gmm_cfg:
@@ -132,11 +150,18 @@ class GMMHeadMixin:
         from mmcv.cnn import ConvModule
 
         # The head's own norm (SyncBN in the paper configs, BN here); ConvModule drops the conv's bias.
-        return ConvModule(in_channels, embed_dim, kernel_size=1, conv_cfg=getattr(self, "conv_cfg", None),
-                          norm_cfg=getattr(self, "norm_cfg", None) or dict(type="BN"), act_cfg=dict(type="ReLU"))
+        return ConvModule(
+            in_channels,
+            embed_dim,
+            kernel_size=1,
+            conv_cfg=getattr(self, "conv_cfg", None),
+            norm_cfg=getattr(self, "norm_cfg", None) or dict(type="BN"),
+            act_cfg=dict(type="ReLU"),
+        )
 
     def _retarget_init_cfg(self) -> None:
         """The base's ``init_cfg`` may override ``conv_seg``: give that init to ``gmm_project``."""
+
         def fix(cfg: Any) -> Any:
             if isinstance(cfg, dict):
                 cfg = {k: fix(v) for k, v in cfg.items()}
@@ -211,7 +236,8 @@ class GMMHeadMixin:
         if cache is None or tuple(cache["shape"]) != (logits.shape[0], *logits.shape[2:]):
             raise RuntimeError(
                 f"{type(self).__name__}: no GMM classifier output for these logits; GMMSeg heads need "
-                "a base head whose forward ends in self.cls_seg(feat)")
+                "a base head whose forward ends in self.cls_seg(feat)"
+            )
         return cache
 
     # ------------------------------------------------------------------ training
@@ -256,8 +282,9 @@ class GMMHeadMixin:
         return losses
 
     @torch.no_grad()
-    def _convergence_stats(self, comp: Tensor, labels: Tensor, assigned: Tensor, valid: Tensor,
-                           means_before: Tensor | None, info: dict) -> dict[str, Tensor]:
+    def _convergence_stats(
+        self, comp: Tensor, labels: Tensor, assigned: Tensor, valid: Tensor, means_before: Tensor | None, info: dict
+    ) -> dict[str, Tensor]:
         """How the mixture converges, logged beside the losses (no effect on training).
 
         Args:
@@ -304,8 +331,14 @@ class GMMHeadMixin:
         self._gmm_cache = None
         return super().predict_by_feat(seg_logits, batch_img_metas)
 
-    def predict_gmm(self, inputs, batch_img_metas: list[dict], test_cfg=None,
-                    prev_output: Tensor | None = None, rescale: bool = True) -> dict[str, Tensor]:
+    def predict_gmm(
+        self,
+        inputs,
+        batch_img_metas: list[dict],
+        test_cfg=None,
+        prev_output: Tensor | None = None,
+        rescale: bool = True,
+    ) -> dict[str, Tensor]:
         """Class logits, ``log p(x|c)`` and embeddings of a batch of backbone features.
 
         Args:
@@ -361,8 +394,9 @@ def gmm_head_class(base: str | type) -> type:
         cls = types.new_class(name, (GMMHeadMixin, base_cls))
         cls.__module__ = __name__
         cls.__qualname__ = name
-        cls.__doc__ = (f"{base_cls.__name__} with GMMSeg's generative classifier in place of softmax "
-                       f"(see :class:`GMMHeadMixin`).")
+        cls.__doc__ = (
+            f"{base_cls.__name__} with GMMSeg's generative classifier in place of softmax (see :class:`GMMHeadMixin`)."
+        )
         globals()[name] = cls
         if name not in MODELS.module_dict:
             MODELS.register_module(name=name, module=cls)

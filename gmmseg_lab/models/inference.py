@@ -24,15 +24,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
 from mmseg.models.utils import resize
+from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, check_checkpoint, last_checkpoint
 from .gmm_head import is_gmm_head
 
-__all__ = ["decode_head_of", "segmentor_outputs", "predict_batch", "load_segmentor", "read_config",
-           "ConfigError", "build_dataloader", "quiet_mmengine"]
+__all__ = [
+    "decode_head_of",
+    "segmentor_outputs",
+    "predict_batch",
+    "load_segmentor",
+    "read_config",
+    "ConfigError",
+    "build_dataloader",
+    "quiet_mmengine",
+]
 
 #: Config file suffixes ``mmengine.Config.fromfile`` reads.
 CONFIG_SUFFIXES = (".py", ".json", ".yaml", ".yml")
@@ -63,7 +70,9 @@ def read_config(path: str | Path, what: str = "config file"):
     except (SyntaxError, NameError, ImportError, AttributeError, KeyError, TypeError, ValueError, OSError) as exc:
         detail = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
         line = f", line {exc.lineno}" if isinstance(exc, SyntaxError) and exc.lineno else ""
-        raise ConfigError(f"{what} {path}: not a valid mmengine config ({type(exc).__name__}{line}: {detail})") from None
+        raise ConfigError(
+            f"{what} {path}: not a valid mmengine config ({type(exc).__name__}{line}: {detail})"
+        ) from None
     if not isinstance(cfg.get("model"), dict):
         raise ConfigError(f"{what} {path}: no 'model' in it (not a model config)")
     return cfg
@@ -159,8 +168,8 @@ def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict], features: bo
                 gy, gx = round(y1 / scale), round(x1 / scale)
                 gh = min(grid.shape[2], grids[key].shape[2] - gy)
                 gw = min(grid.shape[3], grids[key].shape[3] - gx)
-                grids[key][:, :, gy:gy + gh, gx:gx + gw] += grid[:, :, :gh, :gw]
-                grid_count[:, :, gy:gy + gh, gx:gx + gw] += 1  # a head gives one of the grid keys
+                grids[key][:, :, gy : gy + gh, gx : gx + gw] += grid[:, :, :gh, :gw]
+                grid_count[:, :, gy : gy + gh, gx : gx + gw] += 1  # a head gives one of the grid keys
     result = {k: v / count for k, v in sums.items()}
     for key, grid in grids.items():
         grid = grid / grid_count.clamp_min(1)
@@ -169,8 +178,9 @@ def _slide(segmentor: nn.Module, inputs: Tensor, metas: list[dict], features: bo
 
 
 @torch.no_grad()
-def segmentor_outputs(segmentor: nn.Module, inputs: Tensor, batch_img_metas: list[dict],
-                      features: bool = False) -> dict[str, Tensor]:
+def segmentor_outputs(
+    segmentor: nn.Module, inputs: Tensor, batch_img_metas: list[dict], features: bool = False
+) -> dict[str, Tensor]:
     """Per-pixel outputs of a batch at the (padded) input size, mmseg's whole or slide inference.
 
     Returns ``seg_logits`` ``[B, C, H, W]``; for GMM heads also ``class_log_likelihood``
@@ -190,11 +200,10 @@ def _undo_geometry(x: Tensor, meta: dict, align_corners: bool) -> Tensor:
     """``[C, H, W]`` at the padded input size -> ``[C, h0, w0]`` at the image's original size."""
     height, width = x.shape[-2:]
     left, right, top, bottom = meta.get("img_padding_size", meta.get("padding_size", [0, 0, 0, 0]))
-    x = x[None, :, top:height - bottom, left:width - right]
+    x = x[None, :, top : height - bottom, left : width - right]
     if meta.get("flip", False):
         x = x.flip(dims=(3,) if meta.get("flip_direction") == "horizontal" else (2,))
-    return resize(x, size=meta["ori_shape"], mode="bilinear", align_corners=align_corners,
-                  warning=False)[0]
+    return resize(x, size=meta["ori_shape"], mode="bilinear", align_corners=align_corners, warning=False)[0]
 
 
 @torch.no_grad()
@@ -236,8 +245,9 @@ def predict_batch(segmentor: nn.Module, data_batch: dict, features: bool = False
     return results
 
 
-def load_segmentor(config, checkpoint: str | Path | None = "last", device: str | torch.device | None = None,
-                   *, strict: bool = True):
+def load_segmentor(
+    config, checkpoint: str | Path | None = "last", device: str | torch.device | None = None, *, strict: bool = True
+):
     """Build a segmentor from a config and load a checkpoint; returns ``(model, cfg)`` in eval mode.
 
     Args:
@@ -259,9 +269,7 @@ def load_segmentor(config, checkpoint: str | Path | None = "last", device: str |
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
-
     from mmseg.registry import MODELS
-
 
     work_dir = None
     if isinstance(config, (str, Path)) and Path(config).is_dir():
@@ -298,7 +306,6 @@ def _load_weights(model: nn.Module, path: Path, cfg, strict: bool) -> None:
     import re
     from collections import OrderedDict
 
-
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     source = ckpt["state_dict"] if "state_dict" in ckpt else ckpt  # mmengine's, or a bare state dict
     state = OrderedDict((re.sub(r"^module\.", "", k), v) for k, v in source.items())  # saved from a DDP wrapper
@@ -308,17 +315,23 @@ def _load_weights(model: nn.Module, path: Path, cfg, strict: bool) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})" for k in expected
-                if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != expected[k].shape
+    ]
     if strict and (missing or unexpected or reshaped):
         where = Path(cfg.filename).name if cfg.filename else "the config"
-        parts = [f"{len(missing)} of the model's {len(expected)} weights missing ({_listed(missing)})" if missing else "",
-                 f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
-                 f"{len(reshaped)} of another shape ({_listed(reshaped, 2)})" if reshaped else ""]
+        parts = [
+            f"{len(missing)} of the model's {len(expected)} weights missing ({_listed(missing)})" if missing else "",
+            f"{len(unexpected)} unexpected ({_listed(unexpected)})" if unexpected else "",
+            f"{len(reshaped)} of another shape ({_listed(reshaped, 2)})" if reshaped else "",
+        ]
         raise CheckpointError(
             f"checkpoint {path} does not fit the model of {where}: {'; '.join(p for p in parts if p)}. Is it "
             "a checkpoint of another architecture, number of classes or GMM size? Evaluate it with the "
-            "config it was trained with (the config.py of its work dir)")
+            "config it was trained with (the config.py of its work dir)"
+        )
     if strict:
         model.load_state_dict(state, strict=True)
     else:  # what fits is loaded, the rest keeps its initial values (mmengine's non-strict loading)

@@ -38,11 +38,28 @@ from ..catalog import (
 from ..data.layout import read_classes
 from ..gmm import GMMClassifier
 
-__all__ = ["ARCHS", "BACKBONES", "CONFIG_SETS", "HEADS", "PRESETS", "PRETRAINED_BACKBONE", "PRETRAINED_PRESETS",
-           "TRAINING_PRESETS", "CONFIG_DIR",
-           "config_path",
-           "default_backbone", "list_configs", "parse_model_spec", "build_config",
-           "gmm_head_configs", "flatten_gmm_heads", "config_diff", "set_max_iters", "check_gmm_options", "gmm_options"]
+__all__ = [
+    "ARCHS",
+    "BACKBONES",
+    "CONFIG_SETS",
+    "HEADS",
+    "PRESETS",
+    "PRETRAINED_BACKBONE",
+    "PRETRAINED_PRESETS",
+    "TRAINING_PRESETS",
+    "CONFIG_DIR",
+    "config_path",
+    "default_backbone",
+    "list_configs",
+    "parse_model_spec",
+    "build_config",
+    "gmm_head_configs",
+    "flatten_gmm_heads",
+    "config_diff",
+    "set_max_iters",
+    "check_gmm_options",
+    "gmm_options",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 #: The sets of shipped config files (``configs/<arch>/<arch>[_lite0]_<set>_<head>.py``); several
@@ -70,8 +87,10 @@ def config_path(arch: str, head: str = "gmm", preset: str = "quick", backbone: s
     if backbone not in BACKBONES[arch]:
         raise ValueError(f"unknown backbone {backbone!r} for {arch}; choose one of {BACKBONES[arch]}")
     if backbone != BACKBONES[arch][0] and not spec.pretrained_configs:
-        raise ValueError(f"backbone {backbone!r} has configs for the presets "
-                         f"{tuple(p.name for p in TRAINING_PRESETS.values() if p.pretrained_configs)}, not {preset!r}")
+        raise ValueError(
+            f"backbone {backbone!r} has configs for the presets "
+            f"{tuple(p.name for p in TRAINING_PRESETS.values() if p.pretrained_configs)}, not {preset!r}"
+        )
     tag = _BACKBONE_TAGS.get(backbone)
     name = f"{arch}_{tag}_{spec.configs}_{head}.py" if tag else f"{arch}_{spec.configs}_{head}.py"
     path = CONFIG_DIR / arch / name
@@ -82,8 +101,14 @@ def config_path(arch: str, head: str = "gmm", preset: str = "quick", backbone: s
 
 def list_configs() -> list[tuple[str, str, str, str, Path]]:
     """Every shipped config file, ``(arch, head, config set, backbone, path)``."""
-    return [(a, h, c, b, config_path(a, h, c, b)) for a in ARCHS for c in CONFIG_SETS for b in BACKBONES[a]
-            if b == BACKBONES[a][0] or c in PRETRAINED_PRESETS for h in HEADS]
+    return [
+        (a, h, c, b, config_path(a, h, c, b))
+        for a in ARCHS
+        for c in CONFIG_SETS
+        for b in BACKBONES[a]
+        if b == BACKBONES[a][0] or c in PRETRAINED_PRESETS
+        for h in HEADS
+    ]
 
 
 # ---------------------------------------------------------------------- config surgery helpers
@@ -94,8 +119,7 @@ def _decode_heads(model: dict) -> list[dict]:
 
 def gmm_head_configs(cfg) -> list[dict]:
     """The decode-head config dicts of type ``GMMSegHead`` (or ``GMM*Head``) in ``cfg.model``."""
-    return [h for h in _decode_heads(cfg["model"])
-            if isinstance(h, dict) and str(h.get("type", "")).startswith("GMM")]
+    return [h for h in _decode_heads(cfg["model"]) if isinstance(h, dict) and str(h.get("type", "")).startswith("GMM")]
 
 
 def _walk_dicts(obj: Any):
@@ -163,11 +187,12 @@ def _gmm_parameters() -> dict[str, Any]:
     (annotations evaluated)."""
     import inspect
 
-
     params = inspect.signature(GMMClassifier.__init__, eval_str=True).parameters.values()
-    return {p.name: p for p in params
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
-            and p.name not in _GMM_HEAD_ARGS}
+    return {
+        p.name: p
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self" and p.name not in _GMM_HEAD_ARGS
+    }
 
 
 def gmm_options() -> dict[str, Any]:
@@ -228,12 +253,22 @@ def check_gmm_options(gmm_cfg: dict, what: str = "gmm_cfg") -> None:
         raise ValueError(f"{what}: {exc}") from None
 
 
-def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root: str | Path | None = None,
-                 work_dir: str | Path | None = None, seed: int = 0, *, backbone: str | None = None,
-                 max_iters: int | None = None,
-                 gmm_cfg: dict | None = None, gmm_head: dict | None = None,
-                 init_from: str | Path | None = None,
-                 cfg_options: dict | None = None, **overrides) -> Config:
+def build_config(
+    arch: str,
+    head: str = "gmm",
+    preset: str = "quick",
+    data_root: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    backbone: str | None = None,
+    max_iters: int | None = None,
+    gmm_cfg: dict | None = None,
+    gmm_head: dict | None = None,
+    init_from: str | Path | None = None,
+    cfg_options: dict | None = None,
+    **overrides,
+) -> Config:
     """Load a shipped config and set the data root, work dir and seed (and optional overrides).
 
     Args:
@@ -270,8 +305,9 @@ def build_config(arch: str, head: str = "gmm", preset: str = "quick", data_root:
             classes, _ = read_classes(classes_file)
             _set_num_classes(cfg.model, len(classes))
 
-    cfg.work_dir = str(Path(work_dir).expanduser().absolute()) if work_dir is not None \
-        else str(Path("work_dirs") / path.stem)
+    cfg.work_dir = (
+        str(Path(work_dir).expanduser().absolute()) if work_dir is not None else str(Path("work_dirs") / path.stem)
+    )
     randomness = dict(cfg.get("randomness", {}) or {})
     randomness["seed"] = int(seed)
     cfg.randomness = randomness
@@ -349,5 +385,8 @@ def config_diff(a, b) -> dict[str, tuple[Any, Any]]:
     fa = _flatten(flatten_gmm_heads(a.to_dict() if hasattr(a, "to_dict") else dict(a)))
     fb = _flatten(flatten_gmm_heads(b.to_dict() if hasattr(b, "to_dict") else dict(b)))
     missing = "<missing>"
-    return {k: (fa.get(k, missing), fb.get(k, missing)) for k in sorted(set(fa) | set(fb))
-            if fa.get(k, missing) != fb.get(k, missing)}
+    return {
+        k: (fa.get(k, missing), fb.get(k, missing))
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k, missing) != fb.get(k, missing)
+    }

@@ -66,9 +66,19 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointError
 
-__all__ = ["BackboneSizes", "ReleaseSizes", "DEFAULT_MAX_MEMORY_GB", "PLACEHOLDER_MEMORY_SIZE", "convert_state",
-           "format_summary", "import_release", "load_release_checkpoint", "parse_release_config", "read_sizes",
-           "release_state_dict"]
+__all__ = [
+    "BackboneSizes",
+    "ReleaseSizes",
+    "DEFAULT_MAX_MEMORY_GB",
+    "PLACEHOLDER_MEMORY_SIZE",
+    "convert_state",
+    "format_summary",
+    "import_release",
+    "load_release_checkpoint",
+    "parse_release_config",
+    "read_sizes",
+    "release_state_dict",
+]
 
 #: MiT-B5's attention heads per stage (every MiT of the SegFormer paper has them); the checkpoint's
 #: tensors do not tell them, its ``meta.config`` text does when present.
@@ -84,9 +94,11 @@ RELEASE_ITERS = 80000
 #: Rows of the queue transposed per block (bounds the temporary; the output is the only full copy).
 QUEUE_BLOCK_ROWS = 16
 #: Why the written config infers in whole-image mode (``evaluate --slide 512 341`` slides instead).
-TEST_CFG_NOTE = ("test_cfg: whole-image inference, as the release's COCO-Stuff config (mode='whole', test "
-                 "images resized to 512 on the short side); it also gives notebooks the embeddings. Slide "
-                 "with `gmmseg-lab evaluate --slide 512 341`. A test_cfg in meta.config is used instead.")
+TEST_CFG_NOTE = (
+    "test_cfg: whole-image inference, as the release's COCO-Stuff config (mode='whole', test "
+    "images resized to 512 on the short side); it also gives notebooks the embeddings. Slide "
+    "with `gmmseg-lab evaluate --slide 512 341`. A test_cfg in meta.config is used instead."
+)
 
 _BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _BACKBONE_KEY = re.compile(r"backbone\.layers\.(\d+)\.([012])(?:\.|$)")
@@ -96,10 +108,17 @@ _CONVS_KEY = re.compile(r"decode_head\.convs\.(\d+)\.")
 _RELEASE_HEAD_NAME = re.compile(
     r"decode_head\.(means|diagonal|eye_matrix|iteration_counter|queue|queue_ptr|conv_seg\.(weight|bias)"
     r"|(feat_norm|mask_norm)\.(weight|bias)|(projection|convs\.\d+|fusion_conv)\.conv\.weight"
-    r"|(projection|convs\.\d+|fusion_conv)\.bn\.(weight|bias|running_mean|running_var|num_batches_tracked))")
+    r"|(projection|convs\.\d+|fusion_conv)\.bn\.(weight|bias|running_mean|running_var|num_batches_tracked))"
+)
 #: Release head keys the converter may do without (none of them affects the test-time logits).
-_OPTIONAL = ("decode_head.eye_matrix", "decode_head.iteration_counter", "decode_head.queue",
-             "decode_head.queue_ptr", "decode_head.conv_seg.weight", "decode_head.conv_seg.bias")
+_OPTIONAL = (
+    "decode_head.eye_matrix",
+    "decode_head.iteration_counter",
+    "decode_head.queue",
+    "decode_head.queue_ptr",
+    "decode_head.conv_seg.weight",
+    "decode_head.conv_seg.bias",
+)
 
 
 def _fail(path: Path, problem: str) -> CheckpointError:
@@ -143,10 +162,14 @@ def load_release_checkpoint(path: str | Path) -> tuple[Any, list[str]]:
         obj = torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise _fail(path, f"it is truncated, corrupt or not a torch checkpoint (torch.load failed: "
-                          f"{type(exc).__name__}: {detail})") from None
-    notes.append(f"{path.name} holds objects beyond tensors and plain containers: read with "
-                 "weights_only=False (import only files you trust)")
+        raise _fail(
+            path,
+            f"it is truncated, corrupt or not a torch checkpoint (torch.load failed: {type(exc).__name__}: {detail})",
+        ) from None
+    notes.append(
+        f"{path.name} holds objects beyond tensors and plain containers: read with "
+        "weights_only=False (import only files you trust)"
+    )
     return obj, notes
 
 
@@ -160,8 +183,11 @@ def release_state_dict(obj: Any, path: Path) -> "OrderedDict[str, Tensor]":
         raise _fail(path, "it is not a checkpoint (no 'state_dict' of tensors)")
     for key, value in state.items():
         if not isinstance(value, Tensor):
-            what = "its 'state_dict' is not a dict of tensors" if "state_dict" in obj else \
-                "it is not a checkpoint (a dict without 'state_dict')"
+            what = (
+                "its 'state_dict' is not a dict of tensors"
+                if "state_dict" in obj
+                else "it is not a checkpoint (a dict without 'state_dict')"
+            )
             raise _fail(path, f"{what}: its entry {key!r} is a {type(value).__name__}, not a tensor")
     return OrderedDict((re.sub(r"^module\.", "", k), v) for k, v in state.items())
 
@@ -172,12 +198,12 @@ class BackboneSizes:
     """The MixVisionTransformer a checkpoint's ``backbone.*`` tensors describe (one entry per stage)."""
 
     in_channels: int
-    embed_dims: tuple[int, ...]   # E_i, from backbone.layers.{i}.0.projection.weight [E_i, in_i, p_i, p_i]
-    num_layers: tuple[int, ...]   # blocks per stage, from the indices j of backbone.layers.{i}.1.{j}.*
+    embed_dims: tuple[int, ...]  # E_i, from backbone.layers.{i}.0.projection.weight [E_i, in_i, p_i, p_i]
+    num_layers: tuple[int, ...]  # blocks per stage, from the indices j of backbone.layers.{i}.1.{j}.*
     patch_sizes: tuple[int, ...]  # p_i
-    sr_ratios: tuple[int, ...]    # from attn.sr.weight [E_i, E_i, sr_i, sr_i]; 1 where absent
-    mlp_ratio: int                # ffn.layers.0.weight [mlp_ratio * E_i, E_i, 1, 1]
-    qkv_bias: bool                # attn.attn.in_proj_bias present
+    sr_ratios: tuple[int, ...]  # from attn.sr.weight [E_i, E_i, sr_i, sr_i]; 1 where absent
+    mlp_ratio: int  # ffn.layers.0.weight [mlp_ratio * E_i, E_i, 1, 1]
+    qkv_bias: bool  # attn.attn.in_proj_bias present
 
 
 @dataclass(frozen=True)
@@ -201,18 +227,23 @@ def _not_release_problem(state: "OrderedDict[str, Tensor]") -> str:
     outside = next((k for k in state if not (_BACKBONE_KEY.match(k) or _RELEASE_HEAD_NAME.fullmatch(k))), None)
     text = "no decode_head.means: not a GMMSeg release checkpoint"
     if "decode_head.gmm.means" in state:
-        text += ("; it has decode_head.gmm.means: a gmmseg-lab checkpoint already (evaluate it as it is, with "
-                 "the config.py of its work dir)")
+        text += (
+            "; it has decode_head.gmm.means: a gmmseg-lab checkpoint already (evaluate it as it is, with "
+            "the config.py of its work dir)"
+        )
     elif "decode_head.conv_seg.weight" in state:
-        text += ("; it has decode_head.conv_seg.weight and no mixture: a softmax segmentor (start a GMM model "
-                 "from it with `gmmseg-lab train --init-from`)")
+        text += (
+            "; it has decode_head.conv_seg.weight and no mixture: a softmax segmentor (start a GMM model "
+            "from it with `gmmseg-lab train --init-from`)"
+        )
     if outside is not None:
         text += f"; its first key outside the release's layout: {outside}"
     return text
 
 
-def _expected_head_shapes(c: int, m: int, d: int, ch: int, in_channels: tuple[int, ...],
-                          projection: bool) -> "OrderedDict[str, tuple]":
+def _expected_head_shapes(
+    c: int, m: int, d: int, ch: int, in_channels: tuple[int, ...], projection: bool
+) -> "OrderedDict[str, tuple]":
     """Every key of the release's ``SegformerGMMSegHead`` in mmcv's order (own parameters, own
     buffers, then children as registered), with its shape; ``None`` marks a free dimension."""
     shapes: OrderedDict[str, tuple] = OrderedDict()
@@ -284,11 +315,20 @@ def _backbone_sizes(state: "OrderedDict[str, Tensor]", path: Path) -> BackboneSi
     ratios = {hidden // e for _, hidden, e in mlps if hidden % e == 0}
     if len(ratios) != 1 or any(hidden % e for _, hidden, e in mlps):
         key = mlps[-1][0] if mlps else "backbone.layers.0.1.0.ffn.layers.0.weight"
-        raise _fail(path, f"{key}: the feed-forward widths {[h for _, h, _ in mlps]} are not one mlp_ratio times the "
-                          f"embed dims {embed}, as MixVisionTransformer's")
-    return BackboneSizes(in_channels=in_channels, embed_dims=tuple(embed), num_layers=tuple(blocks),
-                         patch_sizes=tuple(patches), sr_ratios=tuple(srs), mlp_ratio=ratios.pop(),
-                         qkv_bias="backbone.layers.0.1.0.attn.attn.in_proj_bias" in state)
+        raise _fail(
+            path,
+            f"{key}: the feed-forward widths {[h for _, h, _ in mlps]} are not one mlp_ratio times the "
+            f"embed dims {embed}, as MixVisionTransformer's",
+        )
+    return BackboneSizes(
+        in_channels=in_channels,
+        embed_dims=tuple(embed),
+        num_layers=tuple(blocks),
+        patch_sizes=tuple(patches),
+        sr_ratios=tuple(srs),
+        mlp_ratio=ratios.pop(),
+        qkv_bias="backbone.layers.0.1.0.attn.attn.in_proj_bias" in state,
+    )
 
 
 def read_sizes(state: "OrderedDict[str, Tensor]", path: Path) -> ReleaseSizes:
@@ -304,8 +344,10 @@ def read_sizes(state: "OrderedDict[str, Tensor]", path: Path) -> ReleaseSizes:
         raise _fail(path, _not_release_problem(state))
     means = state["decode_head.means"]
     if means.dim() != 3:
-        raise _fail(path, f"decode_head.means: shape {_shape(means)}, expected (C, M, D) (classes, components, "
-                          "embedding dimension)")
+        raise _fail(
+            path,
+            f"decode_head.means: shape {_shape(means)}, expected (C, M, D) (classes, components, embedding dimension)",
+        )
     c, m, d = _shape(means)
     fusion = state.get("decode_head.fusion_conv.conv.weight")
     if fusion is None:
@@ -324,19 +366,31 @@ def read_sizes(state: "OrderedDict[str, Tensor]", path: Path) -> ReleaseSizes:
     for key, value in state.items():
         if key.startswith("backbone."):
             if not _BACKBONE_KEY.match(key):
-                raise _fail(path, f"{key}: not a MixVisionTransformer key (backbone.layers.{{stage}}.{{0,1,2}}.*): "
-                                  "the release's GMMSeg-SegFormer has no other backbone")
+                raise _fail(
+                    path,
+                    f"{key}: not a MixVisionTransformer key (backbone.layers.{{stage}}.{{0,1,2}}.*): "
+                    "the release's GMMSeg-SegFormer has no other backbone",
+                )
             continue
         if key not in expected:
             if key.startswith("decode_head.projection.") and not projection:
-                raise _fail(path, f"{key}: the release has a projection only when channels != embed_dim, but "
-                                  f"both are {d} (fusion_conv [Ch={ch}], means [.., D={d}])")
-            raise _fail(path, f"{key}: not a key of the release's layout (backbone.*, and decode_head.means, "
-                              "diagonal, projection, feat_norm, mask_norm, convs, fusion_conv, queue...)")
+                raise _fail(
+                    path,
+                    f"{key}: the release has a projection only when channels != embed_dim, but "
+                    f"both are {d} (fusion_conv [Ch={ch}], means [.., D={d}])",
+                )
+            raise _fail(
+                path,
+                f"{key}: not a key of the release's layout (backbone.*, and decode_head.means, "
+                "diagonal, projection, feat_norm, mask_norm, convs, fusion_conv, queue...)",
+            )
         if not _fits(_shape(value), expected[key]):
-            raise _fail(path, f"{key}: shape {_shape(value)}, but {_show(expected[key])} fits the other tensors "
-                              f"(C={c}, M={m}, D={d} from decode_head.means {_shape(means)}, Ch={ch} from "
-                              f"decode_head.fusion_conv.conv.weight {_shape(fusion)})")
+            raise _fail(
+                path,
+                f"{key}: shape {_shape(value)}, but {_show(expected[key])} fits the other tensors "
+                f"(C={c}, M={m}, D={d} from decode_head.means {_shape(means)}, Ch={ch} from "
+                f"decode_head.fusion_conv.conv.weight {_shape(fusion)})",
+            )
     for key in expected:
         if key not in state and key not in _OPTIONAL and not key.endswith(".num_batches_tracked"):
             raise _fail(path, f"no {key}: the release's SegFormer GMMSeg head has it (C={c}, M={m}, D={d}, Ch={ch})")
@@ -346,18 +400,31 @@ def read_sizes(state: "OrderedDict[str, Tensor]", path: Path) -> ReleaseSizes:
     backbone = _backbone_sizes(state, path)
     stages = len(backbone.embed_dims)
     if n != stages:
-        raise _fail(path, f"decode_head.convs.{n - 1}.conv.weight: the head has {n} inputs (convs.0 .. convs.{n - 1}) "
-                          f"but the backbone has {stages} stages (backbone.layers.0 .. {stages - 1})")
+        raise _fail(
+            path,
+            f"decode_head.convs.{n - 1}.conv.weight: the head has {n} inputs (convs.0 .. convs.{n - 1}) "
+            f"but the backbone has {stages} stages (backbone.layers.0 .. {stages - 1})",
+        )
     for i in range(n):
         if in_channels[i] != backbone.embed_dims[i]:
-            raise _fail(path, f"decode_head.convs.{i}.conv.weight: shape {_shape(weights[i])}, but stage {i} of the "
-                              f"backbone gives {backbone.embed_dims[i]} channels "
-                              f"(backbone.layers.{i}.0.projection.weight)")
+            raise _fail(
+                path,
+                f"decode_head.convs.{i}.conv.weight: shape {_shape(weights[i])}, but stage {i} of the "
+                f"backbone gives {backbone.embed_dims[i]} channels "
+                f"(backbone.layers.{i}.0.projection.weight)",
+            )
     _check_values(state, path)
     queue = state.get("decode_head.queue")
-    return ReleaseSizes(num_classes=c, num_components=m, embed_dim=d, channels=ch, in_channels=in_channels,
-                        projection=projection, memory_size=int(queue.shape[2]) if queue is not None else None,
-                        backbone=backbone)
+    return ReleaseSizes(
+        num_classes=c,
+        num_components=m,
+        embed_dim=d,
+        channels=ch,
+        in_channels=in_channels,
+        projection=projection,
+        memory_size=int(queue.shape[2]) if queue is not None else None,
+        backbone=backbone,
+    )
 
 
 def _check_values(state: "OrderedDict[str, Tensor]", path: Path) -> None:
@@ -372,14 +439,20 @@ def _check_values(state: "OrderedDict[str, Tensor]", path: Path) -> None:
     stds = state["decode_head.diagonal"]
     low = int((stds <= 0).sum())
     if low:
-        raise _fail(path, f"decode_head.diagonal: {low} of its {stds.numel()} values are <= 0; the release "
-                          "stores standard deviations (>= 0.1 after its EM), which must be positive")
+        raise _fail(
+            path,
+            f"decode_head.diagonal: {low} of its {stds.numel()} values are <= 0; the release "
+            "stores standard deviations (>= 0.1 after its EM), which must be positive",
+        )
     ptr, queue = state.get("decode_head.queue_ptr"), state.get("decode_head.queue")
     if ptr is not None and queue is not None:
         k = int(queue.shape[2])
         if ptr.is_floating_point() or bool(((ptr < 0) | (ptr >= k)).any()):
-            raise _fail(path, f"decode_head.queue_ptr: write pointers must be integers in [0, {k}) (the queue's K), "
-                              f"got {ptr.dtype} {ptr.min().item()}..{ptr.max().item()}")
+            raise _fail(
+                path,
+                f"decode_head.queue_ptr: write pointers must be integers in [0, {k}) (the queue's K), "
+                f"got {ptr.dtype} {ptr.min().item()}..{ptr.max().item()}",
+            )
 
 
 # ---------------------------------------------------------------------- the release's config text
@@ -437,8 +510,11 @@ def _get(cfg: dict, *keys: str) -> Any:
 
 
 def _int_list(value: Any, n: int) -> list[int] | None:
-    if isinstance(value, (list, tuple)) and len(value) == n and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         return [int(v) for v in value]
     return None
 
@@ -449,29 +525,41 @@ def _num_heads(embed: tuple[int, ...], release_cfg: dict, notes: list[str], path
     n = len(embed)
 
     def fits(heads: list[int] | None) -> bool:
-        return heads is not None and embed[0] % heads[0] == 0 and all(
-            embed[i] == embed[0] // heads[0] * heads[i] for i in range(n))
+        return (
+            heads is not None
+            and embed[0] % heads[0] == 0
+            and all(embed[i] == embed[0] // heads[0] * heads[i] for i in range(n))
+        )
 
     given = _int_list(_get(release_cfg, "model", "backbone", "num_heads"), n)
     if given is not None and fits(given):
         return given, "meta.config"
     if given is not None:
-        notes.append(f"meta.config's backbone num_heads {given} do not fit the embed dims {list(embed)} "
-                     "(E_i = embed_dims * num_heads[i]): ignored")
+        notes.append(
+            f"meta.config's backbone num_heads {given} do not fit the embed dims {list(embed)} "
+            "(E_i = embed_dims * num_heads[i]): ignored"
+        )
     why = "the checkpoint's meta has no config text" if not release_cfg else "meta.config does not give them"
     default = list(DEFAULT_NUM_HEADS) if n == len(DEFAULT_NUM_HEADS) else None
     if fits(default):
-        notes.append(f"num_heads: MiT-B5's default {default} assumed ({why}; the tensors do not show the attention "
-                     "heads, which change the features: check them against the model's config)")
+        notes.append(
+            f"num_heads: MiT-B5's default {default} assumed ({why}; the tensors do not show the attention "
+            "heads, which change the features: check them against the model's config)"
+        )
         return default, "default (MiT-B5)"
     if all(e % embed[0] == 0 for e in embed):
         derived = [e // embed[0] for e in embed]
-        notes.append(f"num_heads: {derived} assumed, one head per {embed[0]} channels ({why}; MiT-B5's "
-                     f"{list(DEFAULT_NUM_HEADS)} do not fit the embed dims {list(embed)})")
+        notes.append(
+            f"num_heads: {derived} assumed, one head per {embed[0]} channels ({why}; MiT-B5's "
+            f"{list(DEFAULT_NUM_HEADS)} do not fit the embed dims {list(embed)})"
+        )
         return derived, "derived (E_i / E_0)"
-    raise _fail(path, f"backbone.layers.0.0.projection.weight: embed dims {list(embed)} are no MixVisionTransformer's "
-                      "without the model's num_heads (E_i = embed_dims * num_heads[i]) and meta.config does not "
-                      "give them")
+    raise _fail(
+        path,
+        f"backbone.layers.0.0.projection.weight: embed dims {list(embed)} are no MixVisionTransformer's "
+        "without the model's num_heads (E_i = embed_dims * num_heads[i]) and meta.config does not "
+        "give them",
+    )
 
 
 def _test_cfg(release_cfg: dict, notes: list[str]) -> dict:
@@ -493,14 +581,20 @@ def _class_names(meta: Any, c: int, notes: list[str]) -> tuple[list[str], list[l
     entries of the right kind), else ``class_0 ...`` and a fixed pseudo-random palette."""
     meta = meta if isinstance(meta, dict) else {}
     classes = meta.get("CLASSES")
-    if isinstance(classes, (list, tuple)) and len(classes) == c and all(isinstance(x, str) and x for x in classes) \
-            and len(set(classes)) == c:
+    if (
+        isinstance(classes, (list, tuple))
+        and len(classes) == c
+        and all(isinstance(x, str) and x for x in classes)
+        and len(set(classes)) == c
+    ):
         names = list(classes)
     else:
         names = [f"class_{i}" for i in range(c)]
         found = "absent" if classes is None else f"not {c} distinct names"
-        notes.append(f"class names: meta.CLASSES {found}; generic names class_0 .. class_{c - 1} written "
-                     "(edit classes.json and the checkpoint's meta to name them)")
+        notes.append(
+            f"class names: meta.CLASSES {found}; generic names class_0 .. class_{c - 1} written "
+            "(edit classes.json and the checkpoint's meta to name them)"
+        )
     palette = meta.get("PALETTE")
     colours = None
     if isinstance(palette, (list, tuple)) and len(palette) == c:
@@ -513,8 +607,9 @@ def _class_names(meta: Any, c: int, notes: list[str]) -> tuple[list[str], list[l
     if colours is None:
         gen = torch.Generator().manual_seed(0)
         colours = torch.randint(0, 256, (c, 3), generator=gen).tolist()
-        notes.append(f"palette: meta.PALETTE {'absent' if palette is None else 'unusable'}; a fixed random "
-                     "palette written")
+        notes.append(
+            f"palette: meta.PALETTE {'absent' if palette is None else 'unusable'}; a fixed random palette written"
+        )
     return names, colours
 
 
@@ -528,15 +623,23 @@ def _read_base(name: str) -> dict:
     return Config.fromfile(str(CONFIG_DIR / "_base_" / name), import_custom_modules=False).to_dict()
 
 
-def _lab_config(sizes: ReleaseSizes, num_heads: list[int], release_cfg: dict, memory_size: int,
-                update_interval: int, test_cfg: dict, work_dir: Path) -> dict:
+def _lab_config(
+    sizes: ReleaseSizes,
+    num_heads: list[int],
+    release_cfg: dict,
+    memory_size: int,
+    update_interval: int,
+    test_cfg: dict,
+    work_dir: Path,
+) -> dict:
     """The lab config of the converted model as a dict: the release's network with the sizes read
     from the checkpoint, the lab's runtime, the lab's data layout at 512 px, the lab's SegFormer
     recipe (AdamW) over the release's 80k iterations for anyone who fine-tunes it."""
     b = sizes.backbone
     n = len(b.embed_dims)
-    strides = _int_list(_get(release_cfg, "model", "backbone", "strides"), n) or \
-        (list(DEFAULT_STRIDES) if n == len(DEFAULT_STRIDES) else [4] + [2] * (n - 1))
+    strides = _int_list(_get(release_cfg, "model", "backbone", "strides"), n) or (
+        list(DEFAULT_STRIDES) if n == len(DEFAULT_STRIDES) else [4] + [2] * (n - 1)
+    )
     drop_path = _get(release_cfg, "model", "backbone", "drop_path_rate")
     align = _get(release_cfg, "model", "decode_head", "align_corners")
     norm = _get(release_cfg, "img_norm_cfg") or {}
@@ -547,27 +650,54 @@ def _lab_config(sizes: ReleaseSizes, num_heads: list[int], release_cfg: dict, me
     crop = (512, 512)
     model = dict(
         type="EncoderDecoder",
-        data_preprocessor=dict(type="SegDataPreProcessor", mean=list(mean), std=list(std),
-                               bgr_to_rgb=bool(norm.get("to_rgb", True)), pad_val=0, seg_pad_val=255, size=crop),
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=list(mean),
+            std=list(std),
+            bgr_to_rgb=bool(norm.get("to_rgb", True)),
+            pad_val=0,
+            seg_pad_val=255,
+            size=crop,
+        ),
         pretrained=None,
-        backbone=dict(type="MixVisionTransformer", in_channels=b.in_channels,
-                      embed_dims=b.embed_dims[0] // num_heads[0], num_stages=n, num_layers=list(b.num_layers),
-                      num_heads=num_heads, patch_sizes=list(b.patch_sizes), strides=strides,
-                      sr_ratios=list(b.sr_ratios), out_indices=tuple(range(n)), mlp_ratio=b.mlp_ratio,
-                      qkv_bias=b.qkv_bias, drop_rate=0.0, attn_drop_rate=0.0,
-                      drop_path_rate=float(drop_path) if isinstance(drop_path, (int, float)) else 0.1),
+        backbone=dict(
+            type="MixVisionTransformer",
+            in_channels=b.in_channels,
+            embed_dims=b.embed_dims[0] // num_heads[0],
+            num_stages=n,
+            num_layers=list(b.num_layers),
+            num_heads=num_heads,
+            patch_sizes=list(b.patch_sizes),
+            strides=strides,
+            sr_ratios=list(b.sr_ratios),
+            out_indices=tuple(range(n)),
+            mlp_ratio=b.mlp_ratio,
+            qkv_bias=b.qkv_bias,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=float(drop_path) if isinstance(drop_path, (int, float)) else 0.1,
+        ),
         decode_head=dict(
             type="GMMSegHead",
-            head=dict(type="SegformerHead", in_channels=list(sizes.in_channels), in_index=list(range(n)),
-                      channels=sizes.channels, dropout_ratio=0.1, num_classes=sizes.num_classes, norm_cfg=norm_cfg,
-                      align_corners=bool(align) if isinstance(align, bool) else False,
-                      loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)),
+            head=dict(
+                type="SegformerHead",
+                in_channels=list(sizes.in_channels),
+                in_index=list(range(n)),
+                channels=sizes.channels,
+                dropout_ratio=0.1,
+                num_classes=sizes.num_classes,
+                norm_cfg=norm_cfg,
+                align_corners=bool(align) if isinstance(align, bool) else False,
+                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+            ),
             num_components=sizes.num_components,
             embed_dim=sizes.embed_dim,
             projection="conv_bn_relu",
-            gmm_cfg=dict(memory_size=memory_size, update_interval=update_interval)),
+            gmm_cfg=dict(memory_size=memory_size, update_interval=update_interval),
+        ),
         train_cfg=dict(),
-        test_cfg=test_cfg)
+        test_cfg=test_cfg,
+    )
     data_root = "data/set"  # any data set in the lab's layout with these classes; `evaluate --data` sets it
     train_pipeline = [
         dict(type="LoadImageFromFile"),
@@ -586,27 +716,46 @@ def _lab_config(sizes: ReleaseSizes, num_heads: list[int], release_cfg: dict, me
     ]
 
     def dataset(split: str, pipeline: list) -> dict:
-        return dict(type="GMMLabDataset", data_root=data_root,
-                    data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"annotations/{split}"),
-                    pipeline=pipeline)
+        return dict(
+            type="GMMLabDataset",
+            data_root=data_root,
+            data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"annotations/{split}"),
+            pipeline=pipeline,
+        )
 
     cfg = _read_base("default_runtime.py")
     cfg.update(_read_base("schedules/adamw_160k.py"))
     cfg.update(
-        model=model, data_root=data_root, crop_size=crop, norm_cfg=norm_cfg,
-        train_pipeline=train_pipeline, test_pipeline=test_pipeline,
-        train_dataloader=dict(batch_size=2, num_workers=2, persistent_workers=True,
-                              sampler=dict(type="ClassBalancedSampler"), dataset=dataset("train", train_pipeline)),
-        val_dataloader=dict(batch_size=1, num_workers=2, persistent_workers=True,
-                            sampler=dict(type="DefaultSampler", shuffle=False), dataset=dataset("val", test_pipeline)),
+        model=model,
+        data_root=data_root,
+        crop_size=crop,
+        norm_cfg=norm_cfg,
+        train_pipeline=train_pipeline,
+        test_pipeline=test_pipeline,
+        train_dataloader=dict(
+            batch_size=2,
+            num_workers=2,
+            persistent_workers=True,
+            sampler=dict(type="ClassBalancedSampler"),
+            dataset=dataset("train", train_pipeline),
+        ),
+        val_dataloader=dict(
+            batch_size=1,
+            num_workers=2,
+            persistent_workers=True,
+            sampler=dict(type="DefaultSampler", shuffle=False),
+            dataset=dataset("val", test_pipeline),
+        ),
         val_evaluator=dict(type="IoUMetric", iou_metrics=["mIoU"]),
-        work_dir=str(work_dir))
+        work_dir=str(work_dir),
+    )
     cfg["test_dataloader"] = copy.deepcopy(cfg["val_dataloader"])
     cfg["test_evaluator"] = copy.deepcopy(cfg["val_evaluator"])
     cfg["train_cfg"] = dict(type="IterBasedTrainLoop", max_iters=RELEASE_ITERS, val_interval=8000)
     cfg["param_scheduler"] = [
         dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-        dict(type="PolyLR", eta_min=0.0, power=1.0, begin=1500, end=RELEASE_ITERS, by_epoch=False)]
+        dict(type="PolyLR", eta_min=0.0, power=1.0, begin=1500, end=RELEASE_ITERS, by_epoch=False),
+    ]
     cfg["default_hooks"]["checkpoint"]["interval"] = 8000
     return cfg
 
@@ -615,13 +764,15 @@ def _config_text(cfg: dict, source: Path, num_heads_from: str) -> str:
     """``config.py``: a header saying where it comes from, then mmengine's text of ``cfg``."""
     from mmengine.config import Config
 
-    header = (f"# Imported by `gmmseg-lab import-release` from {source.name} (the authors' GMMSeg release,\n"
-              "# mmseg 0.x): the release's network with the sizes read from its tensors, in the lab's\n"
-              f"# GMMSegHead(head=SegformerHead) form; num_heads: {num_heads_from}. import_report.json beside\n"
-              "# this file lists what was found, mapped and left out. data_root: a data set in the lab's\n"
-              "# layout whose classes.json lists these classes (the classes.json beside this file).\n"
-              "# Inference: whole images resized to 512 on the short side (the release's COCO-Stuff test\n"
-              "# setting); `gmmseg-lab evaluate --slide 512 341` slides 512-px windows instead.\n")
+    header = (
+        f"# Imported by `gmmseg-lab import-release` from {source.name} (the authors' GMMSeg release,\n"
+        "# mmseg 0.x): the release's network with the sizes read from its tensors, in the lab's\n"
+        f"# GMMSegHead(head=SegformerHead) form; num_heads: {num_heads_from}. import_report.json beside\n"
+        "# this file lists what was found, mapped and left out. data_root: a data set in the lab's\n"
+        "# layout whose classes.json lists these classes (the classes.json beside this file).\n"
+        "# Inference: whole images resized to 512 on the short side (the release's COCO-Stuff test\n"
+        "# setting); `gmmseg-lab evaluate --slide 512 341` slides 512-px windows instead.\n"
+    )
     return header + Config(cfg).pretty_text
 
 
@@ -642,9 +793,15 @@ def _as_float(t: Tensor) -> Tensor:
     return t.to(torch.float32) if t.is_floating_point() else t
 
 
-def convert_state(state: "OrderedDict[str, Tensor]", sizes: ReleaseSizes, *, memory_size: int,
-                  import_queue: bool, num_updates: int, num_m_steps: int
-                  ) -> tuple["OrderedDict[str, Tensor]", dict[str, str]]:
+def convert_state(
+    state: "OrderedDict[str, Tensor]",
+    sizes: ReleaseSizes,
+    *,
+    memory_size: int,
+    import_queue: bool,
+    num_updates: int,
+    num_m_steps: int,
+) -> tuple["OrderedDict[str, Tensor]", dict[str, str]]:
     """The lab's state dict of the release's tensors (the table of the module docstring), in the
     lab model's key order, and ``{lab key: the release key it came from}``.
 
@@ -697,8 +854,11 @@ def convert_state(state: "OrderedDict[str, Tensor]", sizes: ReleaseSizes, *, mem
         k = int(queue.shape[2])
         put(gmm + "memory.queue", _transposed_queue(queue), head + "queue")
         ptr = state.get(head + "queue_ptr")
-        put(gmm + "memory.ptr", ptr.to(torch.long).clone() if ptr is not None else torch.zeros(c * m, dtype=torch.long),
-            head + "queue_ptr")
+        put(
+            gmm + "memory.ptr",
+            ptr.to(torch.long).clone() if ptr is not None else torch.zeros(c * m, dtype=torch.long),
+            head + "queue_ptr",
+        )
         put(gmm + "memory.count", torch.full((c * m,), k, dtype=torch.long), head + "queue")
     else:
         put(gmm + "memory.queue", torch.zeros(c * m, memory_size, d), "(none: empty placeholder memory)")
@@ -709,8 +869,9 @@ def convert_state(state: "OrderedDict[str, Tensor]", sizes: ReleaseSizes, *, mem
     return out, origin
 
 
-def _check_fits_model(cfg_text: str, state: "OrderedDict[str, Tensor]", origin: dict[str, str],
-                      sizes: ReleaseSizes, path: Path) -> None:
+def _check_fits_model(
+    cfg_text: str, state: "OrderedDict[str, Tensor]", origin: dict[str, str], sizes: ReleaseSizes, path: Path
+) -> None:
     """Build the lab model of ``cfg_text`` (with a 1-sample memory: no gigabyte buffer) and check that
     ``state`` fits it key for key and shape for shape, as ``load_segmentor`` will load it (strictly).
     A release key that does not fit (a backbone tensor of another shape...) is named."""
@@ -724,14 +885,20 @@ def _check_fits_model(cfg_text: str, state: "OrderedDict[str, Tensor]", origin: 
     init_default_scope("mmseg")
     expected = MODELS.build(probe).state_dict()
     b = sizes.backbone
-    mit = (f"a MixVisionTransformer of embed dims {list(b.embed_dims)}, layers {list(b.num_layers)}, patch sizes "
-           f"{list(b.patch_sizes)}, sr ratios {list(b.sr_ratios)}, mlp ratio {b.mlp_ratio} (read from the checkpoint)")
+    mit = (
+        f"a MixVisionTransformer of embed dims {list(b.embed_dims)}, layers {list(b.num_layers)}, patch sizes "
+        f"{list(b.patch_sizes)}, sr ratios {list(b.sr_ratios)}, mlp ratio {b.mlp_ratio} (read from the checkpoint)"
+    )
     queue = "decode_head.gmm.memory.queue"
     for key, value in state.items():
         where = origin[key]
         if key not in expected:
-            raise _fail(path, f"{where}: not a key of {mit}" if key.startswith("backbone.")
-                        else f"{where}: the lab's model has no {key} (a converter bug)")
+            raise _fail(
+                path,
+                f"{where}: not a key of {mit}"
+                if key.startswith("backbone.")
+                else f"{where}: the lab's model has no {key} (a converter bug)",
+            )
         want = _shape(expected[key])
         got = _shape(value)
         if key == queue:
@@ -741,8 +908,10 @@ def _check_fits_model(cfg_text: str, state: "OrderedDict[str, Tensor]", origin: 
             raise _fail(path, f"{where}: shape {_shape(value)}, but {what} has {tuple(expected[key].shape)}")
     missing = [k for k in expected if k not in state]
     if missing:
-        raise _fail(path, f"no {missing[0]}: {mit} has it" + (f" (and {len(missing) - 1} more keys)" if len(missing) > 1
-                                                                  else ""))
+        raise _fail(
+            path,
+            f"no {missing[0]}: {mit} has it" + (f" (and {len(missing) - 1} more keys)" if len(missing) > 1 else ""),
+        )
 
 
 # ---------------------------------------------------------------------- the entry point
@@ -757,20 +926,35 @@ def _iterations(state: "OrderedDict[str, Tensor]", meta: Any) -> int | None:
     return None
 
 
-def _left_out(obj: Any, state: "OrderedDict[str, Tensor]", queue_imported: bool, queue_why: str | None
-              ) -> list[dict[str, str]]:
+def _left_out(
+    obj: Any, state: "OrderedDict[str, Tensor]", queue_imported: bool, queue_why: str | None
+) -> list[dict[str, str]]:
     """What the work dir does not keep, one entry per key (or group of keys), with why."""
     out = []
     conv_seg = [k for k in state if k.startswith("decode_head.conv_seg.")]
     if conv_seg:
-        out.append(dict(key="decode_head.conv_seg.*", why="the release's softmax classifier from BaseDecodeHead: never "
-                                                            "used by its forward (left at its initialisation)"))
+        out.append(
+            dict(
+                key="decode_head.conv_seg.*",
+                why="the release's softmax classifier from BaseDecodeHead: never "
+                "used by its forward (left at its initialisation)",
+            )
+        )
     if "decode_head.eye_matrix" in state:
-        out.append(dict(key="decode_head.eye_matrix", why="all ones, used only in the release's M-step (variance + "
-                                                          "0.01 * eye): the lab's var_floor=0.01 is the same"))
+        out.append(
+            dict(
+                key="decode_head.eye_matrix",
+                why="all ones, used only in the release's M-step (variance + "
+                "0.01 * eye): the lab's var_floor=0.01 is the same",
+            )
+        )
     if "decode_head.iteration_counter" in state:
-        out.append(dict(key="decode_head.iteration_counter", why="the tensor itself: its value became "
-                                                                 "gmm.num_updates, gmm.num_m_steps and the file's N"))
+        out.append(
+            dict(
+                key="decode_head.iteration_counter",
+                why="the tensor itself: its value became gmm.num_updates, gmm.num_m_steps and the file's N",
+            )
+        )
     if "decode_head.queue" not in state:
         out.append(dict(key="decode_head.queue", why="absent in the checkpoint: an empty placeholder memory written"))
         if "decode_head.queue_ptr" in state:
@@ -828,31 +1012,42 @@ class _MemoryPlan:
     """What becomes of the release's queue: imported (``size`` = its K) or an empty placeholder."""
 
     imported: bool
-    size: int                     # samples per component of the lab's memory
-    gigabytes: float | None       # the queue's float32 size, None without one
+    size: int  # samples per component of the lab's memory
+    gigabytes: float | None  # the queue's float32 size, None without one
     why_left_out: str | None
 
 
-def _memory_plan(sizes: ReleaseSizes, state: "OrderedDict[str, Tensor]", max_memory_gb: float,
-                 memory_size: int | None, notes: list[str]) -> _MemoryPlan:
+def _memory_plan(
+    sizes: ReleaseSizes,
+    state: "OrderedDict[str, Tensor]",
+    max_memory_gb: float,
+    memory_size: int | None,
+    notes: list[str],
+) -> _MemoryPlan:
     """Import the queue ``[C*M, D, K]`` when its float32 copy is at most ``max_memory_gb`` x 10^9
     bytes; otherwise (or without one) an empty memory of ``memory_size`` samples per component."""
     c, m, d, k = sizes.num_classes, sizes.num_components, sizes.embed_dim, sizes.memory_size
     placeholder = memory_size or PLACEHOLDER_MEMORY_SIZE
     if k is None:
-        notes.append(f"memory: the checkpoint has no decode_head.queue; an empty placeholder memory of {placeholder} "
-                     "samples per component written (the logits do not read it; to fine-tune, set "
-                     "gmm_cfg.memory_size, e.g. the release's 32000, and start a new run from these weights)")
+        notes.append(
+            f"memory: the checkpoint has no decode_head.queue; an empty placeholder memory of {placeholder} "
+            "samples per component written (the logits do not read it; to fine-tune, set "
+            "gmm_cfg.memory_size, e.g. the release's 32000, and start a new run from these weights)"
+        )
         return _MemoryPlan(False, placeholder, None, None)
     gigabytes = c * m * d * k * 4 / 1e9
     if gigabytes > max_memory_gb:
-        why = (f"{gigabytes:.2f} GB in float32, over --max-memory-gb {max_memory_gb:g}; an empty placeholder memory "
-               f"of {placeholder} samples per component written instead")
+        why = (
+            f"{gigabytes:.2f} GB in float32, over --max-memory-gb {max_memory_gb:g}; an empty placeholder memory "
+            f"of {placeholder} samples per component written instead"
+        )
         notes.append(f"memory: decode_head.queue left out ({why})")
         return _MemoryPlan(False, placeholder, gigabytes, why)
-    notes.append(f"memory: decode_head.queue [{c * m}, {d}, {k}] imported as the FIFO memory [{c * m}, {k}, {d}] with "
-                 f"count = {k} in every slot: the release starts each queue as random unit vectors, and the lab counts "
-                 "every slot as data (random ones included, as the release's M-step averages them)")
+    notes.append(
+        f"memory: decode_head.queue [{c * m}, {d}, {k}] imported as the FIFO memory [{c * m}, {k}, {d}] with "
+        f"count = {k} in every slot: the release starts each queue as random unit vectors, and the lab counts "
+        "every slot as data (random ones included, as the release's M-step averages them)"
+    )
     if "decode_head.queue_ptr" not in state:
         notes.append("memory: no decode_head.queue_ptr; the write pointers start at 0")
     return _MemoryPlan(True, k, gigabytes, None)
@@ -870,27 +1065,59 @@ def _release_meta(obj: Any, notes: list[str]) -> tuple[dict | None, str | None, 
     return meta, text, parsed
 
 
-def _found(sizes: ReleaseSizes, cfg: dict, plan: _MemoryPlan, meta: dict | None, config_text: str | None,
-           kept_meta: dict, iterations: int | None, heads_from: str, obj: Any) -> dict[str, Any]:
+def _found(
+    sizes: ReleaseSizes,
+    cfg: dict,
+    plan: _MemoryPlan,
+    meta: dict | None,
+    config_text: str | None,
+    kept_meta: dict,
+    iterations: int | None,
+    heads_from: str,
+    obj: Any,
+) -> dict[str, Any]:
     """The report's ``found``: sizes, backbone, memory, meta, iterations, the file's top-level entries."""
     backbone = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(sizes.backbone).items()}
-    backbone.update(num_heads=cfg["model"]["backbone"]["num_heads"], num_heads_from=heads_from,
-                    strides=cfg["model"]["backbone"]["strides"])
+    backbone.update(
+        num_heads=cfg["model"]["backbone"]["num_heads"],
+        num_heads_from=heads_from,
+        strides=cfg["model"]["backbone"]["strides"],
+    )
     return dict(
-        num_classes=sizes.num_classes, num_components=sizes.num_components, embed_dim=sizes.embed_dim,
-        channels=sizes.channels, in_channels=list(sizes.in_channels),
+        num_classes=sizes.num_classes,
+        num_components=sizes.num_components,
+        embed_dim=sizes.embed_dim,
+        channels=sizes.channels,
+        in_channels=list(sizes.in_channels),
         projection="conv_bn_relu" if sizes.projection else "identity (channels == embed_dim)",
         backbone=backbone,
-        memory=dict(present=sizes.memory_size is not None, size=sizes.memory_size, gigabytes=plan.gigabytes,
-                    imported=plan.imported, memory_size=plan.size),
-        meta=dict(present=meta is not None, config=config_text is not None, CLASSES=bool(meta and "CLASSES" in meta),
-                  PALETTE=bool(meta and "PALETTE" in meta), **kept_meta),
-        iterations=iterations, test_cfg=cfg["model"]["test_cfg"],
-        top_level=[str(k) for k in obj] if isinstance(obj, dict) and "state_dict" in obj else ["(a bare state dict)"])
+        memory=dict(
+            present=sizes.memory_size is not None,
+            size=sizes.memory_size,
+            gigabytes=plan.gigabytes,
+            imported=plan.imported,
+            memory_size=plan.size,
+        ),
+        meta=dict(
+            present=meta is not None,
+            config=config_text is not None,
+            CLASSES=bool(meta and "CLASSES" in meta),
+            PALETTE=bool(meta and "PALETTE" in meta),
+            **kept_meta,
+        ),
+        iterations=iterations,
+        test_cfg=cfg["model"]["test_cfg"],
+        top_level=[str(k) for k in obj] if isinstance(obj, dict) and "state_dict" in obj else ["(a bare state dict)"],
+    )
 
 
-def import_release(checkpoint: str | Path, out: str | Path, *, max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
-                   memory_size: int | None = None) -> dict[str, Any]:
+def import_release(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
+    memory_size: int | None = None,
+) -> dict[str, Any]:
     """Convert a checkpoint of the authors' GMMSeg release into the lab work dir ``out``.
 
     Everything is checked and converted in memory before anything is written; the work dir then
@@ -943,35 +1170,62 @@ def import_release(checkpoint: str | Path, out: str | Path, *, max_memory_gb: fl
         notes.append("counters: neither decode_head.iteration_counter nor meta.iter: gmm.num_updates = 0")
     if not sizes.projection:
         notes.append(f"projection: channels == embed_dim == {d}: the release has none and the lab's is Identity")
-    notes.append("class_log_likelihood (the lab's anomaly score, -max_c log p(x|c)) is the mixture's logsumexp "
-                 "with uniform weights 1/M; the class logits use the hard max over components, as the release's")
+    notes.append(
+        "class_log_likelihood (the lab's anomaly score, -max_c log p(x|c)) is the mixture's logsumexp "
+        "with uniform weights 1/M; the class logits use the hard max over components, as the release's"
+    )
 
     work_dir = out.expanduser().absolute()
     cfg = _lab_config(sizes, num_heads, release_cfg, plan.size, interval, test_cfg, work_dir)
     cfg_text = _config_text(cfg, path, heads_from)
-    new_state, origin = convert_state(state, sizes, memory_size=plan.size, import_queue=plan.imported,
-                                      num_updates=num_updates, num_m_steps=num_m_steps)
+    new_state, origin = convert_state(
+        state,
+        sizes,
+        memory_size=plan.size,
+        import_queue=plan.imported,
+        num_updates=num_updates,
+        num_m_steps=num_m_steps,
+    )
     _check_fits_model(cfg_text, new_state, origin, sizes, path)
 
     name = f"iter_{num_updates}.pth"
-    kept_meta = {k: v for k, v in (meta or {}).items()
-                 if k in ("mmseg_version", "mmcv_version", "exp_name", "iter", "epoch", "seed", "time")
-                 and isinstance(v, (str, int, float))}
+    kept_meta = {
+        k: v
+        for k, v in (meta or {}).items()
+        if k in ("mmseg_version", "mmcv_version", "exp_name", "iter", "epoch", "seed", "time")
+        and isinstance(v, (str, int, float))
+    }
     report = dict(
-        source=str(path.expanduser().absolute()), work_dir=str(work_dir), checkpoint=name,
+        source=str(path.expanduser().absolute()),
+        work_dir=str(work_dir),
+        checkpoint=name,
         found=_found(sizes, cfg, plan, meta, config_text, kept_meta, iterations, heads_from, obj),
         classes=classes,
-        mapping=[dict(release=release, lab=lab) for lab, release in origin.items()
-                 if not lab.startswith("backbone.") and lab != release],
-        unchanged=dict(backbone=sum(k.startswith("backbone.") for k in origin),
-                       decode_head=sum(k == v and k.startswith("decode_head.") for k, v in origin.items())),
-        left_out=_left_out(obj, state, plan.imported, plan.why_left_out), notes=notes,
+        mapping=[
+            dict(release=release, lab=lab)
+            for lab, release in origin.items()
+            if not lab.startswith("backbone.") and lab != release
+        ],
+        unchanged=dict(
+            backbone=sum(k.startswith("backbone.") for k in origin),
+            decode_head=sum(k == v and k.startswith("decode_head.") for k, v in origin.items()),
+        ),
+        left_out=_left_out(obj, state, plan.imported, plan.why_left_out),
+        notes=notes,
         files=["config.py", name, "last_checkpoint", "classes.json", "import_report.json"]
-        + (["release_config.txt"] if config_text is not None else []))
-    ckpt = {"state_dict": new_state,
-            "meta": {"cfg": cfg_text, "iter": num_updates, "epoch": 0, "experiment_name": "import-release",
-                     "dataset_meta": {"classes": classes, "palette": palette},
-                     "imported_from": {"file": path.name, **kept_meta}}}
+        + (["release_config.txt"] if config_text is not None else []),
+    )
+    ckpt = {
+        "state_dict": new_state,
+        "meta": {
+            "cfg": cfg_text,
+            "iter": num_updates,
+            "epoch": 0,
+            "experiment_name": "import-release",
+            "dataset_meta": {"classes": classes, "palette": palette},
+            "imported_from": {"file": path.name, **kept_meta},
+        },
+    }
     files: dict[str, Any] = {
         "config.py": cfg_text,
         name: ckpt,
@@ -990,10 +1244,17 @@ def format_summary(report: dict[str, Any]) -> str:
     f = report["found"]
     b = f["backbone"]
     mem = f["memory"]
-    memory = ("none in the checkpoint" if not mem["present"] else
-              f"K={mem['size']} ({mem['gigabytes']:.2f} GB), " + ("imported" if mem["imported"] else "left out"))
-    meta = "absent" if not f["meta"]["present"] else ", ".join(
-        k for k in ("config", "CLASSES", "PALETTE") if f["meta"][k]) or "present (no config, CLASSES or PALETTE)"
+    memory = (
+        "none in the checkpoint"
+        if not mem["present"]
+        else f"K={mem['size']} ({mem['gigabytes']:.2f} GB), " + ("imported" if mem["imported"] else "left out")
+    )
+    meta = (
+        "absent"
+        if not f["meta"]["present"]
+        else ", ".join(k for k in ("config", "CLASSES", "PALETTE") if f["meta"][k])
+        or "present (no config, CLASSES or PALETTE)"
+    )
     lines = [
         f"imported {report['source']} -> {report['work_dir']}",
         f"  classes C={f['num_classes']}, components M={f['num_components']}, embedding D={f['embed_dim']}, "

@@ -43,13 +43,17 @@ class TransferReport:
             shown = ", ".join(keys[:max_keys])
             return shown + (f", ... ({len(keys) - max_keys} more)" if len(keys) > max_keys else "") if keys else "none"
 
-        lines = [f"init from {self.checkpoint}: loaded {len(self.loaded)} tensors",
-                 f"  softmax classifier not loaded: {names(self.skipped_classifier)}",
-                 f"  missing (left at their initialisation): {names(self.missing)}",
-                 f"  unexpected (in the checkpoint only): {names(self.unexpected)}"]
+        lines = [
+            f"init from {self.checkpoint}: loaded {len(self.loaded)} tensors",
+            f"  softmax classifier not loaded: {names(self.skipped_classifier)}",
+            f"  missing (left at their initialisation): {names(self.missing)}",
+            f"  unexpected (in the checkpoint only): {names(self.unexpected)}",
+        ]
         if self.mismatched:
-            lines.append("  shape mismatch (left at their initialisation): " + names(
-                f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched))
+            lines.append(
+                "  shape mismatch (left at their initialisation): "
+                + names(f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched)
+            )
         return "\n".join(lines)
 
 

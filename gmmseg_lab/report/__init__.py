@@ -7,8 +7,17 @@ Notebooks call :func:`record_runs` to hand their runs' metrics to the report; th
 from .results import aggregate, flatten_metrics, format_mean_std, record_runs
 from .spec import Job, ReportSpecError, load_plan, notebook_parameters
 
-__all__ = ["Job", "ReportSpecError", "aggregate", "build_report", "flatten_metrics", "format_mean_std",
-           "load_plan", "notebook_parameters", "record_runs"]
+__all__ = [
+    "Job",
+    "ReportSpecError",
+    "aggregate",
+    "build_report",
+    "flatten_metrics",
+    "format_mean_std",
+    "load_plan",
+    "notebook_parameters",
+    "record_runs",
+]
 
 
 def build_report(*args, **kwargs):

@@ -69,8 +69,9 @@ def table_of_contents(nb, exporter) -> list[dict]:
     for cell in nb.cells:
         if cell.cell_type != "markdown" or "#" not in cell.source and "<h" not in cell.source:
             continue
-        renderer = IPythonRenderer(escape=False, anchor_link_text=exporter.anchor_link_text,
-                                   exclude_anchor_links=exporter.exclude_anchor_links)
+        renderer = IPythonRenderer(
+            escape=False, anchor_link_text=exporter.anchor_link_text, exclude_anchor_links=exporter.exclude_anchor_links
+        )
         parser = _Headings()
         parser.feed(MarkdownWithMath(renderer=renderer).render(cell.source))
         parser.close()
@@ -102,14 +103,24 @@ def main(spec_path: str) -> int:
     start = time.time()
     outcome: dict = {"status": "ok", "error": None}
     try:
-        pm.execute_notebook(spec["input"], str(tmp_nb), parameters=spec["parameters"], kernel_name="python3",
-                            progress_bar=False, cwd=spec["cwd"], log_output=False,
-                            execution_timeout=spec.get("timeout"))
+        pm.execute_notebook(
+            spec["input"],
+            str(tmp_nb),
+            parameters=spec["parameters"],
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=spec["cwd"],
+            log_output=False,
+            execution_timeout=spec.get("timeout"),
+        )
     except pm.PapermillExecutionError as err:
         outcome = {"status": "failed", "error": f"{err.ename}: {err.evalue}", "cell": err.exec_count}
     except Exception as err:  # kernel died, bad notebook, ...: report it, do not crash the runner
-        outcome = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                   "traceback": traceback.format_exc(limit=5)}
+        outcome = {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=5),
+        }
     if tmp_nb.is_file():
         os.replace(tmp_nb, out_nb)
         try:

@@ -23,9 +23,14 @@ __all__ = ["EXPLORE_NOTEBOOKS", "ExploreRunner", "explore_jobs", "explore_report
 EXPLORE_NOTEBOOKS = ("02_component_assignments", "03_embedding_tsne", "06_open_world_anomaly")
 
 
-def explore_jobs(checkpoint: str | Path, images: str | Path, softmax: str | Path | None = None,
-                 softmax_config: str | Path | None = None, max_images: int = 8,
-                 notebooks_dir: str | Path | None = None):
+def explore_jobs(
+    checkpoint: str | Path,
+    images: str | Path,
+    softmax: str | Path | None = None,
+    softmax_config: str | Path | None = None,
+    max_images: int = 8,
+    notebooks_dir: str | Path | None = None,
+):
     """The explore report's definition, built in code: one job per notebook of :data:`EXPLORE_NOTEBOOKS`
     with ``checkpoint`` and ``images`` (and the softmax model where the notebook has a view of it),
     checked against each notebook's parameters cell. Returns ``(plan, notebooks_dir)``."""
@@ -51,9 +56,17 @@ def explore_jobs(checkpoint: str | Path, images: str | Path, softmax: str | Path
     return ReportPlan(preset="quick", data_seed=0, jobs=jobs, definition=Path("<gmmseg-lab explore>")), notebooks_dir
 
 
-def explore_report(checkpoint: str | Path, images: str | Path, out: str | Path, softmax: str | Path | None = None,
-                   softmax_config: str | Path | None = None, max_images: int = 8, progress: bool = True,
-                   timeout: int | None = None, notebooks_dir: str | Path | None = None) -> tuple[dict, list[str]]:
+def explore_report(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    softmax: str | Path | None = None,
+    softmax_config: str | Path | None = None,
+    max_images: int = 8,
+    progress: bool = True,
+    timeout: int | None = None,
+    notebooks_dir: str | Path | None = None,
+) -> tuple[dict, list[str]]:
     """Build notebooks 02, 03 and 06 on a folder of unlabeled photographs into a report at ``out``
     (``index.html``, ``summary.json``, ``html/``, ``notebooks/``), with the papermill runner of
     ``gmmseg-lab report``; returns ``(summary, names of the notebooks that did not succeed)``.
@@ -72,10 +85,14 @@ def explore_report(checkpoint: str | Path, images: str | Path, out: str | Path, 
     plan, nb_dir = explore_jobs(checkpoint, images, softmax, softmax_config, max_images, notebooks_dir)
     runner = ExploreRunner(out, plan, nb_dir, progress=progress, timeout=timeout)
     summary = runner.run()
-    inputs = {"checkpoint": str(checkpoint), "images": str(images),
-              "softmax": None if softmax is None else str(softmax),
-              "softmax_config": None if softmax_config is None else str(softmax_config),
-              "notebooks": list(EXPLORE_NOTEBOOKS), "note": NO_LABELS_NOTE}
+    inputs = {
+        "checkpoint": str(checkpoint),
+        "images": str(images),
+        "softmax": None if softmax is None else str(softmax),
+        "softmax_config": None if softmax_config is None else str(softmax_config),
+        "notebooks": list(EXPLORE_NOTEBOOKS),
+        "note": NO_LABELS_NOTE,
+    }
     atomic_write_json(Path(runner.out) / "explore.json", inputs)
     return summary, runner.failed
 

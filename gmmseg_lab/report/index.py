@@ -12,10 +12,17 @@ from ..stats import headline
 from .results import format_mean_std
 
 #: Columns of the summary table: (metric, label, higher is better).
-SUMMARY_COLUMNS = tuple((m.key, m.label, m.higher_is_better)
-                        for m in headline("miou", "ece", "bayes_ece", "auroc", "ap", "fpr95"))
-STATUS_COLOUR = {"ok": "#1a7f37", "reused": "#0969da", "failed": "#cf222e", "skipped": "#9a6700",
-                 "pending": "#57606a", "running": "#57606a"}
+SUMMARY_COLUMNS = tuple(
+    (m.key, m.label, m.higher_is_better) for m in headline("miou", "ece", "bayes_ece", "auroc", "ap", "fpr95")
+)
+STATUS_COLOUR = {
+    "ok": "#1a7f37",
+    "reused": "#0969da",
+    "failed": "#cf222e",
+    "skipped": "#9a6700",
+    "pending": "#57606a",
+    "running": "#57606a",
+}
 
 CSS = """
 body{font-family:"DejaVu Sans",Arial,sans-serif;margin:2em auto;max-width:1200px;color:#1f2328;padding:0 1em}
@@ -46,7 +53,8 @@ def render_index(summary: dict) -> str:
         f"<h1>GMMSeg lab report: preset <code>{_esc(summary['preset'])}</code></h1>",
         f"<p class='note'>Built {built}. {n_ok} of {len(jobs)} notebooks succeeded. Data set: embedded "
         f"<code>{_esc(summary['preset'])}</code> preset, data seed {summary['data_seed']}."
-        + (f" Grid: <code>{_esc(summary['grid'])}</code>." if summary.get("grid") else "") + "</p>",
+        + (f" Grid: <code>{_esc(summary['grid'])}</code>." if summary.get("grid") else "")
+        + "</p>",
         "<h2>Notebooks</h2><table><tr><th>notebook</th><th>parameters</th><th>status</th><th>time</th>"
         "<th>open</th></tr>",
     ]
@@ -59,24 +67,34 @@ def render_index(summary: dict) -> str:
             links.append(f"<a href='{_esc(job['notebook_file'])}'>.ipynb</a>")
         params = json.dumps(job["parameters"], sort_keys=True) if job["parameters"] else "defaults"
         error = f"<div class='err'>{_esc(job['error'])}</div>" if job.get("error") else ""
-        parts.append(f"<tr id='job-{_esc(name)}'><td>{_esc(name)}</td><td><code>{_esc(params)}</code></td>"
-                     f"<td><span class='status' style='color:{colour}'>{_esc(job['status'])}</span>{error}</td>"
-                     f"<td class='num'>{job['seconds']:.0f} s</td><td>{' · '.join(links) or '—'}</td></tr>")
+        parts.append(
+            f"<tr id='job-{_esc(name)}'><td>{_esc(name)}</td><td><code>{_esc(params)}</code></td>"
+            f"<td><span class='status' style='color:{colour}'>{_esc(job['status'])}</span>{error}</td>"
+            f"<td class='num'>{job['seconds']:.0f} s</td><td>{' · '.join(links) or '—'}</td></tr>"
+        )
     parts.append("</table>")
 
     groups = summary.get("groups") or []
     if groups:
         parts.append("<h2>Results (mean ± sample std over seeds)</h2>")
-        parts.append("<p class='note'>↑ higher is better, ↓ lower is better. Anomaly scores: GMMSeg "
-                     "−max<sub>c</sub> log p(x|c), softmax 1 − max p(c|x). ECE (Bayes) is the calibration of "
-                     "GMMSeg's posterior softmax<sub>c</sub> log p(x|c).</p>")
-        parts.append("<table><tr><th>notebook</th><th>settings</th><th>seeds</th>" + "".join(
-            f"<th>{label} {'↑' if up else '↓'}</th>" for _, label, up in SUMMARY_COLUMNS) + "</tr>")
+        parts.append(
+            "<p class='note'>↑ higher is better, ↓ lower is better. Anomaly scores: GMMSeg "
+            "−max<sub>c</sub> log p(x|c), softmax 1 − max p(c|x). ECE (Bayes) is the calibration of "
+            "GMMSeg's posterior softmax<sub>c</sub> log p(x|c).</p>"
+        )
+        parts.append(
+            "<table><tr><th>notebook</th><th>settings</th><th>seeds</th>"
+            + "".join(f"<th>{label} {'↑' if up else '↓'}</th>" for _, label, up in SUMMARY_COLUMNS)
+            + "</tr>"
+        )
         for g in groups:
-            cells = "".join(f"<td class='num'>{_esc(format_mean_std(g['metrics'].get(key)))}</td>"
-                            for key, _, _ in SUMMARY_COLUMNS)
-            parts.append(f"<tr><td>{_esc(g['notebook'])}</td><td>{_esc(_group_text(g['group']))}</td>"
-                         f"<td>{_esc(', '.join(str(s) for s in g['seeds']))}</td>{cells}</tr>")
+            cells = "".join(
+                f"<td class='num'>{_esc(format_mean_std(g['metrics'].get(key)))}</td>" for key, _, _ in SUMMARY_COLUMNS
+            )
+            parts.append(
+                f"<tr><td>{_esc(g['notebook'])}</td><td>{_esc(_group_text(g['group']))}</td>"
+                f"<td>{_esc(', '.join(str(s) for s in g['seeds']))}</td>{cells}</tr>"
+            )
         parts.append("</table>")
     parts.append("<p class='note'>All metrics of every run: <a href='summary.json'>summary.json</a>.</p>")
     parts.append("</body></html>")

@@ -58,8 +58,7 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
             combination = {k: v for k, v in result.get("combination", {}).items() if k not in ("seed", "seeds")}
             group = {**combination, **rec["group"]}
             key = json.dumps([result["notebook"], group], sort_keys=True)
-            entry = groups.setdefault(key, {"notebook": result["notebook"], "group": group, "runs": {},
-                                            "jobs": set()})
+            entry = groups.setdefault(key, {"notebook": result["notebook"], "group": group, "runs": {}, "jobs": set()})
             entry["runs"][rec.get("seed")] = rec["metrics"]
             entry["jobs"].add(job)
     out = []
@@ -68,8 +67,15 @@ def aggregate(results_by_job: dict[str, dict]) -> list[dict]:
         seeds = sorted(entry["runs"], key=lambda s: (s is None, s))
         names = sorted({m for metrics in entry["runs"].values() for m in metrics})
         metrics = {name: seed_stats([entry["runs"][s].get(name) for s in seeds]) for name in names}
-        out.append({"notebook": entry["notebook"], "group": entry["group"], "seeds": seeds,
-                    "jobs": sorted(entry["jobs"]), "metrics": metrics})
+        out.append(
+            {
+                "notebook": entry["notebook"],
+                "group": entry["group"],
+                "seeds": seeds,
+                "jobs": sorted(entry["jobs"]),
+                "metrics": metrics,
+            }
+        )
     return out
 
 

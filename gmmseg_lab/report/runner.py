@@ -80,9 +80,17 @@ class JobState:
 class ReportRunner:
     """Plans and executes one report build; see the module docstring."""
 
-    def __init__(self, out: str | Path, preset: str = "quick", grid: str | Path | None = None, jobs: int = 1,
-                 notebooks_dir: str | Path | None = None, definitions_dir: str | Path | None = None,
-                 progress: bool = True, timeout: int | None = None):
+    def __init__(
+        self,
+        out: str | Path,
+        preset: str = "quick",
+        grid: str | Path | None = None,
+        jobs: int = 1,
+        notebooks_dir: str | Path | None = None,
+        definitions_dir: str | Path | None = None,
+        progress: bool = True,
+        timeout: int | None = None,
+    ):
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             raise ReportSpecError(f"--jobs must be a positive integer, got {jobs!r}")
         self.out = Path(out).expanduser().resolve()
@@ -116,7 +124,8 @@ class ReportRunner:
             raise ReportSpecError(
                 f"--out {self.out}: its data set {self.data_dir} was made with preset {info.get('preset')!r} "
                 f"seed {info.get('seed')}, this report needs preset {data!r} seed "
-                f"{self.plan.data_seed}; choose another --out")
+                f"{self.plan.data_seed}; choose another --out"
+            )
 
     # ------------------------------------------------------------------ paths
     @property
@@ -138,22 +147,32 @@ class ReportRunner:
 
     # ------------------------------------------------------------------ one job
     def _parameters(self, job: Job) -> dict:
-        return {**job.parameters, "work_dir": str(self.work_dir), "data_dir": str(self.data_dir),
-                "preset": self.plan.preset, "data_seed": self.plan.data_seed,
-                "results_path": str(self.job_dir(job) / "results.json"), "live": False}
+        return {
+            **job.parameters,
+            "work_dir": str(self.work_dir),
+            "data_dir": str(self.data_dir),
+            "preset": self.plan.preset,
+            "data_seed": self.plan.data_seed,
+            "results_path": str(self.job_dir(job) / "results.json"),
+            "live": False,
+        }
 
     def _key(self, job: Job, params: dict, fingerprint: str) -> str:
         nb = (self.notebooks_dir / f"{job.notebook}.ipynb").read_bytes()
-        blob = json.dumps({"params": params, "code": fingerprint, "nb": hashlib.sha256(nb).hexdigest()},
-                          sort_keys=True)
+        blob = json.dumps({"params": params, "code": fingerprint, "nb": hashlib.sha256(nb).hexdigest()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _cached(self, job: Job, key: str) -> bool:
         """Same key, finished ok, pages there, and every trained run it used still as it was."""
         status = read_results(self.job_dir(job) / "status.json")
-        return bool(status and status.get("key") == key and status.get("status") == "ok"
-                    and self.notebook_out(job).is_file() and self.html_out(job).is_file()
-                    and runs_unchanged(self.job_dir(job) / RUNS_USED_FILE))
+        return bool(
+            status
+            and status.get("key") == key
+            and status.get("status") == "ok"
+            and self.notebook_out(job).is_file()
+            and self.html_out(job).is_file()
+            and runs_unchanged(self.job_dir(job) / RUNS_USED_FILE)
+        )
 
     def _run_job(self, job: Job, fingerprint: str, threads: int) -> JobState:
         state = self.states[job.name]
@@ -166,22 +185,43 @@ class ReportRunner:
             state.status, state.seconds = "reused", float(previous.get("seconds", 0.0))
             return state
         # Nothing of an earlier execution may pass for this one's (a failed run must not show an old page).
-        for stale in (job_dir / "results.json", job_dir / "outcome.json", job_dir / RUNS_USED_FILE,
-                      self.notebook_out(job), self.html_out(job)):
+        for stale in (
+            job_dir / "results.json",
+            job_dir / "outcome.json",
+            job_dir / RUNS_USED_FILE,
+            self.notebook_out(job),
+            self.html_out(job),
+        ):
             stale.unlink(missing_ok=True)
         atomic_write_json(job_dir / "status.json", {"status": "running", "key": state.key, "job": job.name})
-        spec = {"input": str(self.notebooks_dir / f"{job.notebook}.ipynb"), "output": str(self.notebook_out(job)),
-                "html": str(self.html_out(job)), "outcome": str(job_dir / "outcome.json"),
-                "parameters": params, "cwd": str(job_dir), "timeout": self.timeout}
+        spec = {
+            "input": str(self.notebooks_dir / f"{job.notebook}.ipynb"),
+            "output": str(self.notebook_out(job)),
+            "html": str(self.html_out(job)),
+            "outcome": str(job_dir / "outcome.json"),
+            "parameters": params,
+            "cwd": str(job_dir),
+            "timeout": self.timeout,
+        }
         atomic_write_json(job_dir / "spec.json", spec)
         self.notebook_out(job).parent.mkdir(parents=True, exist_ok=True)
         self.html_out(job).parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   PYTHONUNBUFFERED="1", **{RUNS_USED_ENV: str(job_dir / RUNS_USED_FILE)})
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            PYTHONUNBUFFERED="1",
+            **{RUNS_USED_ENV: str(job_dir / RUNS_USED_FILE)},
+        )
         start = time.time()
         with open(job_dir / "log.txt", "w", encoding="utf-8") as log:
-            proc = subprocess.run([sys.executable, "-m", "gmmseg_lab.report._execute", str(job_dir / "spec.json")],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(job_dir))
+            proc = subprocess.run(
+                [sys.executable, "-m", "gmmseg_lab.report._execute", str(job_dir / "spec.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(job_dir),
+            )
         outcome = read_results(job_dir / "outcome.json")
         if outcome is None:
             tail = (job_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-3:]
@@ -189,9 +229,17 @@ class ReportRunner:
         state.status = "ok" if outcome.get("status") == "ok" else "failed"
         state.error = outcome.get("error")
         state.seconds = round(time.time() - start, 1)
-        atomic_write_json(job_dir / "status.json", {"status": state.status, "key": state.key, "job": job.name,
-                                                    "error": state.error, "seconds": state.seconds,
-                                                    "parameters": job.parameters})
+        atomic_write_json(
+            job_dir / "status.json",
+            {
+                "status": state.status,
+                "key": state.key,
+                "job": job.name,
+                "error": state.error,
+                "seconds": state.seconds,
+                "parameters": job.parameters,
+            },
+        )
         return state
 
     # ------------------------------------------------------------------ the build
@@ -213,8 +261,9 @@ class ReportRunner:
         threads = max(1, usable_cpus() // self.jobs)
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a cap the user set is kept
             threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
-        bar = tqdm(total=len(self.states), desc=f"report {self.plan.preset}", unit="notebook",
-                   disable=not self.progress)
+        bar = tqdm(
+            total=len(self.states), desc=f"report {self.plan.preset}", unit="notebook", disable=not self.progress
+        )
         running: dict[Future, str] = {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             while True:
@@ -259,11 +308,18 @@ class ReportRunner:
             "data_seed": self.plan.data_seed,
             "definition": str(self.plan.definition),
             "grid": str(self.plan.grid) if self.plan.grid else None,
-            "jobs": {name: {"notebook": s.job.notebook, "status": s.status, "error": s.error,
-                            "seconds": s.seconds, "parameters": s.job.parameters,
-                            "html": f"html/{name}.html" if self.html_out(s.job).is_file() else None,
-                            "notebook_file": f"notebooks/{name}.ipynb" if self.notebook_out(s.job).is_file() else None}
-                     for name, s in self.states.items()},
+            "jobs": {
+                name: {
+                    "notebook": s.job.notebook,
+                    "status": s.status,
+                    "error": s.error,
+                    "seconds": s.seconds,
+                    "parameters": s.job.parameters,
+                    "html": f"html/{name}.html" if self.html_out(s.job).is_file() else None,
+                    "notebook_file": f"notebooks/{name}.ipynb" if self.notebook_out(s.job).is_file() else None,
+                }
+                for name, s in self.states.items()
+            },
             "groups": aggregate(results),
             "extra": {name: r.get("extra", {}) for name, r in results.items()},
         }
@@ -276,11 +332,26 @@ class ReportRunner:
         return [n for n, s in self.states.items() if s.status in ("failed", "skipped")]
 
 
-def build_report(out: str | Path, preset: str = "quick", grid: str | Path | None = None, jobs: int = 1,
-                 notebooks_dir: str | Path | None = None, definitions_dir: str | Path | None = None,
-                 progress: bool = True, timeout: int | None = None) -> tuple[dict, list[str]]:
+def build_report(
+    out: str | Path,
+    preset: str = "quick",
+    grid: str | Path | None = None,
+    jobs: int = 1,
+    notebooks_dir: str | Path | None = None,
+    definitions_dir: str | Path | None = None,
+    progress: bool = True,
+    timeout: int | None = None,
+) -> tuple[dict, list[str]]:
     """Build a report (see :class:`ReportRunner`); returns ``(summary, failed job names)``."""
-    runner = ReportRunner(out, preset=preset, grid=grid, jobs=jobs, notebooks_dir=notebooks_dir,
-                          definitions_dir=definitions_dir, progress=progress, timeout=timeout)
+    runner = ReportRunner(
+        out,
+        preset=preset,
+        grid=grid,
+        jobs=jobs,
+        notebooks_dir=notebooks_dir,
+        definitions_dir=definitions_dir,
+        progress=progress,
+        timeout=timeout,
+    )
     summary = runner.run()
     return summary, runner.failed

@@ -93,8 +93,9 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
             try:
                 body = ast.parse(cell.source).body
             except SyntaxError as err:
-                raise ReportSpecError(f"{path}: its parameters cell is not plain Python assignments "
-                                      f"(line {err.lineno}: {err.msg})") from None
+                raise ReportSpecError(
+                    f"{path}: its parameters cell is not plain Python assignments (line {err.lineno}: {err.msg})"
+                ) from None
             for node in body:
                 if isinstance(node, (ast.Assign, ast.AnnAssign)):
                     target = node.targets[0] if isinstance(node, ast.Assign) else node.target
@@ -109,6 +110,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def _check_value(where: str, key: str, value: Any, default: Any) -> None:
     """Type check against the notebook's default, then the lab's own value checks."""
+
     def fail(expected: str):
         raise ReportSpecError(f"{where}: parameter {key!r} = {value!r}: expected {expected}")
 
@@ -132,6 +134,7 @@ def _check_value(where: str, key: str, value: Any, default: Any) -> None:
         hashable = [json.dumps(v, sort_keys=True) for v in value]
         if len(set(hashable)) != len(hashable):
             fail("a list without repeated values (a repeated seed would count twice in the mean)")
+
     def is_model(spec: Any) -> bool:
         try:
             parse_model_spec(spec)
@@ -149,8 +152,9 @@ def _check_value(where: str, key: str, value: Any, default: Any) -> None:
         fail("a non-negative integer")
     if key == "variants" and (not value or any(v not in VARIANTS for v in value)):
         fail(f"a non-empty list of {', '.join(VARIANTS)}")
-    if key in ("max_images", "n_per_class", "n_iters") and (isinstance(value, bool) or not isinstance(value, int)
-                                                             or value < 1):
+    if key in ("max_images", "n_per_class", "n_iters") and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
         fail("a positive integer")
 
 
@@ -163,8 +167,10 @@ def _check_parameters(where: str, params: Any, defaults: dict[str, Any], noteboo
         if key in INJECTED:
             raise ReportSpecError(f"{where}: parameter {key!r} is set by the report runner, not by a definition")
         if key not in defaults:
-            raise ReportSpecError(f"{where}: {notebook} has no parameter {key!r}; its parameters are "
-                                  f"{', '.join(k for k in defaults if k not in INJECTED)}")
+            raise ReportSpecError(
+                f"{where}: {notebook} has no parameter {key!r}; its parameters are "
+                f"{', '.join(k for k in defaults if k not in INJECTED)}"
+            )
         _check_value(where, key, value, defaults[key])
     return dict(params)
 
@@ -200,8 +206,10 @@ def load_plan(definition: Path, notebooks_dir: Path, grid: Path | None = None) -
     preset = raw.get("preset")
     embedded = [name for name, p in TRAINING_PRESETS.items() if p.data in EMBEDDED_DATA]
     if preset not in embedded:
-        raise ReportSpecError(f"{definition}: 'preset' must be one of {', '.join(embedded)} (the training presets "
-                              f"on the embedded data), got {preset!r}")
+        raise ReportSpecError(
+            f"{definition}: 'preset' must be one of {', '.join(embedded)} (the training presets "
+            f"on the embedded data), got {preset!r}"
+        )
     data_seed = raw.get("data_seed", 0)
     if isinstance(data_seed, bool) or not isinstance(data_seed, int) or data_seed < 0:
         raise ReportSpecError(f"{definition}: 'data_seed' must be a non-negative integer, got {data_seed!r}")
@@ -249,8 +257,10 @@ def _expand_grid(jobs: list[Job], grid_path: Path, defaults_by_notebook: dict[st
     _refuse_unknown_keys(str(grid_path), raw, _GRID_KEYS)
     notebook = raw.get("notebook")
     if notebook not in defaults_by_notebook:
-        raise ReportSpecError(f"{grid_path}: 'notebook' must be one of the report's notebooks "
-                              f"({', '.join(defaults_by_notebook)}), got {notebook!r}")
+        raise ReportSpecError(
+            f"{grid_path}: 'notebook' must be one of the report's notebooks "
+            f"({', '.join(defaults_by_notebook)}), got {notebook!r}"
+        )
     defaults = defaults_by_notebook[notebook]
     fixed = _check_parameters(f"{grid_path}: parameters", raw.get("parameters"), defaults, notebook)
     axes = raw.get("grid")
@@ -270,8 +280,15 @@ def _expand_grid(jobs: list[Job], grid_path: Path, defaults_by_notebook: dict[st
         for values in itertools.product(*(axes[k] for k in keys)):
             combination = dict(zip(keys, values))
             params = {**job.parameters, **fixed, **combination}
-            expanded.append(Job(name=_combination_name(notebook, combination), notebook=notebook,
-                                parameters=params, needs=list(job.needs), combination=combination))
+            expanded.append(
+                Job(
+                    name=_combination_name(notebook, combination),
+                    notebook=notebook,
+                    parameters=params,
+                    needs=list(job.needs),
+                    combination=combination,
+                )
+            )
     names = [j.name for j in expanded]
     if len(set(names)) != len(names):
         raise ReportSpecError(f"{grid_path}: two grid combinations give the same job name; use distinct values")

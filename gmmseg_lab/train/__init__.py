@@ -64,12 +64,33 @@ from ..io_utils import atomic_write_text
 from ..models.inference import quiet_mmengine
 from ..models.presets import check_gmm_options, gmm_head_configs
 from .distributed import choose_dist_backend, prepare_distributed
-from .hooks import (DUMP_STATE_ENV, AtomicCheckpointHook, AtomicLocalBackend, DumpGMMStateHook,
-                    InitFromCheckpointHook, RNGStateHook, SyncNormStatsHook, TqdmProgressHook)
+from .hooks import (
+    DUMP_STATE_ENV,
+    AtomicCheckpointHook,
+    AtomicLocalBackend,
+    DumpGMMStateHook,
+    InitFromCheckpointHook,
+    RNGStateHook,
+    SyncNormStatsHook,
+    TqdmProgressHook,
+)
 
-__all__ = ["train", "TqdmProgressHook", "RNGStateHook", "SyncNormStatsHook", "DumpGMMStateHook",
-           "AtomicCheckpointHook", "AtomicLocalBackend", "InitFromCheckpointHook", "CheckpointError",
-           "check_checkpoint", "choose_dist_backend", "last_checkpoint", "quiet_mmengine", "DUMP_STATE_ENV"]
+__all__ = [
+    "train",
+    "TqdmProgressHook",
+    "RNGStateHook",
+    "SyncNormStatsHook",
+    "DumpGMMStateHook",
+    "AtomicCheckpointHook",
+    "AtomicLocalBackend",
+    "InitFromCheckpointHook",
+    "CheckpointError",
+    "check_checkpoint",
+    "choose_dist_backend",
+    "last_checkpoint",
+    "quiet_mmengine",
+    "DUMP_STATE_ENV",
+]
 
 
 def _check_before_writing(cfg) -> None:
@@ -105,8 +126,9 @@ def _remove_created(path: Path, created: list[Path]) -> None:
     """Undo ``mkdir(parents=True)`` of ``created`` (from :func:`_missing_parents`) after a refused
     start: ``path`` with what mmengine wrote into it at start (its log folder), then the parents,
     each only while empty. Nothing is removed once a checkpoint or ``config.py`` is there."""
-    if path.is_dir() and not any(p.suffix == ".pth" or p.name in ("config.py", "last_checkpoint")
-                                 for p in path.iterdir()):
+    if path.is_dir() and not any(
+        p.suffix == ".pth" or p.name in ("config.py", "last_checkpoint") for p in path.iterdir()
+    ):
         shutil.rmtree(path, ignore_errors=True)
     for parent in created[1:]:
         try:
@@ -115,8 +137,14 @@ def _remove_created(path: Path, created: list[Path]) -> None:
             break
 
 
-def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = True,
-          work_dir: str | Path | None = None, log_level: str | None = None) -> Path:
+def train(
+    cfg_or_path,
+    *,
+    resume: bool | str | Path = False,
+    progress: bool = True,
+    work_dir: str | Path | None = None,
+    log_level: str | None = None,
+) -> Path:
     """Train a config with mmengine's Runner; returns the work dir.
 
     Args:
@@ -172,10 +200,12 @@ def train(cfg_or_path, *, resume: bool | str | Path = False, progress: bool = Tr
         resume_from = last_checkpoint(cfg.work_dir)  # None: no intact checkpoint there
         damaged = checkpoint_files(Path(cfg.work_dir)) if resume_from is None else []
         if damaged:  # never start afresh over them
-            raise CheckpointError(f"cannot resume {cfg.work_dir}: its last_checkpoint is "
-                                  f"{read_pointer(Path(cfg.work_dir))[1]} and none of its checkpoints "
-                                  f"({', '.join(p.name for p in damaged)}) is intact; start afresh in a new work dir "
-                                  "(or remove them)")
+            raise CheckpointError(
+                f"cannot resume {cfg.work_dir}: its last_checkpoint is "
+                f"{read_pointer(Path(cfg.work_dir))[1]} and none of its checkpoints "
+                f"({', '.join(p.name for p in damaged)}) is intact; start afresh in a new work dir "
+                "(or remove them)"
+            )
     if resume_from is not None:
         check_checkpoint(resume_from)
         cfg.resume = True

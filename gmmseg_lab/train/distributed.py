@@ -59,8 +59,11 @@ def prepare_distributed(cfg) -> bool:
 
     wrapper = cfg.get("model_wrapper_cfg")
     if wrapper is None:
-        wrapper = dict(type="MMDistributedDataParallel",
-                       find_unused_parameters=cfg.get("find_unused_parameters", False), **_ddp_buffer_kwargs())
+        wrapper = dict(
+            type="MMDistributedDataParallel",
+            find_unused_parameters=cfg.get("find_unused_parameters", False),
+            **_ddp_buffer_kwargs(),
+        )
     wrapper = dict(wrapper)
     if not cuda and wrapper.get("type", "MMDistributedDataParallel") in _DDP_TYPES:
         wrapper.setdefault("device_ids", None)  # CPU modules take no device_ids (mmengine passes LOCAL_RANK)
@@ -69,12 +72,16 @@ def prepare_distributed(cfg) -> bool:
     if cuda or (dist.is_available() and dist.is_initialized()):
         return False
     if launcher != "pytorch":
-        raise ValueError(f"launcher {launcher!r} needs CUDA (mmengine selects a CUDA device); on CPU run "
-                         "`torchrun --nproc_per_node N -m gmmseg_lab train ... --launcher pytorch`")
+        raise ValueError(
+            f"launcher {launcher!r} needs CUDA (mmengine selects a CUDA device); on CPU run "
+            "`torchrun --nproc_per_node N -m gmmseg_lab train ... --launcher pytorch`"
+        )
     missing = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise ValueError(f"--launcher pytorch needs the environment torchrun sets ({', '.join(missing)} not set): "
-                         "run `torchrun --nproc_per_node N -m gmmseg_lab train ... --launcher pytorch`")
+        raise ValueError(
+            f"--launcher pytorch needs the environment torchrun sets ({', '.join(missing)} not set): "
+            "run `torchrun --nproc_per_node N -m gmmseg_lab train ... --launcher pytorch`"
+        )
     kwargs = {k: v for k, v in dist_cfg.items() if k != "backend"}
     if isinstance(kwargs.get("timeout"), (int, float)):
         kwargs["timeout"] = datetime.timedelta(seconds=kwargs["timeout"])

@@ -31,9 +31,19 @@ from ..gmm import GMMClassifier
 from ..io_utils import atomic_open, atomic_write_text
 from ..models.transfer import transfer_weights
 
-__all__ = ["ATOMIC_BACKEND", "DUMP_STATE_ENV", "AtomicCheckpointHook", "AtomicLocalBackend", "DumpGMMStateHook",
-           "InitFromCheckpointHook", "RNGStateHook", "SyncNormStatsHook", "TqdmProgressHook", "unwrap_model",
-           "rank_and_world"]
+__all__ = [
+    "ATOMIC_BACKEND",
+    "DUMP_STATE_ENV",
+    "AtomicCheckpointHook",
+    "AtomicLocalBackend",
+    "DumpGMMStateHook",
+    "InitFromCheckpointHook",
+    "RNGStateHook",
+    "SyncNormStatsHook",
+    "TqdmProgressHook",
+    "unwrap_model",
+    "rank_and_world",
+]
 
 #: Environment variable: when set to a directory, :func:`gmmseg_lab.train.train` adds
 #: :class:`DumpGMMStateHook` there.
@@ -55,8 +65,9 @@ class TqdmProgressHook(Hook):
 
     priority = "VERY_LOW"
 
-    def __init__(self, interval: int = 5, desc: str | None = None,
-                 keys: tuple[str, ...] = ("loss", "loss_component", "mIoU")):
+    def __init__(
+        self, interval: int = 5, desc: str | None = None, keys: tuple[str, ...] = ("loss", "loss_component", "mIoU")
+    ):
         self.interval = max(1, int(interval))
         self.desc = desc
         self.keys = tuple(keys)
@@ -69,8 +80,9 @@ class TqdmProgressHook(Hook):
         if getattr(runner, "rank", 0) != 0:  # one bar per run, not one per rank
             return
         desc = self.desc or Path(runner.cfg.filename or "train").stem
-        self._bar = tqdm(total=runner.max_iters, initial=runner.iter, desc=desc, unit="it",
-                         dynamic_ncols=True, leave=True)
+        self._bar = tqdm(
+            total=runner.max_iters, initial=runner.iter, desc=desc, unit="it", dynamic_ncols=True, leave=True
+        )
 
     def _show(self, values: dict) -> None:
         for key, value in values.items():
@@ -145,8 +157,11 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
-        if (self.file_client_args is None and not (self.backend_args or {}).get("backend")
-                and type(self.file_backend) is LocalBackend):
+        if (
+            self.file_client_args is None
+            and not (self.backend_args or {}).get("backend")
+            and type(self.file_backend) is LocalBackend
+        ):
             self.backend_args = {**(self.backend_args or {}), "backend": ATOMIC_BACKEND}
             self.file_backend = get_file_backend(self.out_dir, backend_args=self.backend_args)
         if is_main_process():  # temporaries of a run killed mid-write (atomic_open's names)
@@ -166,10 +181,17 @@ class AtomicCheckpointHook(CheckpointHook):
         ckpt_filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info("last_ckpt", self.last_ckpt)
-        runner.save_checkpoint(self.out_dir, ckpt_filename, self.file_client_args,
-                               save_optimizer=self.save_optimizer,
-                               save_param_scheduler=self.save_param_scheduler, meta=meta,
-                               by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        runner.save_checkpoint(
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
         if not is_main_process():
             return
         atomic_write_text(Path(runner.work_dir) / "last_checkpoint", str(self.last_ckpt))
@@ -191,11 +213,13 @@ def _saves_checkpoint(runner, stage: str) -> bool:
         try:
             if stage == "iter" and not hook.by_epoch:
                 if hook.every_n_train_iters(runner, hook.interval, hook.save_begin) or (
-                        hook.save_last and hook.is_last_train_iter(runner)):
+                    hook.save_last and hook.is_last_train_iter(runner)
+                ):
                     return True
             elif stage == "epoch" and hook.by_epoch:
                 if hook.every_n_epochs(runner, hook.interval, hook.save_begin) or (
-                        hook.save_last and hook.is_last_train_epoch(runner)):
+                    hook.save_last and hook.is_last_train_epoch(runner)
+                ):
                     return True
             elif stage == "val" and hook.save_best:
                 return True
@@ -211,8 +235,12 @@ def _rng_state() -> dict:
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -224,8 +252,9 @@ def _set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
@@ -283,8 +312,9 @@ class RNGStateHook(Hook):
         loaders = []
         for name in ("_train_loop", "_val_loop", "_test_loop"):
             loop = getattr(runner, name, None)
-            if isinstance(loop, BaseLoop) and isinstance(getattr(loop, "dataloader", None),
-                                                         torch.utils.data.DataLoader):
+            if isinstance(loop, BaseLoop) and isinstance(
+                getattr(loop, "dataloader", None), torch.utils.data.DataLoader
+            ):
                 loaders.append(loop.dataloader)
         return loaders
 
@@ -335,9 +365,11 @@ class RNGStateHook(Hook):
         elif self._gathered is not None and self._gathered[0] == self._when(runner):
             ranks = self._gathered[1]
         else:  # saved outside CheckpointHook's schedule: the other ranks' states are unknown here
-            runner.logger.warning("RNGStateHook: this checkpoint is saved where no CheckpointHook saves, so the"
-                                  " ranks' RNG states were not gathered: it holds none, and a run resumed from"
-                                  " it restarts the random streams from the seed")
+            runner.logger.warning(
+                "RNGStateHook: this checkpoint is saved where no CheckpointHook saves, so the"
+                " ranks' RNG states were not gathered: it holds none, and a run resumed from"
+                " it restarts the random streams from the seed"
+            )
             return
         checkpoint["rng_state"] = {"world_size": len(ranks), "ranks": ranks}
 
@@ -354,24 +386,33 @@ class RNGStateHook(Hook):
         saved = pending["saved"]
         rank, world = rank_and_world()
         if saved is None:
-            runner.logger.warning("the resumed checkpoint holds no RNG state (written before RNGStateHook):"
-                                  " the random streams restart from the seed, so this run will not match"
-                                  " an uninterrupted one exactly")
+            runner.logger.warning(
+                "the resumed checkpoint holds no RNG state (written before RNGStateHook):"
+                " the random streams restart from the seed, so this run will not match"
+                " an uninterrupted one exactly"
+            )
             return
         if saved["world_size"] != world:
-            runner.logger.warning(f"the checkpoint's RNG states are for {saved['world_size']} rank(s), this run"
-                                  f" has {world}: the random streams restart from the seed")
+            runner.logger.warning(
+                f"the checkpoint's RNG states are for {saved['world_size']} rank(s), this run"
+                f" has {world}: the random streams restart from the seed"
+            )
             return
         state = saved["ranks"][rank]
         _set_rng_state(state)
         loader = getattr(getattr(runner, "_train_loop", None), "dataloader", None)
-        if "train_loader_generator" in state and isinstance(loader, torch.utils.data.DataLoader) \
-                and loader.generator is not None:
+        if (
+            "train_loader_generator" in state
+            and isinstance(loader, torch.utils.data.DataLoader)
+            and loader.generator is not None
+        ):
             loader.generator.set_state(state["train_loader_generator"].cpu())
         if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers > 0:
-            runner.logger.warning("resumed with num_workers > 0: the data-loading workers re-seed when they"
-                                  " start, so random augmentations after the resume differ from an"
-                                  " uninterrupted run (use num_workers=0 for a bit-exact resume)")
+            runner.logger.warning(
+                "resumed with num_workers > 0: the data-loading workers re-seed when they"
+                " start, so random augmentations after the resume differ from an"
+                " uninterrupted run (use num_workers=0 for a bit-exact resume)"
+            )
 
 
 @HOOKS.register_module()
@@ -402,9 +443,13 @@ class SyncNormStatsHook(Hook):
         from mmengine.dist import all_reduce_params
         from torch.nn.modules.batchnorm import SyncBatchNorm, _NormBase
 
-        stats = [t for m in unwrap_model(runner.model).modules()
-                 if isinstance(m, _NormBase) and not isinstance(m, SyncBatchNorm) and m.track_running_stats
-                 for t in (m.running_mean, m.running_var) if t is not None]
+        stats = [
+            t
+            for m in unwrap_model(runner.model).modules()
+            if isinstance(m, _NormBase) and not isinstance(m, SyncBatchNorm) and m.track_running_stats
+            for t in (m.running_mean, m.running_var)
+            if t is not None
+        ]
         if stats:
             all_reduce_params(stats, op="mean")
 
@@ -473,10 +518,19 @@ class DumpGMMStateHook(Hook):
         rank, world = rank_and_world()
         others = [(n, b) for n, b in model.named_buffers() if n not in gmm]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(rank=rank, world_size=world, backend=dist.get_backend() if world > 1 else None,
-                        iter=runner.iter, gmm=gmm, params_sha256=_tensor_digest(model.named_parameters()),
-                        buffers_sha256=_tensor_digest(others), gmm_history=list(self.history)),
-                   self.out_dir / f"rank{rank}.pth")
+        torch.save(
+            dict(
+                rank=rank,
+                world_size=world,
+                backend=dist.get_backend() if world > 1 else None,
+                iter=runner.iter,
+                gmm=gmm,
+                params_sha256=_tensor_digest(model.named_parameters()),
+                buffers_sha256=_tensor_digest(others),
+                gmm_history=list(self.history),
+            ),
+            self.out_dir / f"rank{rank}.pth",
+        )
 
 
 @HOOKS.register_module()

@@ -21,8 +21,10 @@ def mime_bundle(figure: go.Figure) -> dict:
     Built directly rather than through ``plotly.io.renderers``, whose import pulls in nbformat and
     jsonschema (seconds) for the same JSON.
     """
-    return {"application/vnd.plotly.v1+json": json.loads(figure.to_json()),
-            "text/plain": f"<Figure: {figure.layout.title.text or 'plotly figure'}>"}
+    return {
+        "application/vnd.plotly.v1+json": json.loads(figure.to_json()),
+        "text/plain": f"<Figure: {figure.layout.title.text or 'plotly figure'}>",
+    }
 
 
 def show_figure(output, figure: go.Figure) -> None:
@@ -30,9 +32,12 @@ def show_figure(output, figure: go.Figure) -> None:
     output.outputs = ({"output_type": "display_data", "data": mime_bundle(figure), "metadata": {}},)
 
 
-def figure_box(controls: Mapping[str, object], render: Callable[[], go.Figure],
-               extra_outputs: Sequence[tuple[str, Callable[[], go.Figure]]] = (),
-               redraw_on: Sequence[str] | None = None):
+def figure_box(
+    controls: Mapping[str, object],
+    render: Callable[[], go.Figure],
+    extra_outputs: Sequence[tuple[str, Callable[[], go.Figure]]] = (),
+    redraw_on: Sequence[str] | None = None,
+):
     """An ``ipywidgets.VBox`` of ``controls`` above an ``Output`` showing ``render()``, redrawn on change.
 
     Args:

@@ -20,8 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..stats import TABLE_COLUMNS as COLUMNS
-from ..stats import metric_value
-from ..stats import format_mean_std, seed_stats
+from ..stats import format_mean_std, metric_value, seed_stats
 from ._widgets import figure_box
 from .style import FONT, model_colours, panel_note
 from .training import SCALAR_TITLES, band_traces, seed_band
@@ -47,8 +46,9 @@ def final_value(runs: Sequence[Mapping], key: str = BALANCE_KEY, kind: str = "tr
     return np.asarray(out, dtype=np.float64)
 
 
-def _runs_values(results: Mapping[str, Sequence[Mapping]], metric: str,
-                 curves: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, np.ndarray]:
+def _runs_values(
+    results: Mapping[str, Sequence[Mapping]], metric: str, curves: Mapping[str, Sequence[Mapping]] | None = None
+) -> dict[str, np.ndarray]:
     """variant -> ``[N]`` values of ``metric`` over all its runs, NaN where a run lacks it.
 
     ``N`` is ``len(results[variant])``, or for ``"balance"`` the number of its learning curves.
@@ -61,13 +61,15 @@ def _runs_values(results: Mapping[str, Sequence[Mapping]], metric: str,
         if metric == BALANCE:
             out[variant] = final_value((curves or {}).get(variant, []))
         else:
-            out[variant] = np.asarray([np.nan if (v := metric_value(r, paths[metric])) is None else v for r in runs],
-                                      dtype=np.float64)
+            out[variant] = np.asarray(
+                [np.nan if (v := metric_value(r, paths[metric])) is None else v for r in runs], dtype=np.float64
+            )
     return out
 
 
-def metric_values(results: Mapping[str, Sequence[Mapping]], metric: str,
-                  curves: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, np.ndarray]:
+def metric_values(
+    results: Mapping[str, Sequence[Mapping]], metric: str, curves: Mapping[str, Sequence[Mapping]] | None = None
+) -> dict[str, np.ndarray]:
     """variant -> ``[n]`` values of ``metric`` (one of :data:`METRICS` or ``"balance"``) over its seeds,
     runs without the metric (NaN, e.g. no anomaly pixels) dropped, so ``n`` can be below the runs."""
     return {variant: values[np.isfinite(values)] for variant, values in _runs_values(results, metric, curves).items()}
@@ -86,7 +88,7 @@ def noise_threshold(std_a: float, n_a: int, std_b: float, n_b: int) -> float:
     sample std and count of each side's ``[S]`` values over seeds."""
     if n_a < 2 or n_b < 2:
         return float("nan")
-    return 2.0 * math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
+    return 2.0 * math.sqrt(std_a**2 / n_a + std_b**2 / n_b)
 
 
 def compare(values: np.ndarray, reference: np.ndarray) -> dict:
@@ -132,8 +134,11 @@ def _check_results(results: Mapping, reference: str | None) -> None:
         raise ValueError(f"reference {reference!r} is not a variant of results ({', '.join(results)})")
 
 
-def ablation_stats(results: Mapping[str, Sequence[Mapping]], curves: Mapping[str, Sequence[Mapping]] | None = None,
-                   reference: str = "default"):
+def ablation_stats(
+    results: Mapping[str, Sequence[Mapping]],
+    curves: Mapping[str, Sequence[Mapping]] | None = None,
+    reference: str = "default",
+):
     """Long ``pandas.DataFrame``: one row per (variant, metric).
 
     Columns: ``variant``, ``metric``, ``higher_is_better`` (None for balance), ``mean``, ``std``
@@ -152,14 +157,30 @@ def ablation_stats(results: Mapping[str, Sequence[Mapping]], curves: Mapping[str
         by_variant = {variant: values[np.isfinite(values)] for variant, values in all_runs.items()}
         ref = by_variant[reference]
         for variant, values in by_variant.items():
-            test = compare(values, ref) if variant != reference else dict(
-                delta=0.0 if len(values) else float("nan"), noise=float("nan"), within_noise=None,
-                p_value=float("nan"))
+            test = (
+                compare(values, ref)
+                if variant != reference
+                else dict(
+                    delta=0.0 if len(values) else float("nan"),
+                    noise=float("nan"),
+                    within_noise=None,
+                    p_value=float("nan"),
+                )
+            )
             stat = seed_stats(values)
-            rows.append(dict(variant=variant, metric=metric, higher_is_better=up, mean=stat["mean"],
-                             std=stat["std"] if stat["n"] > 1 else float("nan"), n=stat["n"],
-                             runs=len(all_runs[variant]),
-                             values=values.tolist(), **test))
+            rows.append(
+                dict(
+                    variant=variant,
+                    metric=metric,
+                    higher_is_better=up,
+                    mean=stat["mean"],
+                    std=stat["std"] if stat["n"] > 1 else float("nan"),
+                    n=stat["n"],
+                    runs=len(all_runs[variant]),
+                    values=values.tolist(),
+                    **test,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -182,9 +203,14 @@ def _delta_text(row, digits: int, reference: str) -> str:
     return f"{delta} ({p}; {'within noise' if row['within_noise'] else 'beyond noise'})"
 
 
-def ablation_table(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str, str] | None = None,
-                   curves: Mapping[str, Sequence[Mapping]] | None = None, reference: str = "default",
-                   digits: int = 3, metrics: Sequence[str] | None = None):
+def ablation_table(
+    results: Mapping[str, Sequence[Mapping]],
+    labels: Mapping[str, str] | None = None,
+    curves: Mapping[str, Sequence[Mapping]] | None = None,
+    reference: str = "default",
+    digits: int = 3,
+    metrics: Sequence[str] | None = None,
+):
     """One row per variant: description, seeds, and per metric "mean ± std" and "Δ vs reference".
 
     The Δ cell reads e.g. ``"+0.012 (p = 0.03; beyond noise)"``: *within noise* when
@@ -213,17 +239,22 @@ def ablation_table(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str
         name = f"{metric} {'↑' if up else '↓'}" if up is not None else "final balance"
         group = group.set_index("variant")
         table[(name, "mean ± std")] = [_mean_std_cell(group.loc[v], digits) for v in results]
-        table[(name, delta_header)] = [_delta_text(group.loc[v].to_dict() | {"variant": v}, digits, reference)
-                                       for v in results]
+        table[(name, delta_header)] = [
+            _delta_text(group.loc[v].to_dict() | {"variant": v}, digits, reference) for v in results
+        ]
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table
 
 
 # ----------------------------------------------------------------------------------- figures
-def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str, str] | None = None,
-                         metrics: Sequence[str] = ("mIoU", "AUROC"), reference: str = "default",
-                         curves: Mapping[str, Sequence[Mapping]] | None = None,
-                         variants: Sequence[str] | None = None) -> go.Figure:
+def ablation_bars_figure(
+    results: Mapping[str, Sequence[Mapping]],
+    labels: Mapping[str, str] | None = None,
+    metrics: Sequence[str] = ("mIoU", "AUROC"),
+    reference: str = "default",
+    curves: Mapping[str, Sequence[Mapping]] | None = None,
+    variants: Sequence[str] | None = None,
+) -> go.Figure:
     """Per metric a panel: a bar per variant (mean over seeds, whisker = sample std), each seed as a
     black dot, and the reference variant's mean as a dashed line.
 
@@ -241,9 +272,15 @@ def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mappi
         raise ValueError("metrics is empty")
     labels = labels or {}
     colours = model_colours(list(results))
-    fig = make_subplots(rows=1, cols=len(metrics), horizontal_spacing=0.1,
-                        subplot_titles=[f"{m} {'↑' if up else '↓'}" if (up := _direction(m)) is not None
-                                        else "final component balance" for m in metrics])
+    fig = make_subplots(
+        rows=1,
+        cols=len(metrics),
+        horizontal_spacing=0.1,
+        subplot_titles=[
+            f"{m} {'↑' if up else '↓'}" if (up := _direction(m)) is not None else "final component balance"
+            for m in metrics
+        ],
+    )
     for col, metric in enumerate(metrics, start=1):
         all_runs = _runs_values(results, metric, curves)
         ref = seed_stats(all_runs.get(reference, []))
@@ -254,30 +291,50 @@ def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mappi
             values = runs[kept]
             stat = seed_stats(values)
             mean, std, n = stat["mean"], stat["std"] if stat["n"] else 0.0, stat["n"]
-            delta = (f"<br>Δ vs {reference} {mean - ref['mean']:+.4f}"
-                     if variant != reference and n and ref["n"] else "")
-            fig.add_bar(x=[position], y=[mean], error_y=dict(type="data", array=[std], visible=n > 1,
-                                                            thickness=1.5, width=8, color="#333"),
-                        marker=dict(color=colours[variant], opacity=0.75), width=0.6,
-                        name=f"{variant}: {labels.get(variant, variant)}", legendgroup=variant, showlegend=col == 1,
-                        hovertemplate=(f"<b>{variant}</b> ({labels.get(variant, '')})"
-                                       f"<br>{metric} {mean:.4f} ± {std:.4f}"
-                                       f"<br>{_seeds_text(n, len(runs))}{delta}<extra></extra>"), row=1, col=col)
+            delta = f"<br>Δ vs {reference} {mean - ref['mean']:+.4f}" if variant != reference and n and ref["n"] else ""
+            fig.add_bar(
+                x=[position],
+                y=[mean],
+                error_y=dict(type="data", array=[std], visible=n > 1, thickness=1.5, width=8, color="#333"),
+                marker=dict(color=colours[variant], opacity=0.75),
+                width=0.6,
+                name=f"{variant}: {labels.get(variant, variant)}",
+                legendgroup=variant,
+                showlegend=col == 1,
+                hovertemplate=(
+                    f"<b>{variant}</b> ({labels.get(variant, '')})"
+                    f"<br>{metric} {mean:.4f} ± {std:.4f}"
+                    f"<br>{_seeds_text(n, len(runs))}{delta}<extra></extra>"
+                ),
+                row=1,
+                col=col,
+            )
             if n:
                 offsets = np.linspace(-0.15, 0.15, n) if n > 1 else np.zeros(1)
-                fig.add_scatter(x=position + offsets, y=values, mode="markers", showlegend=False,
-                                legendgroup=variant, marker=dict(color="black", size=7, symbol="circle-open",
-                                                                 line=dict(width=1.5)),
-                                customdata=kept + 1,
-                                hovertemplate=(f"{variant}, run %{{customdata}} of {len(runs)}: "
-                                               "%{y:.4f}<extra></extra>"),
-                                row=1, col=col)
+                fig.add_scatter(
+                    x=position + offsets,
+                    y=values,
+                    mode="markers",
+                    showlegend=False,
+                    legendgroup=variant,
+                    marker=dict(color="black", size=7, symbol="circle-open", line=dict(width=1.5)),
+                    customdata=kept + 1,
+                    hovertemplate=(f"{variant}, run %{{customdata}} of {len(runs)}: %{{y:.4f}}<extra></extra>"),
+                    row=1,
+                    col=col,
+                )
                 low = min(low, values.min(), mean - std)
                 high = max(high, values.max(), mean + std)
         if ref["n"]:
-            fig.add_hline(y=ref["mean"], line=dict(color="#555", dash="dash", width=1.2), row=1, col=col,
-                          annotation_text=f"{reference} mean", annotation_position="top left",
-                          annotation_font=dict(size=FONT["size"] - 2, color="#555"))
+            fig.add_hline(
+                y=ref["mean"],
+                line=dict(color="#555", dash="dash", width=1.2),
+                row=1,
+                col=col,
+                annotation_text=f"{reference} mean",
+                annotation_position="top left",
+                annotation_font=dict(size=FONT["size"] - 2, color="#555"),
+            )
         if np.isfinite(low):
             pad = max(0.15 * (high - low), 0.01 * max(abs(high), 1e-3))
             fig.update_yaxes(range=[low - pad, high + 1.5 * pad], row=1, col=col)
@@ -285,13 +342,24 @@ def ablation_bars_figure(results: Mapping[str, Sequence[Mapping]], labels: Mappi
             panel_note(fig, 1, col, f"no {metric} values")
         fig.update_yaxes(title_text=f"{metric} (axis zoomed)", row=1, col=col)
         counts = {v: _seeds_text(int(np.isfinite(all_runs[v]).sum()), len(all_runs[v])) for v in variants}
-        fig.update_xaxes(title_text="variant", tickmode="array", tickvals=list(range(len(variants))),
-                         ticktext=[f"{v}<br>({counts[v]})" for v in variants], range=[-0.6, len(variants) - 0.4],
-                         row=1, col=col)
-    fig.update_layout(title=dict(text="Ablation: mean over seeds (bar), sample std (whisker), seeds (circles)", x=0.01),
-                      font=FONT, template="plotly_white", height=520, barmode="overlay",
-                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0.0, title=dict(text="variant: ")),
-                      margin=dict(l=80, r=30, t=90, b=150))
+        fig.update_xaxes(
+            title_text="variant",
+            tickmode="array",
+            tickvals=list(range(len(variants))),
+            ticktext=[f"{v}<br>({counts[v]})" for v in variants],
+            range=[-0.6, len(variants) - 0.4],
+            row=1,
+            col=col,
+        )
+    fig.update_layout(
+        title=dict(text="Ablation: mean over seeds (bar), sample std (whisker), seeds (circles)", x=0.01),
+        font=FONT,
+        template="plotly_white",
+        height=520,
+        barmode="overlay",
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0.0, title=dict(text="variant: ")),
+        margin=dict(l=80, r=30, t=90, b=150),
+    )
     return fig
 
 
@@ -299,9 +367,13 @@ def _direction(metric: str) -> bool | None:
     return {label: up for label, _, up in METRICS}.get(metric)
 
 
-def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[str] = CONVERGENCE_KEYS,
-                       labels: Mapping[str, str] | None = None, band: str = "minmax",
-                       variants: Sequence[str] | None = None) -> go.Figure:
+def convergence_figure(
+    curves: Mapping[str, Sequence[Mapping]],
+    keys: Sequence[str] = CONVERGENCE_KEYS,
+    labels: Mapping[str, str] | None = None,
+    band: str = "minmax",
+    variants: Sequence[str] | None = None,
+) -> go.Figure:
     """How the mixture converges: per scalar a panel, per variant the mean over seeds ± band.
 
     NaN-aware (:func:`~gmmseg_lab.viz.training.seed_band`): ``decode.gmm_mean_step`` is logged on
@@ -317,8 +389,13 @@ def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[s
         raise ValueError(f"variants not in curves: {unknown}")
     labels = labels or {}
     colours = model_colours(list(curves))
-    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.07,
-                        subplot_titles=[SCALAR_TITLES.get(k, k) for k in keys])
+    fig = make_subplots(
+        rows=len(keys),
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.07,
+        subplot_titles=[SCALAR_TITLES.get(k, k) for k in keys],
+    )
     shown: set[str] = set()
     for row, key in enumerate(keys, start=1):
         drawn = False
@@ -328,8 +405,15 @@ def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[s
             if not len(stats["step"]):
                 continue
             name = f"{variant}: {labels.get(variant, variant)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-            for trace in band_traces(stats, name, colours[variant], show_legend=name not in shown,
-                                     legend_group=variant, hover_name=f"{variant} — {key}", kind=band):
+            for trace in band_traces(
+                stats,
+                name,
+                colours[variant],
+                show_legend=name not in shown,
+                legend_group=variant,
+                hover_name=f"{variant} — {key}",
+                kind=band,
+            ):
                 fig.add_trace(trace, row=row, col=1)
             shown.add(name)
             drawn = True
@@ -338,11 +422,17 @@ def convergence_figure(curves: Mapping[str, Sequence[Mapping]], keys: Sequence[s
         fig.update_yaxes(title_text=key.replace("decode.", ""), row=row, col=1)
     fig.update_xaxes(title_text="iteration", row=len(keys), col=1)
     fig.update_layout(
-        title=dict(text="Mixture convergence (line: mean over seeds; band: "
-                        f"{'min–max' if band == 'minmax' else '± std'})", x=0.01),
-        font=FONT, template="plotly_white", height=260 * len(keys) + 200,
-        legend=dict(orientation="h", yanchor="top", y=-0.06, x=0.0), margin=dict(l=80, r=30, t=90, b=120),
-        hovermode="closest")
+        title=dict(
+            text=f"Mixture convergence (line: mean over seeds; band: {'min–max' if band == 'minmax' else '± std'})",
+            x=0.01,
+        ),
+        font=FONT,
+        template="plotly_white",
+        height=260 * len(keys) + 200,
+        legend=dict(orientation="h", yanchor="top", y=-0.06, x=0.0),
+        margin=dict(l=80, r=30, t=90, b=120),
+        hovermode="closest",
+    )
     return fig
 
 
@@ -357,8 +447,11 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def memory_figure(bytes_by_variant: Mapping[str, float | Sequence[float]], labels: Mapping[str, str] | None = None,
-                  title: str = "Memory of the GMM's sample store per variant (log scale)") -> go.Figure:
+def memory_figure(
+    bytes_by_variant: Mapping[str, float | Sequence[float]],
+    labels: Mapping[str, str] | None = None,
+    title: str = "Memory of the GMM's sample store per variant (log scale)",
+) -> go.Figure:
     """Horizontal bars of each variant's memory footprint in bytes (mean when a list per seed is given),
     on a log axis (a FIFO queue and streaming statistics differ by orders of magnitude)."""
     if not isinstance(bytes_by_variant, Mapping) or not bytes_by_variant:
@@ -372,21 +465,39 @@ def memory_figure(bytes_by_variant: Mapping[str, float | Sequence[float]], label
             raise ValueError(f"bytes_by_variant[{v!r}] must be positive byte counts, got {bytes_by_variant[v]!r}")
         sizes.append(float(values.mean()))
     colours = model_colours(variants)
-    fig = go.Figure(go.Bar(
-        y=[f"{v}" for v in variants], x=sizes, orientation="h", marker_color=[colours[v] for v in variants],
-        text=[format_bytes(s) for s in sizes], textposition="outside", cliponaxis=False,
-        customdata=[labels.get(v, v) for v in variants],
-        hovertemplate="<b>%{y}</b> (%{customdata})<br>%{x:,.0f} bytes<extra></extra>"))
-    fig.update_layout(title=dict(text=title, x=0.01), font=FONT, template="plotly_white",
-                      xaxis=dict(title="bytes (log scale)", type="log",
-                                 range=[math.log10(min(sizes)) - 0.5, math.log10(max(sizes)) + 0.8]),
-                      yaxis=dict(title="variant", autorange="reversed"), height=max(260, 48 * len(variants) + 150),
-                      margin=dict(l=120, r=40, t=80, b=70))
+    fig = go.Figure(
+        go.Bar(
+            y=[f"{v}" for v in variants],
+            x=sizes,
+            orientation="h",
+            marker_color=[colours[v] for v in variants],
+            text=[format_bytes(s) for s in sizes],
+            textposition="outside",
+            cliponaxis=False,
+            customdata=[labels.get(v, v) for v in variants],
+            hovertemplate="<b>%{y}</b> (%{customdata})<br>%{x:,.0f} bytes<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=dict(text=title, x=0.01),
+        font=FONT,
+        template="plotly_white",
+        xaxis=dict(
+            title="bytes (log scale)", type="log", range=[math.log10(min(sizes)) - 0.5, math.log10(max(sizes)) + 0.8]
+        ),
+        yaxis=dict(title="variant", autorange="reversed"),
+        height=max(260, 48 * len(variants) + 150),
+        margin=dict(l=120, r=40, t=80, b=70),
+    )
     return fig
 
 
-def ablation_widget(results: Mapping[str, Sequence[Mapping]], labels: Mapping[str, str] | None = None,
-                    curves: Mapping[str, Sequence[Mapping]] | None = None, reference: str = "default"):
+def ablation_widget(
+    results: Mapping[str, Sequence[Mapping]],
+    labels: Mapping[str, str] | None = None,
+    curves: Mapping[str, Sequence[Mapping]] | None = None,
+    reference: str = "default",
+):
     """Live view of :func:`ablation_bars_figure` for one metric: ``.controls["metric"]`` (dropdown) and
     ``.controls["variant:<name>"]`` (checkboxes)."""
     import ipywidgets as widgets
@@ -395,19 +506,34 @@ def ablation_widget(results: Mapping[str, Sequence[Mapping]], labels: Mapping[st
     options = [label for label, _, _ in METRICS] + ([BALANCE] if curves else [])
     controls = {"metric": widgets.Dropdown(options=options, value="mIoU", description="metric")}
     for variant in results:
-        controls[f"variant:{variant}"] = widgets.Checkbox(value=True, description=variant, indent=False,
-                                                          layout=widgets.Layout(width="auto"))
+        controls[f"variant:{variant}"] = widgets.Checkbox(
+            value=True, description=variant, indent=False, layout=widgets.Layout(width="auto")
+        )
 
     def render() -> go.Figure:
         chosen = [v for v in results if controls[f"variant:{v}"].value]
         if not chosen:
             fig = go.Figure()
-            fig.add_annotation(text="select at least one variant", x=0.5, y=0.5, xref="paper", yref="paper",
-                               showarrow=False, font=dict(size=FONT["size"] + 2, color="#777"))
-            fig.update_layout(title=dict(text="Ablation", x=0.01), font=FONT, template="plotly_white", height=300,
-                              xaxis=dict(visible=False), yaxis=dict(visible=False))
+            fig.add_annotation(
+                text="select at least one variant",
+                x=0.5,
+                y=0.5,
+                xref="paper",
+                yref="paper",
+                showarrow=False,
+                font=dict(size=FONT["size"] + 2, color="#777"),
+            )
+            fig.update_layout(
+                title=dict(text="Ablation", x=0.01),
+                font=FONT,
+                template="plotly_white",
+                height=300,
+                xaxis=dict(visible=False),
+                yaxis=dict(visible=False),
+            )
             return fig
-        return ablation_bars_figure(results, labels, metrics=(controls["metric"].value,), reference=reference,
-                                    curves=curves, variants=chosen)
+        return ablation_bars_figure(
+            results, labels, metrics=(controls["metric"].value,), reference=reference, curves=curves, variants=chosen
+        )
 
     return figure_box(controls, render)

@@ -25,14 +25,21 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._widgets import figure_box
 from ..stats import seed_stats
+from ._widgets import figure_box
 from .common import format_percent, png_data_uri
 from .style import ANOMALY_COLOUR, FONT, SCORE_COLORSCALE, blend, hex_colour, image_axes, model_colours
 
 __all__ = [
-    "anomaly_table", "anomaly_widget", "curves_figure", "flag_rates", "flagged_overlay", "mask_outline",
-    "quantile_thresholds", "score_overlay_figure", "threshold_figure",
+    "anomaly_table",
+    "anomaly_widget",
+    "curves_figure",
+    "flag_rates",
+    "flagged_overlay",
+    "mask_outline",
+    "quantile_thresholds",
+    "score_overlay_figure",
+    "threshold_figure",
 ]
 
 VOID = 255
@@ -51,8 +58,9 @@ def _check_image(image, name: str = "image") -> np.ndarray:
     return image
 
 
-def _check_score_and_mask(score, mask, shape: tuple[int, int], score_name: str = "score",
-                          mask_name: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+def _check_score_and_mask(
+    score, mask, shape: tuple[int, int], score_name: str = "score", mask_name: str = "mask"
+) -> tuple[np.ndarray, np.ndarray]:
     score = np.asarray(score)
     mask = np.asarray(mask)
     if score.shape != shape:
@@ -66,8 +74,10 @@ def _check_score_and_mask(score, mask, shape: tuple[int, int], score_name: str =
     mask = mask.astype(np.int64)
     bad = ~np.isin(mask, (0, 1, VOID))
     if bad.any():
-        raise ValueError(f"{mask_name} must hold only 0 (inlier), 1 (anomaly) or 255 (void), "
-                         f"found {sorted(set(np.unique(mask[bad]).tolist()))[:5]}")
+        raise ValueError(
+            f"{mask_name} must hold only 0 (inlier), 1 (anomaly) or 255 (void), "
+            f"found {sorted(set(np.unique(mask[bad]).tolist()))[:5]}"
+        )
     if np.isnan(score[mask != VOID]).any():
         raise ValueError(f"{score_name} must not be NaN on scored (non-void) pixels")
     return score.astype(np.float64), mask
@@ -80,8 +90,10 @@ def _check_stack(images, scores, masks) -> tuple[np.ndarray, np.ndarray, np.ndar
         raise ValueError(f"images must be [N, H, W, 3] uint8, got shape {images.shape}")
     scores, masks = np.asarray(scores), np.asarray(masks)
     if len(scores) != len(images) or len(masks) != len(images):
-        raise ValueError(f"scores and masks must have one entry per image ({len(images)}), "
-                         f"got {len(scores)} scores and {len(masks)} masks")
+        raise ValueError(
+            f"scores and masks must have one entry per image ({len(images)}), "
+            f"got {len(scores)} scores and {len(masks)} masks"
+        )
     out_scores, out_masks = [], []
     for i, image in enumerate(images):
         image = _check_image(image, f"images[{i}]")
@@ -114,8 +126,7 @@ def mask_outline(mask: np.ndarray, value: int = 1) -> tuple[list, list]:
     if not inside.any():
         return [], []
     h, w = inside.shape
-    lines = contourpy.contour_generator(np.arange(w) - 1.0, np.arange(h) - 1.0, inside,
-                                        line_type="Separate").lines(0.5)
+    lines = contourpy.contour_generator(np.arange(w) - 1.0, np.arange(h) - 1.0, inside, line_type="Separate").lines(0.5)
     xs, ys = [], []
     for line in lines:
         xs += [round(float(v), 2) for v in line[:, 0]] + [None]
@@ -182,11 +193,29 @@ def _outline_traces(mask: np.ndarray, show_legend: bool) -> list[go.Scatter]:
     """The ground-truth outline drawn twice, dark and wide under light and thin: visible on anything."""
     x, y = mask_outline(mask)
     # The legend shows the dark halo's key: a white line would vanish on the white legend.
-    return [go.Scatter(x=x, y=y, mode="lines", line=dict(color="#000000", width=4), hoverinfo="skip",
-                       name="ground-truth anomaly outline", showlegend=show_legend, legendgroup="outline",
-                       meta={"role": "outline-halo"}),
-            go.Scatter(x=x, y=y, mode="lines", line=dict(color="#ffffff", width=1.8), hoverinfo="skip",
-                       showlegend=False, legendgroup="outline", meta={"role": "outline"})]
+    return [
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="lines",
+            line=dict(color="#000000", width=4),
+            hoverinfo="skip",
+            name="ground-truth anomaly outline",
+            showlegend=show_legend,
+            legendgroup="outline",
+            meta={"role": "outline-halo"},
+        ),
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="lines",
+            line=dict(color="#ffffff", width=1.8),
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup="outline",
+            meta={"role": "outline"},
+        ),
+    ]
 
 
 def flagged_overlay(image: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray:
@@ -199,16 +228,32 @@ def flagged_overlay(image: np.ndarray, score: np.ndarray, mask: np.ndarray, thre
 
 
 def _image_trace(image: np.ndarray, step: int, name: str) -> go.Image:
-    return go.Image(source=png_data_uri(image[::step, ::step]), x0=(step - 1) / 2, y0=(step - 1) / 2,
-                    dx=step, dy=step, name=name, hovertemplate="(%{x}, %{y})<extra>" + name + "</extra>")
+    return go.Image(
+        source=png_data_uri(image[::step, ::step]),
+        x0=(step - 1) / 2,
+        y0=(step - 1) / 2,
+        dx=step,
+        dy=step,
+        name=name,
+        hovertemplate="(%{x}, %{y})<extra>" + name + "</extra>",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Figures.
 
 
-def score_overlay_figure(image, score, mask=None, *, threshold: float | None = None, score_range=None,
-                         opacity: float = 0.7, title: str | None = None, max_side: int = 384) -> go.Figure:
+def score_overlay_figure(
+    image,
+    score,
+    mask=None,
+    *,
+    threshold: float | None = None,
+    score_range=None,
+    opacity: float = 0.7,
+    title: str | None = None,
+    max_side: int = 384,
+) -> go.Figure:
     """An image, its anomaly score over it, and (with ``threshold``) the pixels flagged at that threshold.
 
     Panels: (1) the image with the ground-truth anomaly outline; (2) the score as a heatmap over the
@@ -248,8 +293,11 @@ def score_overlay_figure(image, score, mask=None, *, threshold: float | None = N
     panels = ["image and ground-truth anomalies" if labeled else "image (no labels)", "anomaly score"]
     if threshold is not None:
         rates = flag_rates(score, mask, threshold)
-        panels.append(f"score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])}, FPR {_percent(rates['fpr'])}"
-                      if labeled else f"score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the pixels flagged")
+        panels.append(
+            f"score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])}, FPR {_percent(rates['fpr'])}"
+            if labeled
+            else f"score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the pixels flagged"
+        )
     # Room between the panels for the score's colour bar, right of the second panel.
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.1)
     fig.add_trace(_image_trace(image, step, "image"), row=1, col=1)
@@ -258,29 +306,68 @@ def score_overlay_figure(image, score, mask=None, *, threshold: float | None = N
         fig.add_trace(trace, row=1, col=1)
     fig.add_trace(_image_trace(image, step, "image"), row=1, col=2)
     shown = np.where(scored, score, np.nan)[::step, ::step]
-    fig.add_trace(go.Heatmap(
-        z=shown, x0=(step - 1) / 2, dx=step, y0=(step - 1) / 2, dy=step, zmin=low, zmax=high,
-        colorscale=SCORE_COLORSCALE, opacity=opacity, name="anomaly score", meta={"role": "score"},
-        colorbar=dict(title=dict(text="anomaly<br>score"), len=0.8, x=fig.layout.xaxis2.domain[1] + 0.005,
-                      xanchor="left", thickness=14),
-        hovertemplate="(%{x}, %{y})<br>score %{z:.4g}<extra></extra>"), row=1, col=2)
+    fig.add_trace(
+        go.Heatmap(
+            z=shown,
+            x0=(step - 1) / 2,
+            dx=step,
+            y0=(step - 1) / 2,
+            dy=step,
+            zmin=low,
+            zmax=high,
+            colorscale=SCORE_COLORSCALE,
+            opacity=opacity,
+            name="anomaly score",
+            meta={"role": "score"},
+            colorbar=dict(
+                title=dict(text="anomaly<br>score"),
+                len=0.8,
+                x=fig.layout.xaxis2.domain[1] + 0.005,
+                xanchor="left",
+                thickness=14,
+            ),
+            hovertemplate="(%{x}, %{y})<br>score %{z:.4g}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     for trace in outlines(mask, show_legend=False):
         fig.add_trace(trace, row=1, col=2)
     if threshold is not None:
         fig.add_trace(_image_trace(flagged_overlay(image, score, mask, threshold), step, "flagged"), row=1, col=3)
         for trace in outlines(mask, show_legend=False):
             fig.add_trace(trace, row=1, col=3)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"flagged (score ≥ {threshold:.4g})",
-                                 marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR))),
-                      row=1, col=3)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=f"flagged (score ≥ {threshold:.4g})",
+                marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR)),
+            ),
+            row=1,
+            col=3,
+        )
     image_axes(fig, len(panels), shape=image.shape[:2])
     width = 380 * len(panels) + 160
     fig.update_layout(
-        title=dict(text=title or ("Anomaly score (higher = more anomalous); void pixels are not scored" if labeled
-                                  else "Anomaly score (higher = more anomalous); no labels, every pixel scored"),
-                   x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=width, height=500, margin=dict(l=60, r=40, t=90, b=90),
-        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"))
+        title=dict(
+            text=title
+            or (
+                "Anomaly score (higher = more anomalous); void pixels are not scored"
+                if labeled
+                else "Anomaly score (higher = more anomalous); no labels, every pixel scored"
+            ),
+            x=0.01,
+            xanchor="left",
+        ),
+        font=FONT,
+        template="plotly_white",
+        width=width,
+        height=500,
+        margin=dict(l=60, r=40, t=90, b=90),
+        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
+    )
     fig.update_annotations(font_size=13)
     return fig
 
@@ -294,9 +381,11 @@ def _curve_metrics(curves: Mapping[str, np.ndarray]) -> dict[str, float]:
     fpr, tpr = np.asarray(curves["fpr"], np.float64), np.asarray(curves["tpr"], np.float64)
     precision, recall = np.asarray(curves["precision"], np.float64), np.asarray(curves["recall"], np.float64)
     above = np.nonzero(tpr >= 0.95)[0]
-    return {"auroc": float(_trapezoid(tpr, fpr)),
-            "ap": float(np.sum(np.diff(recall) * precision[1:])),
-            "fpr95": float(fpr[above[0]]) if above.size else None}
+    return {
+        "auroc": float(_trapezoid(tpr, fpr)),
+        "ap": float(np.sum(np.diff(recall) * precision[1:])),
+        "fpr95": float(fpr[above[0]]) if above.size else None,
+    }
 
 
 def _check_curves(curves: Mapping, name: str) -> dict[str, np.ndarray]:
@@ -309,8 +398,10 @@ def _check_curves(curves: Mapping, name: str) -> dict[str, np.ndarray]:
     out = {k: np.asarray(curves[k], dtype=np.float64) for k in keys}
     size = len(out["fpr"])
     if size < 2 or any(len(v) != size for v in out.values()):
-        raise ValueError(f"{name}: fpr, tpr, precision and recall must have the same length >= 2, got "
-                         f"{ {k: len(v) for k, v in out.items()} }")
+        raise ValueError(
+            f"{name}: fpr, tpr, precision and recall must have the same length >= 2, got "
+            f"{ {k: len(v) for k, v in out.items()} }"
+        )
     return out
 
 
@@ -327,13 +418,18 @@ def _check_anomaly_metrics(runs: Sequence[Mapping], name: str) -> None:
         missing = [k for k in _ANOMALY_KEYS if k not in m]
         if missing:
             hint = " (pass metrics['anomaly'], not the whole metrics.json)" if "anomaly" in m else ""
-            raise ValueError(f"{name}[{i}] must have auroc, ap and fpr95 (AnomalyScores.compute() or "
-                             f"metrics.json['anomaly']), missing {missing}{hint}")
+            raise ValueError(
+                f"{name}[{i}] must have auroc, ap and fpr95 (AnomalyScores.compute() or "
+                f"metrics.json['anomaly']), missing {missing}{hint}"
+            )
 
 
-def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
-                  metrics_by_model: Mapping[str, Sequence[Mapping]] | None = None, *,
-                  title: str | None = None) -> go.Figure:
+def curves_figure(
+    curves_by_model: Mapping[str, Sequence[Mapping]],
+    metrics_by_model: Mapping[str, Sequence[Mapping]] | None = None,
+    *,
+    title: str | None = None,
+) -> go.Figure:
     """ROC (left) and precision-recall (right) curves, one colour per model, one line per seed.
 
     The legend gives AUROC, AP and FPR95 as mean ± std over seeds (%), from ``metrics_by_model``
@@ -354,8 +450,12 @@ def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
     if not isinstance(curves_by_model, Mapping) or not curves_by_model:
         raise ValueError("curves_by_model must be a non-empty dict {label: [curves per seed]}")
     colours = model_colours(list(curves_by_model))
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("ROC: inliers flagged against anomalies found", "Precision-recall"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.1,
+        subplot_titles=("ROC: inliers flagged against anomalies found", "Precision-recall"),
+    )
     chance = set()
     for label, runs in curves_by_model.items():
         if isinstance(runs, Mapping) or not runs:
@@ -366,60 +466,124 @@ def curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]],
                 raise ValueError(f"metrics_by_model has no entry for {label!r} (it has {list(metrics_by_model)})")
             metrics = list(metrics_by_model[label])
             if len(metrics) != len(runs):
-                raise ValueError(f"metrics_by_model[{label!r}] must have one dict per seed like "
-                                 f"curves_by_model[{label!r}] ({len(runs)}), got {len(metrics)}")
+                raise ValueError(
+                    f"metrics_by_model[{label!r}] must have one dict per seed like "
+                    f"curves_by_model[{label!r}] ({len(runs)}), got {len(metrics)}"
+                )
             _check_anomaly_metrics(metrics, f"metrics_by_model[{label!r}]")
         else:
             metrics = [_curve_metrics(c) for c in checked]
         seeds = len(runs)
-        name = (f"{label}: AUROC {format_percent(_metric_values(metrics, 'auroc'))} %, "
-                f"AP {format_percent(_metric_values(metrics, 'ap'))} %, "
-                f"FPR95 {format_percent(_metric_values(metrics, 'fpr95'))} % "
-                f"({seeds} seed{'s' if seeds > 1 else ''})")
+        name = (
+            f"{label}: AUROC {format_percent(_metric_values(metrics, 'auroc'))} %, "
+            f"AP {format_percent(_metric_values(metrics, 'ap'))} %, "
+            f"FPR95 {format_percent(_metric_values(metrics, 'fpr95'))} % "
+            f"({seeds} seed{'s' if seeds > 1 else ''})"
+        )
         colour = colours[label]
         for i, (curve, metric) in enumerate(zip(checked, metrics)):
             common = dict(mode="lines", line=dict(color=colour, width=2), legendgroup=label, name=name)
-            fig.add_trace(go.Scatter(
-                x=curve["fpr"], y=curve["tpr"], showlegend=i == 0, meta={"model": label, "seed": i, "panel": "roc"},
-                hovertemplate=f"<b>{label}</b> seed {i}<br>FPR %{{x:.4f}}<br>TPR %{{y:.4f}}<extra></extra>",
-                **common), row=1, col=1)
-            fig.add_trace(go.Scatter(
-                # "vh": AP = sum_k (R_k - R_{k-1}) P_k gives P_k to (R_{k-1}, R_k] (recall increases
-                # along the points), so the area under the drawn steps is the AP.
-                x=curve["recall"], y=curve["precision"], showlegend=False, line_shape="vh",
-                meta={"model": label, "seed": i, "panel": "pr"},
-                hovertemplate=f"<b>{label}</b> seed {i}<br>recall %{{x:.4f}}<br>precision %{{y:.4f}}<extra></extra>",
-                **common), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["fpr"],
+                    y=curve["tpr"],
+                    showlegend=i == 0,
+                    meta={"model": label, "seed": i, "panel": "roc"},
+                    hovertemplate=f"<b>{label}</b> seed {i}<br>FPR %{{x:.4f}}<br>TPR %{{y:.4f}}<extra></extra>",
+                    **common,
+                ),
+                row=1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    # "vh": AP = sum_k (R_k - R_{k-1}) P_k gives P_k to (R_{k-1}, R_k] (recall increases
+                    # along the points), so the area under the drawn steps is the AP.
+                    x=curve["recall"],
+                    y=curve["precision"],
+                    showlegend=False,
+                    line_shape="vh",
+                    meta={"model": label, "seed": i, "panel": "pr"},
+                    hovertemplate=f"<b>{label}</b> seed {i}<br>recall %{{x:.4f}}<br>precision %{{y:.4f}}<extra></extra>",  # noqa: E501
+                    **common,
+                ),
+                row=1,
+                col=2,
+            )
             if metric.get("fpr95") is not None:
-                fig.add_trace(go.Scatter(
-                    x=[metric["fpr95"]], y=[0.95], mode="markers", legendgroup=label, showlegend=False,
-                    marker=dict(symbol="x", size=11, color=colour, line=dict(color="#000000", width=1)),
-                    meta={"model": label, "seed": i, "panel": "fpr95"},
-                    hovertemplate=f"<b>{label}</b> seed {i}<br>FPR95 = %{{x:.4f}}<extra></extra>"), row=1, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[metric["fpr95"]],
+                        y=[0.95],
+                        mode="markers",
+                        legendgroup=label,
+                        showlegend=False,
+                        marker=dict(symbol="x", size=11, color=colour, line=dict(color="#000000", width=1)),
+                        meta={"model": label, "seed": i, "panel": "fpr95"},
+                        hovertemplate=f"<b>{label}</b> seed {i}<br>FPR95 = %{{x:.4f}}<extra></extra>",
+                    ),
+                    row=1,
+                    col=1,
+                )
             chance.add(round(float(curve["precision"][-1]), 6))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#888888", dash="dash", width=1),
-                             name="chance", hoverinfo="skip", legendgroup="chance"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0.95, 0.95], mode="lines", line=dict(color="#555555", dash="dot", width=1),
-                             name="TPR = 95 % (× marks each seed's FPR95)", hoverinfo="skip"), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line=dict(color="#888888", dash="dash", width=1),
+            name="chance",
+            hoverinfo="skip",
+            legendgroup="chance",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0.95, 0.95],
+            mode="lines",
+            line=dict(color="#555555", dash="dot", width=1),
+            name="TPR = 95 % (× marks each seed's FPR95)",
+            hoverinfo="skip",
+        ),
+        row=1,
+        col=1,
+    )
     for level in sorted(chance):
-        fig.add_trace(go.Scatter(x=[0, 1], y=[level, level], mode="lines", showlegend=False, legendgroup="chance",
-                                 line=dict(color="#888888", dash="dash", width=1),
-                                 hovertemplate=f"chance: {100 * level:.2f} % of pixels are anomalous<extra></extra>"),
-                      row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[level, level],
+                mode="lines",
+                showlegend=False,
+                legendgroup="chance",
+                line=dict(color="#888888", dash="dash", width=1),
+                hovertemplate=f"chance: {100 * level:.2f} % of pixels are anomalous<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_xaxes(title_text="false-positive rate (inlier pixels flagged)", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="true-positive rate (anomalous pixels flagged)", range=[0, 1.01], row=1, col=1)
     fig.update_xaxes(title_text="recall (anomalous pixels flagged)", range=[0, 1], row=1, col=2)
     fig.update_yaxes(title_text="precision (flagged pixels that are anomalous)", range=[0, 1.01], row=1, col=2)
     fig.update_layout(
         title=dict(text=title or "Pixel-level anomaly detection: ROC and precision-recall", x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1150, height=600 + 22 * len(curves_by_model),
+        font=FONT,
+        template="plotly_white",
+        width=1150,
+        height=600 + 22 * len(curves_by_model),
         margin=dict(l=80, r=30, t=90, b=120 + 22 * len(curves_by_model)),
-        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"))
+        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
+    )
     return fig
 
 
-def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str] | None = None,
-                     max_side: int = 384) -> go.Figure:
+def threshold_figure(
+    images, scores, masks, thresholds, *, titles: Sequence[str] | None = None, max_side: int = 384
+) -> go.Figure:
     """Flagged pixels at each threshold, with a slider over the thresholds that works in static HTML.
 
     Each image is shown with the pixels whose score is ``>= threshold`` tinted magenta and the
@@ -456,42 +620,90 @@ def threshold_figure(images, scores, masks, thresholds, *, titles: Sequence[str]
     image_traces = []
 
     def sources(threshold: float) -> list[str]:
-        return [png_data_uri(flagged_overlay(images[i], scores[i], masks[i], threshold)[::step, ::step])
-                for i in range(n)]
+        return [
+            png_data_uri(flagged_overlay(images[i], scores[i], masks[i], threshold)[::step, ::step]) for i in range(n)
+        ]
 
     def heading(threshold: float) -> str:
         rates = flag_rates(scores, masks, threshold)
         if not labeled:
-            return (f"Pixels flagged anomalous at score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the "
-                    f"pixels (magenta)<br><sup>pooled over {n} image{'s' if n > 1 else ''}; no labels, so no "
-                    "TPR / FPR</sup>")
-        return (f"Pixels flagged anomalous at score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])} of the anomalous "
-                f"pixels, FPR {_percent(rates['fpr'])} of the inliers<br><sup>pooled over {n} image"
-                f"{'s' if n > 1 else ''}; {_percent(rates['flagged'])} of all scored pixels flagged (magenta)</sup>")
+            return (
+                f"Pixels flagged anomalous at score ≥ {threshold:.4g}: {_percent(rates['flagged'])} of the "
+                f"pixels (magenta)<br><sup>pooled over {n} image{'s' if n > 1 else ''}; no labels, so no "
+                "TPR / FPR</sup>"
+            )
+        return (
+            f"Pixels flagged anomalous at score ≥ {threshold:.4g}: TPR {_percent(rates['tpr'])} of the anomalous "
+            f"pixels, FPR {_percent(rates['fpr'])} of the inliers<br><sup>pooled over {n} image"
+            f"{'s' if n > 1 else ''}; {_percent(rates['flagged'])} of all scored pixels flagged (magenta)</sup>"
+        )
 
     first = sources(thresholds[0])
     for i in range(n):
-        fig.add_trace(go.Image(source=first[i], x0=(step - 1) / 2, y0=(step - 1) / 2, dx=step, dy=step,
-                               name=titles[i], hovertemplate="(%{x}, %{y})<extra></extra>",
-                               meta={"role": "flagged", "image": i}), row=1, col=i + 1)
+        fig.add_trace(
+            go.Image(
+                source=first[i],
+                x0=(step - 1) / 2,
+                y0=(step - 1) / 2,
+                dx=step,
+                dy=step,
+                name=titles[i],
+                hovertemplate="(%{x}, %{y})<extra></extra>",
+                meta={"role": "flagged", "image": i},
+            ),
+            row=1,
+            col=i + 1,
+        )
         image_traces.append(len(fig.data) - 1)
         for trace in _outline_traces(masks[i], show_legend=i == 0) if labeled else []:
             fig.add_trace(trace, row=1, col=i + 1)
     image_axes(fig, n, shape=images.shape[1:3])
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="flagged pixels (score ≥ threshold)",
-                             marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR))), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            name="flagged pixels (score ≥ threshold)",
+            marker=dict(symbol="square", size=12, color=hex_colour(ANOMALY_COLOUR)),
+        ),
+        row=1,
+        col=1,
+    )
     steps = []
     for k, threshold in enumerate(thresholds):
-        steps.append(dict(method="update", label=f"{threshold:.4g}",
-                          args=[{"source": first if k == 0 else sources(threshold)},
-                                {"title.text": heading(threshold)}, image_traces]))
+        steps.append(
+            dict(
+                method="update",
+                label=f"{threshold:.4g}",
+                args=[
+                    {"source": first if k == 0 else sources(threshold)},
+                    {"title.text": heading(threshold)},
+                    image_traces,
+                ],
+            )
+        )
     panel = 360 if n > 1 else 520
     fig.update_layout(
-        title=dict(text=heading(thresholds[0]), x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-        width=max(700, panel * n + 120), height=panel + 260, margin=dict(l=60, r=30, t=100, b=170),
+        title=dict(text=heading(thresholds[0]), x=0.01, xanchor="left"),
+        font=FONT,
+        template="plotly_white",
+        width=max(700, panel * n + 120),
+        height=panel + 260,
+        margin=dict(l=60, r=30, t=100, b=170),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
-        sliders=[dict(active=0, steps=steps, x=0.0, len=1.0, y=-0.14, yanchor="top", pad=dict(t=10),
-                      currentvalue=dict(prefix="threshold (score ≥): ", font=dict(size=14)))])
+        sliders=[
+            dict(
+                active=0,
+                steps=steps,
+                x=0.0,
+                len=1.0,
+                y=-0.14,
+                yanchor="top",
+                pad=dict(t=10),
+                currentvalue=dict(prefix="threshold (score ≥): ", font=dict(size=14)),
+            )
+        ],
+    )
     return fig
 
 
@@ -543,8 +755,9 @@ def _threshold_options(scores: np.ndarray, masks: np.ndarray, num: int) -> list[
     return options
 
 
-def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, num_thresholds: int = 41,
-                   max_side: int = 384):
+def anomaly_widget(
+    images, masks, scores_by_model: Mapping[str, np.ndarray], *, num_thresholds: int = 41, max_side: int = 384
+):
     """Live anomaly explorer for JupyterLab: pick a model, an image and a threshold.
 
     Controls (``box.controls``): ``"model"`` (dropdown of the labels), ``"image"`` (slider over the
@@ -580,9 +793,13 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
     controls = {
         "model": widgets.Dropdown(options=labels, value=labels[0], description="model"),
         "image": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image"),
-        "threshold": widgets.SelectionSlider(options=options[labels[0]], value=middle(labels[0]),
-                                             description="threshold", continuous_update=False,
-                                             layout=widgets.Layout(width="520px")),
+        "threshold": widgets.SelectionSlider(
+            options=options[labels[0]],
+            value=middle(labels[0]),
+            description="threshold",
+            continuous_update=False,
+            layout=widgets.Layout(width="520px"),
+        ),
     }
 
     box = None
@@ -607,9 +824,15 @@ def anomaly_widget(images, masks, scores_by_model: Mapping[str, np.ndarray], *, 
         if label not in score_ranges:
             score_ranges[label] = tuple(np.percentile(scores[masks != VOID], [1, 99]).tolist())
         title = f"{label}, image {i}: anomaly score and pixels flagged at score ≥ {threshold:.4g}"
-        return score_overlay_figure(images[i], scores[i], masks[i] if labeled else None, threshold=threshold,
-                                    max_side=max_side,
-                                    score_range=score_ranges[label], title=title)
+        return score_overlay_figure(
+            images[i],
+            scores[i],
+            masks[i] if labeled else None,
+            threshold=threshold,
+            max_side=max_side,
+            score_range=score_ranges[label],
+            title=title,
+        )
 
     # The model's own handler (on_model) redraws once after the thresholds follow; observing the
     # model here as well would redraw a second time.
@@ -640,8 +863,10 @@ def _check_metrics_by_model(metrics_by_model: Mapping, key: str) -> None:
             raise ValueError(f"metrics_by_model[{label!r}] must be a non-empty list of metrics.json dicts")
         for i, m in enumerate(runs):
             if key not in m:
-                raise ValueError(f"metrics_by_model[{label!r}][{i}] has no {key!r} (a metrics.json of a data set "
-                                 "with an anomaly split, written by the current evaluator)")
+                raise ValueError(
+                    f"metrics_by_model[{label!r}][{i}] has no {key!r} (a metrics.json of a data set "
+                    "with an anomaly split, written by the current evaluator)"
+                )
 
 
 def scores_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
@@ -662,11 +887,17 @@ def scores_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
         names = [s for s in SCORE_LABELS if all(s in m["anomaly_by_score"] for m in runs)]
         for score in names:
             per_seed = [m["anomaly_by_score"][score] for m in runs]
-            rows.append({"model": label, "score": SCORE_LABELS[score],
-                         "AUROC (%)": format_percent(_metric_values(per_seed, "auroc")),
-                         "AP (%)": format_percent(_metric_values(per_seed, "ap")),
-                         "FPR95 (%)": format_percent(_metric_values(per_seed, "fpr95")),
-                         "seeds": len(runs), "auroc_mean": seed_stats(_metric_values(per_seed, "auroc"))["mean"]})
+            rows.append(
+                {
+                    "model": label,
+                    "score": SCORE_LABELS[score],
+                    "AUROC (%)": format_percent(_metric_values(per_seed, "auroc")),
+                    "AP (%)": format_percent(_metric_values(per_seed, "ap")),
+                    "FPR95 (%)": format_percent(_metric_values(per_seed, "fpr95")),
+                    "seeds": len(runs),
+                    "auroc_mean": seed_stats(_metric_values(per_seed, "auroc"))["mean"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -682,18 +913,39 @@ def scores_figure(metrics_by_model: Mapping[str, Sequence[Mapping]], metric: str
         names = [s for s in SCORE_LABELS if all(s in m["anomaly_by_score"] for m in runs)]
         values = [[m["anomaly_by_score"][s].get(metric) for m in runs] for s in names]
         stats = [seed_stats(v) for v in values]
-        fig.add_trace(go.Bar(x=[SCORE_LABELS[s] for s in names], y=[st["mean"] for st in stats], name=label,
-                             marker_color=colours[label], offsetgroup=label,
-                             error_y=dict(type="data", array=[st["std"] for st in stats], visible=len(runs) > 1),
-                             hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=[SCORE_LABELS[s] for s, v in zip(names, values) for _ in v],
-                                 y=[x for v in values for x in v], mode="markers", offsetgroup=label,
-                                 marker=dict(color="black", size=5), showlegend=False, name=f"{label} seeds",
-                                 hovertemplate=f"{label} seed<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=[SCORE_LABELS[s] for s in names],
+                y=[st["mean"] for st in stats],
+                name=label,
+                marker_color=colours[label],
+                offsetgroup=label,
+                error_y=dict(type="data", array=[st["std"] for st in stats], visible=len(runs) > 1),
+                hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[SCORE_LABELS[s] for s, v in zip(names, values) for _ in v],
+                y=[x for v in values for x in v],
+                mode="markers",
+                offsetgroup=label,
+                marker=dict(color="black", size=5),
+                showlegend=False,
+                name=f"{label} seeds",
+                hovertemplate=f"{label} seed<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+            )
+        )
     better = "higher" if metric != "fpr95" else "lower"
-    fig.update_layout(barmode="group", scattermode="group", font=FONT,
-                      title=f"Every anomaly score: {metric.upper()} ({better} is better; dots: seeds)",
-                      yaxis_title=metric.upper(), yaxis_range=[0, 1], legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        barmode="group",
+        scattermode="group",
+        font=FONT,
+        title=f"Every anomaly score: {metric.upper()} ({better} is better; dots: seeds)",
+        yaxis_title=metric.upper(),
+        yaxis_range=[0, 1],
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
@@ -711,14 +963,20 @@ def components_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
     rows = []
     for label, runs in metrics_by_model.items():
         comps = [m["anomaly_components"] for m in runs]
-        rows.append({"model": label, "score": SCORE_LABELS.get(comps[0].get("score"), comps[0].get("score")),
-                     "sIoU (%)": format_percent(_metric_values(comps, "siou")),
-                     "PPV (%)": format_percent(_metric_values(comps, "ppv")),
-                     "mean F1 (%)": format_percent(_metric_values(comps, "mean_f1")),
-                     "anomalies": int(comps[0].get("num_gt_components", 0)),
-                     "predicted components": format_percent(
-                         [c.get("num_pred_components", 0) / 100 for c in comps], digits=0),
-                     "seeds": len(runs)})
+        rows.append(
+            {
+                "model": label,
+                "score": SCORE_LABELS.get(comps[0].get("score"), comps[0].get("score")),
+                "sIoU (%)": format_percent(_metric_values(comps, "siou")),
+                "PPV (%)": format_percent(_metric_values(comps, "ppv")),
+                "mean F1 (%)": format_percent(_metric_values(comps, "mean_f1")),
+                "anomalies": int(comps[0].get("num_gt_components", 0)),
+                "predicted components": format_percent(
+                    [c.get("num_pred_components", 0) / 100 for c in comps], digits=0
+                ),
+                "seeds": len(runs),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -734,11 +992,22 @@ def by_source_figure(metrics_by_model: Mapping[str, Sequence[Mapping]], metric: 
         score = runs[0]["anomaly"]["score"]
         sources = list(runs[0]["anomaly_by_source"])
         stats = [seed_stats([m["anomaly_by_source"][src][score].get(metric) for m in runs]) for src in sources]
-        fig.add_trace(go.Bar(x=sources, y=[s["mean"] for s in stats], name=f"{label}: {SCORE_LABELS.get(score, score)}",
-                             marker_color=colours[label],
-                             error_y=dict(type="data", array=[s["std"] for s in stats], visible=len(runs) > 1),
-                             hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(barmode="group", font=FONT, yaxis_range=[0, 1], yaxis_title=metric.upper(),
-                      title=f"{metric.upper()} per anomaly source (each model's headline score)",
-                      legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(
+            go.Bar(
+                x=sources,
+                y=[s["mean"] for s in stats],
+                name=f"{label}: {SCORE_LABELS.get(score, score)}",
+                marker_color=colours[label],
+                error_y=dict(type="data", array=[s["std"] for s in stats], visible=len(runs) > 1),
+                hovertemplate=f"{label}<br>%{{x}}: {metric} %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        font=FONT,
+        yaxis_range=[0, 1],
+        yaxis_title=metric.upper(),
+        title=f"{metric.upper()} per anomaly source (each model's headline score)",
+        legend=dict(orientation="h", y=-0.25),
+    )
     return fig

@@ -25,8 +25,16 @@ from .common import format_percent
 from .style import FONT, model_colours, model_symbols, rgba
 
 __all__ = [
-    "PROBABILITIES", "aggregate_bins", "bins_by_model", "calibration_bins_from_metrics", "calibration_errors",
-    "calibration_table", "calibration_widget", "check_bins", "confidence_histogram_figure", "reliability_figure",
+    "PROBABILITIES",
+    "aggregate_bins",
+    "bins_by_model",
+    "calibration_bins_from_metrics",
+    "calibration_errors",
+    "calibration_table",
+    "calibration_widget",
+    "check_bins",
+    "confidence_histogram_figure",
+    "reliability_figure",
 ]
 
 #: The probabilities whose calibration the evaluator measures: the class logits' softmax
@@ -34,8 +42,10 @@ __all__ = [
 PROBABILITIES = ("class logits", "Bayes posterior")
 _BIN_KEYS = ("lower", "upper", "count", "confidence", "accuracy")
 #: Default titles per probability (what "confidence" means in the figure).
-_RELIABILITY_TITLES = {"class logits": "Reliability diagram: confidence = max softmax of the class logits",
-                       "Bayes posterior": "Reliability diagram: confidence = max of Bayes' posterior p(c|x)"}
+_RELIABILITY_TITLES = {
+    "class logits": "Reliability diagram: confidence = max softmax of the class logits",
+    "Bayes posterior": "Reliability diagram: confidence = max of Bayes' posterior p(c|x)",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,8 +83,13 @@ def check_bins(bins: Mapping, name: str = "bins") -> dict[str, np.ndarray]:
     def as_float(key: str) -> np.ndarray:
         return np.asarray([np.nan if v is None else v for v in bins[key]], dtype=np.float64)
 
-    out = {"lower": as_float("lower"), "upper": as_float("upper"), "count": count,
-           "confidence": as_float("confidence"), "accuracy": as_float("accuracy")}
+    out = {
+        "lower": as_float("lower"),
+        "upper": as_float("upper"),
+        "count": count,
+        "confidence": as_float("confidence"),
+        "accuracy": as_float("accuracy"),
+    }
     filled = count > 0
     for key in ("confidence", "accuracy"):
         values = out[key][filled]
@@ -110,8 +125,9 @@ def calibration_bins_from_metrics(metrics: Mapping, probability: str = "class lo
     return None if posterior is None else posterior["bins"]
 
 
-def bins_by_model(metrics_by_model: Mapping[str, Sequence[Mapping]], probability: str = "class logits"
-                  ) -> dict[str, list[dict]]:
+def bins_by_model(
+    metrics_by_model: Mapping[str, Sequence[Mapping]], probability: str = "class logits"
+) -> dict[str, list[dict]]:
     """``{label: [metrics.json per seed]}`` -> ``{label: [bins per seed]}`` for ``probability``.
 
     Models without bins for ``probability`` in any seed (softmax heads have no Bayes posterior) are
@@ -125,8 +141,12 @@ def bins_by_model(metrics_by_model: Mapping[str, Sequence[Mapping]], probability
         if len(missing) == len(bins):
             continue
         if missing:
-            warnings.warn(f"bins_by_model: {label!r} has no {probability} bins in seeds {missing} (positions in "
-                          f"its list of {len(bins)}); they are left out of its mean ± std", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"bins_by_model: {label!r} has no {probability} bins in seeds {missing} (positions in "
+                f"its list of {len(bins)}); they are left out of its mean ± std",
+                UserWarning,
+                stacklevel=2,
+            )
         out[label] = [b for b in bins if b is not None]
     return out
 
@@ -152,8 +172,10 @@ def aggregate_bins(bins_per_seed: Sequence[Mapping], name: str = "bins") -> dict
     for i, b in enumerate(checked[1:], start=1):
         for edge in ("lower", "upper"):
             if b[edge].shape != first[edge].shape or not np.allclose(b[edge], first[edge]):
-                raise ValueError(f"{name}[{i}] has bin edges different from {name}[0] ({edge!r} differs): "
-                                 "seeds must share their bins")
+                raise ValueError(
+                    f"{name}[{i}] has bin edges different from {name}[0] ({edge!r} differs): "
+                    "seeds must share their bins"
+                )
     count = np.stack([b["count"] for b in checked]).astype(np.float64)  # [S, B]
     filled = count > 0
     confidence = np.stack([b["confidence"] for b in checked])
@@ -168,8 +190,11 @@ def aggregate_bins(bins_per_seed: Sequence[Mapping], name: str = "bins") -> dict
         share = np.where(totals > 0, count / np.maximum(totals, 1), 0.0)
     errors = [calibration_errors(b, f"{name}[{i}]") for i, b in enumerate(bins_per_seed)]  # checks again: cheap
     return {
-        "lower": first["lower"], "upper": first["upper"],
-        "confidence": conf_mean, "accuracy": acc_mean, "accuracy_std": acc_std,
+        "lower": first["lower"],
+        "upper": first["upper"],
+        "confidence": conf_mean,
+        "accuracy": acc_mean,
+        "accuracy_std": acc_std,
         "share": share.mean(axis=0),
         "share_std": share.std(axis=0, ddof=1) if len(checked) > 1 else np.zeros_like(share[0]),
         "seeds": seeds.astype(np.float64),
@@ -189,8 +214,9 @@ def _legend_label(label: str, summary: Mapping) -> str:
     return f"{label}: ECE {format_percent(summary['ece'])} %, MCE {format_percent(summary['mce'])} % ({runs})"
 
 
-def _views(models: Mapping, posterior_models: Mapping | None, probability: str = PROBABILITIES[0]
-           ) -> list[tuple[str, Mapping]]:
+def _views(
+    models: Mapping, posterior_models: Mapping | None, probability: str = PROBABILITIES[0]
+) -> list[tuple[str, Mapping]]:
     """``[(probability, models)]``: what ``models`` holds, then Bayes' posterior's view if given."""
     _check_models(models, "models")
     if probability not in PROBABILITIES:
@@ -198,8 +224,10 @@ def _views(models: Mapping, posterior_models: Mapping | None, probability: str =
     views = [(probability, models)]
     if posterior_models is not None:
         if probability != PROBABILITIES[0]:
-            raise ValueError("posterior_models goes with models of the class logits; with "
-                             f"probability={probability!r} pass those bins as models alone")
+            raise ValueError(
+                "posterior_models goes with models of the class logits; with "
+                f"probability={probability!r} pass those bins as models alone"
+            )
         _check_models(posterior_models, "posterior_models")
         views.append((PROBABILITIES[1], posterior_models))
     return views
@@ -210,19 +238,39 @@ def _view_menu(views: list[tuple[str, Mapping]], trace_views: list[int], titles:
     buttons = []
     for v, (probability, _) in enumerate(views):
         visible = [t == v or t == -1 for t in trace_views]
-        buttons.append(dict(label=f"probability: {probability}", method="update",
-                            args=[{"visible": visible}, {"title.text": titles[v]}]))
-    return dict(type="dropdown", buttons=buttons, active=0, x=x, xanchor="left", y=1.0, yanchor="bottom",
-                showactive=True, bgcolor="white", font=dict(size=12))
+        buttons.append(
+            dict(
+                label=f"probability: {probability}",
+                method="update",
+                args=[{"visible": visible}, {"title.text": titles[v]}],
+            )
+        )
+    return dict(
+        type="dropdown",
+        buttons=buttons,
+        active=0,
+        x=x,
+        xanchor="left",
+        y=1.0,
+        yanchor="bottom",
+        showactive=True,
+        bgcolor="white",
+        font=dict(size=12),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Figures.
 
 
-def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None, *,
-                       probability: str = PROBABILITIES[0], colours: Mapping[str, str] | None = None,
-                       title: str | None = None) -> go.Figure:
+def reliability_figure(
+    models: Mapping[str, Sequence[Mapping]],
+    posterior_models: Mapping | None = None,
+    *,
+    probability: str = PROBABILITIES[0],
+    colours: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """Reliability diagram: accuracy against confidence per bin, one series per model.
 
     Each point is a non-empty bin at (mean confidence, mean accuracy) over seeds, with the seeds'
@@ -249,8 +297,16 @@ def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models
     colours = {**model_colours(labels), **(colours or {})}
     symbols = model_symbols(labels)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(color="#555555", dash="dash", width=1.5), hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="perfect calibration",
+            line=dict(color="#555555", dash="dash", width=1.5),
+            hoverinfo="skip",
+        )
+    )
     trace_views, titles = [-1], []
     for v, (shown, view_models) in enumerate(views):
         titles.append(title or _RELIABILITY_TITLES[shown])
@@ -260,35 +316,80 @@ def reliability_figure(models: Mapping[str, Sequence[Mapping]], posterior_models
             conf, acc = summary["confidence"][filled], summary["accuracy"][filled]
             colour = colours[label]
             # Gap band: along the curve, back along the diagonal.
-            fig.add_trace(go.Scatter(
-                x=np.concatenate([conf, conf[::-1]]), y=np.concatenate([acc, conf[::-1]]), fill="toself",
-                fillcolor=rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
-                legendgroup=f"{v}:{label}", visible=v == 0, meta={"view": v, "model": label, "role": "gap"}))
-            custom = np.stack([summary["lower"][filled], summary["upper"][filled], 100 * summary["share"][filled],
-                               summary["seeds"][filled], summary["accuracy_std"][filled]], axis=1)
-            fig.add_trace(go.Scatter(
-                x=conf, y=acc, mode="lines+markers", name=_legend_label(label, summary),
-                legendgroup=f"{v}:{label}", visible=v == 0,
-                line=dict(color=colour, width=2), marker=dict(color=colour, size=9, symbol=symbols[label],
-                                                              line=dict(color="white", width=1)),
-                error_y=dict(type="data", array=summary["accuracy_std"][filled], visible=len(bins) > 1,
-                             color=colour, thickness=1.2, width=3),
-                customdata=custom,
-                hovertemplate=(f"<b>{label}</b><br>bin [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>"
-                               "mean confidence %{x:.3f}<br>accuracy %{y:.3f} ± %{customdata[4]:.3f}<br>"
-                               "%{customdata[2]:.2f} % of pixels (%{customdata[3]} seeds)<extra></extra>"),
-                meta={"view": v, "model": label, "role": "curve"}))
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([conf, conf[::-1]]),
+                    y=np.concatenate([acc, conf[::-1]]),
+                    fill="toself",
+                    fillcolor=rgba(colour, 0.18),
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=f"{v}:{label}",
+                    visible=v == 0,
+                    meta={"view": v, "model": label, "role": "gap"},
+                )
+            )
+            custom = np.stack(
+                [
+                    summary["lower"][filled],
+                    summary["upper"][filled],
+                    100 * summary["share"][filled],
+                    summary["seeds"][filled],
+                    summary["accuracy_std"][filled],
+                ],
+                axis=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=conf,
+                    y=acc,
+                    mode="lines+markers",
+                    name=_legend_label(label, summary),
+                    legendgroup=f"{v}:{label}",
+                    visible=v == 0,
+                    line=dict(color=colour, width=2),
+                    marker=dict(color=colour, size=9, symbol=symbols[label], line=dict(color="white", width=1)),
+                    error_y=dict(
+                        type="data",
+                        array=summary["accuracy_std"][filled],
+                        visible=len(bins) > 1,
+                        color=colour,
+                        thickness=1.2,
+                        width=3,
+                    ),
+                    customdata=custom,
+                    hovertemplate=(
+                        f"<b>{label}</b><br>bin [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]<br>"
+                        "mean confidence %{x:.3f}<br>accuracy %{y:.3f} ± %{customdata[4]:.3f}<br>"
+                        "%{customdata[2]:.2f} % of pixels (%{customdata[3]} seeds)<extra></extra>"
+                    ),
+                    meta={"view": v, "model": label, "role": "curve"},
+                )
+            )
             trace_views += [v, v]
     fig.update_layout(
-        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98), font=FONT, template="plotly_white",
-        width=760, height=760, margin=dict(l=80, r=30, t=110, b=40 + 26 * len(labels)),
-        legend=dict(orientation="h", x=0, xref="container", y=0.01, yref="container", yanchor="bottom",
-                    font=dict(size=12)),
+        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98),
+        font=FONT,
+        template="plotly_white",
+        width=760,
+        height=760,
+        margin=dict(l=80, r=30, t=110, b=40 + 26 * len(labels)),
+        legend=dict(
+            orientation="h", x=0, xref="container", y=0.01, yref="container", yanchor="bottom", font=dict(size=12)
+        ),
         # constrain="domain": the square aspect shrinks the plot area instead of widening the ranges.
-        xaxis=dict(title="mean confidence in the bin (max class probability)", range=[0, 1.01], dtick=0.1,
-                   constrain="domain"),
-        yaxis=dict(title="accuracy in the bin (fraction of pixels correct)", range=[0, 1.01], dtick=0.1,
-                   scaleanchor="x", scaleratio=1, constrain="domain"),
+        xaxis=dict(
+            title="mean confidence in the bin (max class probability)", range=[0, 1.01], dtick=0.1, constrain="domain"
+        ),
+        yaxis=dict(
+            title="accuracy in the bin (fraction of pixels correct)",
+            range=[0, 1.01],
+            dtick=0.1,
+            scaleanchor="x",
+            scaleratio=1,
+            constrain="domain",
+        ),
     )
     if len(views) > 1:
         fig.update_layout(updatemenus=[_view_menu(views, trace_views, titles, x=0.0)])
@@ -299,9 +400,15 @@ def _bin_names(lower: np.ndarray, upper: np.ndarray) -> list[str]:
     return ["= 1 (saturated)" if lo == up == 1.0 else f"{lo:.2f}–{up:.2f}" for lo, up in zip(lower, upper)]
 
 
-def confidence_histogram_figure(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None,
-                                *, probability: str = PROBABILITIES[0], log_y: bool = True,
-                                colours: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+def confidence_histogram_figure(
+    models: Mapping[str, Sequence[Mapping]],
+    posterior_models: Mapping | None = None,
+    *,
+    probability: str = PROBABILITIES[0],
+    log_y: bool = True,
+    colours: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """Share of pixels per confidence bin, one bar group per bin, one bar per model.
 
     Bars are the mean over seeds of ``count_b / sum(count)`` in %, with the seeds' standard
@@ -325,41 +432,74 @@ def confidence_histogram_figure(models: Mapping[str, Sequence[Mapping]], posteri
         titles.append(title or f"Pixels per confidence bin ({shown})")
         for label, bins in view_models.items():
             summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
-            fig.add_trace(go.Bar(
-                x=_bin_names(summary["lower"], summary["upper"]), y=100 * summary["share"],
-                error_y=dict(type="data", array=100 * summary["share_std"], visible=len(bins) > 1, thickness=1.2),
-                name=f"{label} ({len(bins)} seed{'s' if len(bins) > 1 else ''})", marker_color=colours[label],
-                visible=v == 0, meta={"view": v, "model": label},
-                hovertemplate=f"<b>{label}</b><br>confidence %{{x}}<br>%{{y:.3f}} % of pixels<extra></extra>"))
+            fig.add_trace(
+                go.Bar(
+                    x=_bin_names(summary["lower"], summary["upper"]),
+                    y=100 * summary["share"],
+                    error_y=dict(type="data", array=100 * summary["share_std"], visible=len(bins) > 1, thickness=1.2),
+                    name=f"{label} ({len(bins)} seed{'s' if len(bins) > 1 else ''})",
+                    marker_color=colours[label],
+                    visible=v == 0,
+                    meta={"view": v, "model": label},
+                    hovertemplate=f"<b>{label}</b><br>confidence %{{x}}<br>%{{y:.3f}} % of pixels<extra></extra>",
+                )
+            )
             trace_views.append(v)
     fig.update_layout(
-        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98), font=FONT, template="plotly_white",
-        barmode="group", width=900, height=560, margin=dict(l=80, r=30, t=110, b=150 + 12 * len(labels)),
+        title=dict(text=titles[0], x=0.01, xanchor="left", y=0.98),
+        font=FONT,
+        template="plotly_white",
+        barmode="group",
+        width=900,
+        height=560,
+        margin=dict(l=80, r=30, t=110, b=150 + 12 * len(labels)),
         legend=dict(orientation="h", x=0, xref="container", y=0.01, yref="container", yanchor="bottom"),
         xaxis=dict(title="confidence bin (max class probability)", tickangle=-45),
         yaxis=dict(title="pixels in the bin (%)", type="log" if log_y else "linear", tickformat="~g"),
     )
-    menus = [dict(type="buttons", direction="right", x=1.0, xanchor="right", y=1.0, yanchor="bottom",
-                  active=0 if log_y else 1, showactive=True, bgcolor="white", font=dict(size=12),
-                  buttons=[dict(label="log y", method="relayout", args=[{"yaxis.type": "log"}]),
-                           dict(label="linear y", method="relayout", args=[{"yaxis.type": "linear"}])])]
+    menus = [
+        dict(
+            type="buttons",
+            direction="right",
+            x=1.0,
+            xanchor="right",
+            y=1.0,
+            yanchor="bottom",
+            active=0 if log_y else 1,
+            showactive=True,
+            bgcolor="white",
+            font=dict(size=12),
+            buttons=[
+                dict(label="log y", method="relayout", args=[{"yaxis.type": "log"}]),
+                dict(label="linear y", method="relayout", args=[{"yaxis.type": "linear"}]),
+            ],
+        )
+    ]
     if len(views) > 1:
         menus.append(_view_menu(views, trace_views, titles, x=0.0))
     fig.update_layout(updatemenus=menus)
     return fig
 
 
-def _calibration_rows(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None
-                      ) -> list[dict]:
+def _calibration_rows(models: Mapping[str, Sequence[Mapping]], posterior_models: Mapping | None = None) -> list[dict]:
     rows = []
     for v, (probability, view_models) in enumerate(_views(models, posterior_models)):
         for label, bins in view_models.items():
             summary = aggregate_bins(bins, f"{'models' if v == 0 else 'posterior_models'}[{label!r}]")
             ece, mce = seed_stats(summary["ece"]), seed_stats(summary["mce"])
-            rows.append({"model": label, "probability": probability,
-                         "ECE (%)": format_percent(summary["ece"]), "MCE (%)": format_percent(summary["mce"]),
-                         "seeds": len(bins), "ece_mean": ece["mean"], "ece_std": ece["std"],
-                         "mce_mean": mce["mean"], "mce_std": mce["std"]})
+            rows.append(
+                {
+                    "model": label,
+                    "probability": probability,
+                    "ECE (%)": format_percent(summary["ece"]),
+                    "MCE (%)": format_percent(summary["mce"]),
+                    "seeds": len(bins),
+                    "ece_mean": ece["mean"],
+                    "ece_std": ece["std"],
+                    "mce_mean": mce["mean"],
+                    "mce_std": mce["std"],
+                }
+            )
     return rows
 
 
@@ -376,8 +516,15 @@ def calibration_table(models: Mapping[str, Sequence[Mapping]], posterior_models:
 
 def _empty_figure(message: str) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(title=dict(text=message), font=FONT, template="plotly_white", width=760, height=300,
-                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.update_layout(
+        title=dict(text=message),
+        font=FONT,
+        template="plotly_white",
+        width=760,
+        height=300,
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+    )
     return fig
 
 
@@ -394,17 +541,18 @@ def calibration_widget(models: Mapping[str, Sequence[Mapping]], posterior_models
     labels = list(dict.fromkeys(label for ms in views.values() for label in ms))
     colours = model_colours(labels)
     controls = {
-        "models": widgets.SelectMultiple(options=labels, value=tuple(labels), description="models",
-                                         rows=min(len(labels), 6)),
+        "models": widgets.SelectMultiple(
+            options=labels, value=tuple(labels), description="models", rows=min(len(labels), 6)
+        ),
         "probability": widgets.ToggleButtons(options=list(views), value=PROBABILITIES[0], description="probability"),
-        "view": widgets.ToggleButtons(options=["reliability diagram", "confidence histogram"],
-                                      value="reliability diagram", description="plot"),
+        "view": widgets.ToggleButtons(
+            options=["reliability diagram", "confidence histogram"], value="reliability diagram", description="plot"
+        ),
     }
 
     def render() -> go.Figure:
         probability = controls["probability"].value
-        chosen = {label: views[probability][label] for label in controls["models"].value
-                  if label in views[probability]}
+        chosen = {label: views[probability][label] for label in controls["models"].value if label in views[probability]}
         if not chosen:
             return _empty_figure(f"No selected model has {probability} bins: select another model")
         if controls["view"].value == "reliability diagram":
@@ -447,33 +595,59 @@ def layernorm_bound_figure(models: Mapping[str, Sequence[Mapping]], num_classes:
     top = max([3.0] + [1.2 * g for g in gammas])
     xs = np.linspace(0.0, top, 121)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=xs, y=[layernorm_confidence_bound(num_classes, float(g)) for g in xs], mode="lines",
-                             line=dict(color="#444", width=2), name=f"bound, common gamma (C = {num_classes})",
-                             hovertemplate="gamma %{x:.2f}: top probability at most %{y:.3f}<extra></extra>"))
-    fig.add_vline(x=1.0, line=dict(color="#999", dash="dot"), annotation_text="gamma at initialisation",
-                  annotation_position="bottom right")
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=[layernorm_confidence_bound(num_classes, float(g)) for g in xs],
+            mode="lines",
+            line=dict(color="#444", width=2),
+            name=f"bound, common gamma (C = {num_classes})",
+            hovertemplate="gamma %{x:.2f}: top probability at most %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.add_vline(
+        x=1.0,
+        line=dict(color="#999", dash="dot"),
+        annotation_text="gamma at initialisation",
+        annotation_position="bottom right",
+    )
     colours = model_colours(list(models))
     for label, runs in models.items():
         g = [float(np.mean(r["gamma"])) for r in runs]
-        bound = [float(layernorm_confidence_bound_per_class(np.asarray(r["gamma"]), np.asarray(r["beta"])).max())
-                 for r in runs]
+        bound = [
+            float(layernorm_confidence_bound_per_class(np.asarray(r["gamma"]), np.asarray(r["beta"])).max())
+            for r in runs
+        ]
         conf = [mean_confidence(r["bins"], f"models[{label!r}]") for r in runs]
         acc = [float(r["acc"]) for r in runs]
         colour = colours[label]
-        for values, symbol, what in ((bound, "diamond", "bound with its learned gamma, beta"),
-                                     (conf, "circle", "mean top probability it gives"),
-                                     (acc, "x", "its pixel accuracy")):
-            fig.add_trace(go.Scatter(
-                x=g, y=values, mode="markers", name=f"{label}: {what}", legendgroup=label,
-                marker=dict(color=colour, symbol=symbol, size=11, line=dict(width=1, color="white")),
-                customdata=list(range(len(runs))),
-                hovertemplate=f"{label} (seed #%{{customdata}})<br>mean gamma %{{x:.3f}}<br>{what}: %{{y:.3f}}"
-                              "<extra></extra>"))
-    fig.update_layout(title=f"Why the logits' softmax is under-confident: LayerNorm caps the top probability "
-                            f"({num_classes} classes)",
-                      xaxis_title="LayerNorm weight gamma over the class scores (mean over classes)",
-                      yaxis_title="top softmax probability", yaxis_range=[0, 1.02], font=FONT,
-                      legend=dict(orientation="v", x=1.02, y=1), margin=dict(r=20))
+        for values, symbol, what in (
+            (bound, "diamond", "bound with its learned gamma, beta"),
+            (conf, "circle", "mean top probability it gives"),
+            (acc, "x", "its pixel accuracy"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=g,
+                    y=values,
+                    mode="markers",
+                    name=f"{label}: {what}",
+                    legendgroup=label,
+                    marker=dict(color=colour, symbol=symbol, size=11, line=dict(width=1, color="white")),
+                    customdata=list(range(len(runs))),
+                    hovertemplate=f"{label} (seed #%{{customdata}})<br>mean gamma %{{x:.3f}}<br>{what}: %{{y:.3f}}"
+                    "<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        title=f"Why the logits' softmax is under-confident: LayerNorm caps the top probability ({num_classes} classes)",
+        xaxis_title="LayerNorm weight gamma over the class scores (mean over classes)",
+        yaxis_title="top softmax probability",
+        yaxis_range=[0, 1.02],
+        font=FONT,
+        legend=dict(orientation="v", x=1.02, y=1),
+        margin=dict(r=20),
+    )
     return fig
 
 
@@ -491,7 +665,6 @@ def temperature_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
     """
     import pandas as pd
 
-
     _check_models(metrics_by_model, "metrics_by_model")
     rows = []
     names = {"logits": "class logits", "bayes_posterior": "Bayes posterior"}
@@ -503,8 +676,11 @@ def temperature_table(metrics_by_model: Mapping[str, Sequence[Mapping]]):
             entries = [s.get(key) for s in scalings]
             if any(e is None for e in entries):
                 continue
-            row = {"model": label, "probability": probability,
-                   "T": format_mean_std(seed_stats([e["temperature"] for e in entries]))}
+            row = {
+                "model": label,
+                "probability": probability,
+                "T": format_mean_std(seed_stats([e["temperature"] for e in entries])),
+            }
             for what in ("ece", "mce"):
                 for when in ("before", "after"):
                     row[f"{what.upper()} {when} (%)"] = format_percent([e[f"{what}_{when}"] for e in entries])

@@ -30,8 +30,9 @@ def png_data_uri(image: np.ndarray) -> str:
 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-        raise ValueError(f"image must be a [H, W, 3] or [H, W, 4] uint8 array, got shape {image.shape} "
-                         f"dtype {image.dtype}")
+        raise ValueError(
+            f"image must be a [H, W, 3] or [H, W, 4] uint8 array, got shape {image.shape} dtype {image.dtype}"
+        )
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return _PNG_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -43,7 +44,7 @@ def decode_png_data_uri(uri: str) -> np.ndarray:
 
     if not isinstance(uri, str) or not uri.startswith(_PNG_PREFIX):
         raise ValueError(f"uri must start with {_PNG_PREFIX!r}, got {str(uri)[:40]!r}")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri[len(_PNG_PREFIX):]))))
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri[len(_PNG_PREFIX) :]))))
 
 
 def format_percent(values: Iterable[float | None], digits: int = 2) -> str:

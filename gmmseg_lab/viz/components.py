@@ -45,8 +45,9 @@ OPACITY_LEVELS = (0.3, 0.6, 0.9)
 # ----------------------------------------------------------------------------------- checks, grids
 def _require_gmm(preds, what: str) -> None:
     if not preds.is_gmm or preds.embeddings is None or preds.means is None:
-        raise ValueError(f"{what} needs a GMM head's predictions (embeddings and mixture parameters); "
-                         f"preds.head is {preds.head!r}")
+        raise ValueError(
+            f"{what} needs a GMM head's predictions (embeddings and mixture parameters); preds.head is {preds.head!r}"
+        )
 
 
 def _check_index(preds, index, name: str = "index") -> int:
@@ -165,15 +166,26 @@ def pixel_posterior(preds, index: int, row: int, col: int, class_index: int | No
     feature_row, feature_col = _feature_cell(preds, int(row), int(col))
     comp_log_prob = preds.component_log_prob(index)[chosen, :, feature_row, feature_col]
     responsibilities = softmax(comp_log_prob)
-    return dict(class_posterior=posterior, class_log_likelihood=log_lik, class_index=chosen,
-                predicted_class=predicted, bayes_class=int(posterior.argmax()), component_posterior=responsibilities, component_log_prob=comp_log_prob,
-                component=int(responsibilities.argmax()), row=int(row), col=int(col),
-                feature_row=int(feature_row), feature_col=int(feature_col))
+    return dict(
+        class_posterior=posterior,
+        class_log_likelihood=log_lik,
+        class_index=chosen,
+        predicted_class=predicted,
+        bayes_class=int(posterior.argmax()),
+        component_posterior=responsibilities,
+        component_log_prob=comp_log_prob,
+        component=int(responsibilities.argmax()),
+        row=int(row),
+        col=int(col),
+        feature_row=int(feature_row),
+        feature_col=int(feature_col),
+    )
 
 
 # ----------------------------------------------------------------------------------- overlay
-def component_colours(preds, index: int, class_index: int | None = None, dim_others: float = 0.55,
-                      _best: np.ndarray | None = None) -> np.ndarray:
+def component_colours(
+    preds, index: int, class_index: int | None = None, dim_others: float = 0.55, _best: np.ndarray | None = None
+) -> np.ndarray:
     """``[H, W, 4]`` uint8 RGBA overlay: each pixel in the shade of its component
     (:func:`component_assignment`, image resolution).
 
@@ -213,16 +225,31 @@ def _hover_grid(preds, index: int, stride: int, log_prob: np.ndarray) -> dict:
     own = np.take_along_axis(cell, labels[None, None], axis=0)[0]  # [M, gh, gw] of the shown class
     responsibilities = softmax(own, axis=0)
     comp = responsibilities.argmax(0)
-    customdata = np.stack([np.broadcast_to(rows[:, None], labels.shape), np.broadcast_to(cols[None], labels.shape),
-                           comp, np.take_along_axis(posterior, labels[None], 0)[0],
-                           np.take_along_axis(responsibilities, comp[None], 0)[0]], axis=-1)
+    customdata = np.stack(
+        [
+            np.broadcast_to(rows[:, None], labels.shape),
+            np.broadcast_to(cols[None], labels.shape),
+            comp,
+            np.take_along_axis(posterior, labels[None], 0)[0],
+            np.take_along_axis(responsibilities, comp[None], 0)[0],
+        ],
+        axis=-1,
+    )
     return dict(rows=rows, cols=cols, labels=labels, component=comp, customdata=customdata)
 
 
-def component_overlay_figure(preds, index: int = 0, class_index: int | None = None, opacity: float = 0.6,
-                             image_indices: Sequence[int] | None = None, pixel: tuple[int, int] | None = None,
-                             hover_stride: int | None = None, opacity_levels: Sequence[float] = OPACITY_LEVELS,
-                             panel_px: int = 520, menus: bool = True) -> go.Figure:
+def component_overlay_figure(
+    preds,
+    index: int = 0,
+    class_index: int | None = None,
+    opacity: float = 0.6,
+    image_indices: Sequence[int] | None = None,
+    pixel: tuple[int, int] | None = None,
+    hover_stride: int | None = None,
+    opacity_levels: Sequence[float] = OPACITY_LEVELS,
+    panel_px: int = 520,
+    menus: bool = True,
+) -> go.Figure:
     """The image with each pixel's mixture component drawn in shades of its class colour.
 
     Args:
@@ -252,8 +279,11 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
     class_index = _check_class(preds, class_index)
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    image_indices = list(range(len(preds.names))) if image_indices is None else [
-        _check_index(preds, i, "image_indices") for i in image_indices]
+    image_indices = (
+        list(range(len(preds.names)))
+        if image_indices is None
+        else [_check_index(preds, i, "image_indices") for i in image_indices]
+    )
     if index not in image_indices:
         raise ValueError(f"index {index} is not among image_indices {image_indices}")
     height, width = preds.gt.shape[1:]
@@ -263,84 +293,180 @@ def component_overlay_figure(preds, index: int = 0, class_index: int | None = No
     classes, num_c, num_m = list(preds.classes), len(preds.classes), preds.num_components
     shades = component_palette(preds.palette, num_m)
 
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.78, 0.22], horizontal_spacing=0.1,
-                        subplot_titles=["image with component shades", "colour key (class × component)"])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.78, 0.22],
+        horizontal_spacing=0.1,
+        subplot_titles=["image with component shades", "colour key (class × component)"],
+    )
     n_img = len(image_indices)
     log_probs = {i: preds.component_log_prob(i) for i in image_indices}  # [C, M, h, w] each
     shown_class = -1 if class_index is None else class_index
     # The class menu needs every class's overlay; without menus only the one on show is encoded.
     choices = range(-1, num_c) if menus else [shown_class]
-    overlays = {i: {k: png_data_uri(component_colours(preds, i, None if k < 0 else k, _best=log_probs[i].argmax(1)))
-                    for k in choices} for i in image_indices}
+    overlays = {
+        i: {
+            k: png_data_uri(component_colours(preds, i, None if k < 0 else k, _best=log_probs[i].argmax(1)))
+            for k in choices
+        }
+        for i in image_indices
+    }
     for i in image_indices:  # traces [0, n_img): photos
-        fig.add_trace(go.Image(source=png_data_uri(preds.images[i]), visible=i == index, hoverinfo="skip",
-                               name=preds.names[i]), row=1, col=1)
+        fig.add_trace(
+            go.Image(source=png_data_uri(preds.images[i]), visible=i == index, hoverinfo="skip", name=preds.names[i]),
+            row=1,
+            col=1,
+        )
     for i in image_indices:  # [n_img, 2 n_img): overlays (RGBA: others washed out with a class chosen)
-        fig.add_trace(go.Image(source=overlays[i][shown_class], opacity=opacity,
-                               visible=i == index, hoverinfo="skip", name=f"components {preds.names[i]}"),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Image(
+                source=overlays[i][shown_class],
+                opacity=opacity,
+                visible=i == index,
+                hoverinfo="skip",
+                name=f"components {preds.names[i]}",
+            ),
+            row=1,
+            col=1,
+        )
     names = np.asarray(classes, dtype=object)
     for i in image_indices:  # [2 n_img, 3 n_img): invisible hover layers, one cell per sample
         grid = _hover_grid(preds, i, stride, log_probs[i])
-        fig.add_trace(go.Heatmap(
-            z=grid["component"].astype(np.float32), x0=grid["cols"][0], dx=stride, y0=grid["rows"][0], dy=stride,
-            text=names[grid["labels"]], customdata=grid["customdata"], opacity=0.0, showscale=False,
-            hoverongaps=False, visible=i == index, name=preds.names[i], colorscale="Greys",
-            hovertemplate=("pixel (row %{customdata[0]:.0f}, col %{customdata[1]:.0f})<br>"
-                           "predicted class <b>%{text}</b>, Bayes p(class | x) = %{customdata[3]:.3f}<br>"
-                           "most likely component <b>%{customdata[2]:.0f}</b>, responsibility "
-                           "%{customdata[4]:.3f}<extra></extra>")), row=1, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid["component"].astype(np.float32),
+                x0=grid["cols"][0],
+                dx=stride,
+                y0=grid["rows"][0],
+                dy=stride,
+                text=names[grid["labels"]],
+                customdata=grid["customdata"],
+                opacity=0.0,
+                showscale=False,
+                hoverongaps=False,
+                visible=i == index,
+                name=preds.names[i],
+                colorscale="Greys",
+                hovertemplate=(
+                    "pixel (row %{customdata[0]:.0f}, col %{customdata[1]:.0f})<br>"
+                    "predicted class <b>%{text}</b>, Bayes p(class | x) = %{customdata[3]:.3f}<br>"
+                    "most likely component <b>%{customdata[2]:.0f}</b>, responsibility "
+                    "%{customdata[4]:.3f}<extra></extra>"
+                ),
+            ),
+            row=1,
+            col=1,
+        )
     if pixel is not None:
         r, c = pixel
         if not (0 <= r < height and 0 <= c < width):
             raise ValueError(f"pixel must be (row, col) inside the {height}x{width} image, got {pixel}")
         # a white cross with a black core reads on light and dark pixels alike
         for colour, width in (("white", 5), ("black", 2)):
-            fig.add_scatter(x=[c], y=[r], mode="markers", name=f"pixel ({r}, {c})", showlegend=False,
-                            marker=dict(symbol="x-thin-open", size=22, color=colour,
-                                        line=dict(width=width, color=colour)),
-                            hovertemplate=f"selected pixel (row {r}, col {c})<extra></extra>", row=1, col=1)
+            fig.add_scatter(
+                x=[c],
+                y=[r],
+                mode="markers",
+                name=f"pixel ({r}, {c})",
+                showlegend=False,
+                marker=dict(symbol="x-thin-open", size=22, color=colour, line=dict(width=width, color=colour)),
+                hovertemplate=f"selected pixel (row {r}, col {c})<extra></extra>",
+                row=1,
+                col=1,
+            )
     key_c, key_m = np.meshgrid(np.arange(num_c), np.arange(num_m), indexing="ij")
-    fig.add_scatter(x=key_m.ravel(), y=names[key_c.ravel()], mode="markers", showlegend=False,
-                    marker=dict(symbol="square", size=20, color=[hex_colour(shades[c, m]) for c, m in
-                                                                  zip(key_c.ravel(), key_m.ravel())],
-                                line=dict(color="#444", width=0.6)),
-                    customdata=np.exp(preds.log_weights).ravel(),
-                    hovertemplate="class %{y}, component %{x}<br>mixture weight %{customdata:.3f}<extra></extra>",
-                    row=1, col=2)
+    fig.add_scatter(
+        x=key_m.ravel(),
+        y=names[key_c.ravel()],
+        mode="markers",
+        showlegend=False,
+        marker=dict(
+            symbol="square",
+            size=20,
+            color=[hex_colour(shades[c, m]) for c, m in zip(key_c.ravel(), key_m.ravel())],
+            line=dict(color="#444", width=0.6),
+        ),
+        customdata=np.exp(preds.log_weights).ravel(),
+        hovertemplate="class %{y}, component %{x}<br>mixture weight %{customdata:.3f}<extra></extra>",
+        row=1,
+        col=2,
+    )
     image_axes(fig, 1)
-    fig.update_xaxes(title_text="component (dark → light)", tickmode="array", tickvals=list(range(num_m)),
-                     range=[-0.6, num_m - 0.4], showgrid=False, zeroline=False, row=1, col=2)
+    fig.update_xaxes(
+        title_text="component (dark → light)",
+        tickmode="array",
+        tickvals=list(range(num_m)),
+        range=[-0.6, num_m - 0.4],
+        showgrid=False,
+        zeroline=False,
+        row=1,
+        col=2,
+    )
     fig.update_yaxes(title_text=None, autorange="reversed", showgrid=False, row=1, col=2)
 
     height_px, top, bottom = panel_px + 200, (150 if menus else 80), 50
     fig.update_layout(
-        title=dict(text="Most likely Gaussian component of each pixel (shades of its predicted class's colour)",
-                   x=0.01, y=0.98, yanchor="top"),
-        font=FONT, template="plotly_white", height=height_px, margin=dict(l=70, r=70, t=top, b=bottom),
-        hovermode="closest", plot_bgcolor="white")
+        title=dict(
+            text="Most likely Gaussian component of each pixel (shades of its predicted class's colour)",
+            x=0.01,
+            y=0.98,
+            yanchor="top",
+        ),
+        font=FONT,
+        template="plotly_white",
+        height=height_px,
+        margin=dict(l=70, r=70, t=top, b=bottom),
+        hovermode="closest",
+        plot_bgcolor="white",
+    )
     if not menus:
         return fig
     overlay_ids = list(range(n_img, 2 * n_img))
     image_ids = list(range(3 * n_img))
-    image_buttons = [dict(label=f"image: {preds.names[i]} (#{i})", method="restyle",
-                          args=[{"visible": [j == i for _ in range(3) for j in image_indices]}, image_ids])
-                     for i in image_indices]
-    class_buttons = [dict(label="class: all classes" if k < 0 else f"class: {classes[k]}", method="restyle",
-                          args=[{"source": [overlays[i][k] for i in image_indices]}, overlay_ids])
-                     for k in range(-1, num_c)]
-    opacity_buttons = [dict(label=f"opacity {round(level * 100)}%", method="restyle",
-                            args=[{"opacity": level}, overlay_ids]) for level in opacity_levels]
-    active_opacity = int(np.argmin([abs(level - opacity) for level in opacity_levels])) \
-        if any(abs(level - opacity) < 1e-9 for level in opacity_levels) else -1
-    add_menus(fig, [(image_buttons, image_indices.index(index)), (class_buttons, shown_class + 1),
-                    (opacity_buttons, active_opacity, "buttons")][0 if n_img > 1 else 1:],
-              height_px, top, bottom, spacing=0.26)
+    image_buttons = [
+        dict(
+            label=f"image: {preds.names[i]} (#{i})",
+            method="restyle",
+            args=[{"visible": [j == i for _ in range(3) for j in image_indices]}, image_ids],
+        )
+        for i in image_indices
+    ]
+    class_buttons = [
+        dict(
+            label="class: all classes" if k < 0 else f"class: {classes[k]}",
+            method="restyle",
+            args=[{"source": [overlays[i][k] for i in image_indices]}, overlay_ids],
+        )
+        for k in range(-1, num_c)
+    ]
+    opacity_buttons = [
+        dict(label=f"opacity {round(level * 100)}%", method="restyle", args=[{"opacity": level}, overlay_ids])
+        for level in opacity_levels
+    ]
+    active_opacity = (
+        int(np.argmin([abs(level - opacity) for level in opacity_levels]))
+        if any(abs(level - opacity) < 1e-9 for level in opacity_levels)
+        else -1
+    )
+    add_menus(
+        fig,
+        [
+            (image_buttons, image_indices.index(index)),
+            (class_buttons, shown_class + 1),
+            (opacity_buttons, active_opacity, "buttons"),
+        ][0 if n_img > 1 else 1 :],
+        height_px,
+        top,
+        bottom,
+        spacing=0.26,
+    )
     return fig
 
 
-def pixel_posterior_figure(posterior: dict, classes: Sequence[str], palette,
-                           image_name: str | None = None) -> go.Figure:
+def pixel_posterior_figure(
+    posterior: dict, classes: Sequence[str], palette, image_name: str | None = None
+) -> go.Figure:
     """Two bar charts of :func:`pixel_posterior`'s output: ``p(class | x)`` and ``p(component | x, class)``.
 
     Args:
@@ -360,33 +486,53 @@ def pixel_posterior_figure(posterior: dict, classes: Sequence[str], palette,
     num_m = len(comp_post)
     shades = component_palette(palette, num_m)[chosen]
     where = f"pixel (row {posterior['row']}, col {posterior['col']})" + (f" of {image_name}" if image_name else "")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.1,
-                        subplot_titles=["p(class | x): Bayes, uniform prior",
-                                        f"p(component | x, class = {classes[chosen]})"])
-    fig.add_bar(x=list(classes), y=class_post, marker_color=class_colours(palette), showlegend=False,
-                marker_line=dict(color=["black" if c == chosen else "rgba(0,0,0,0)" for c in range(len(classes))],
-                                 width=2.5),
-                customdata=np.asarray(posterior.get("class_log_likelihood", np.full(len(classes), np.nan))),
-                hovertemplate="%{x}: p = %{y:.4f}<br>log p(x|c) = %{customdata:.2f}<extra></extra>", row=1, col=1)
-    fig.add_bar(x=[f"component {m}" for m in range(num_m)], y=comp_post, showlegend=False,
-                marker_color=[hex_colour(s) for s in shades], marker_line=dict(color="#444", width=1),
-                customdata=np.asarray(posterior.get("component_log_prob", np.full(num_m, np.nan))),
-                hovertemplate="%{x}: responsibility %{y:.4f}<br>log w + log N = %{customdata:.2f}<extra></extra>",
-                row=1, col=2)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.62, 0.38],
+        horizontal_spacing=0.1,
+        subplot_titles=["p(class | x): Bayes, uniform prior", f"p(component | x, class = {classes[chosen]})"],
+    )
+    fig.add_bar(
+        x=list(classes),
+        y=class_post,
+        marker_color=class_colours(palette),
+        showlegend=False,
+        marker_line=dict(color=["black" if c == chosen else "rgba(0,0,0,0)" for c in range(len(classes))], width=2.5),
+        customdata=np.asarray(posterior.get("class_log_likelihood", np.full(len(classes), np.nan))),
+        hovertemplate="%{x}: p = %{y:.4f}<br>log p(x|c) = %{customdata:.2f}<extra></extra>",
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        x=[f"component {m}" for m in range(num_m)],
+        y=comp_post,
+        showlegend=False,
+        marker_color=[hex_colour(s) for s in shades],
+        marker_line=dict(color="#444", width=1),
+        customdata=np.asarray(posterior.get("component_log_prob", np.full(num_m, np.nan))),
+        hovertemplate="%{x}: responsibility %{y:.4f}<br>log w + log N = %{customdata:.2f}<extra></extra>",
+        row=1,
+        col=2,
+    )
     fig.update_yaxes(title_text="posterior probability", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="responsibility", range=[0, 1.05], row=1, col=2)
-    examined = ("the predicted class" if posterior.get("predicted_class") == chosen
-                else "the class examined")
+    examined = "the predicted class" if posterior.get("predicted_class") == chosen else "the class examined"
     fig.update_xaxes(title_text=f"class (outlined: {examined})", tickangle=-30, row=1, col=1)
     fig.update_xaxes(title_text=f"component of {classes[chosen]} (dark → light)", row=1, col=2)
-    fig.update_layout(title=dict(text=f"Posteriors at {where}", x=0.01), font=FONT, template="plotly_white",
-                      height=430, margin=dict(l=70, r=30, t=90, b=110))
+    fig.update_layout(
+        title=dict(text=f"Posteriors at {where}", x=0.01),
+        font=FONT,
+        template="plotly_white",
+        height=430,
+        margin=dict(l=70, r=30, t=90, b=110),
+    )
     return fig
 
 
 # ----------------------------------------------------------------------------------- usage
 def _luminance(rgb) -> float:
-    r, g, b = (np.asarray(rgb, dtype=np.float64) / 255.0)
+    r, g, b = np.asarray(rgb, dtype=np.float64) / 255.0
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
@@ -409,12 +555,17 @@ def component_usage(preds, image_indices: Sequence[int] | None = None, by: str |
     if by not in ("gt", "pred"):
         raise ValueError(f"by must be 'gt' or 'pred', got {by!r}")
     if by == "gt" and not getattr(preds, "labeled", True):
-        raise ValueError("component_usage(by='gt') needs labels and these predictions have none; "
-                         "use by='pred' (usage by predicted class)")
+        raise ValueError(
+            "component_usage(by='gt') needs labels and these predictions have none; "
+            "use by='pred' (usage by predicted class)"
+        )
     if by == "gt" and preds.gt_small is None:
         raise ValueError("component_usage needs preds.gt_small (the labels on the embedding grid)")
-    image_indices = range(len(preds.names)) if image_indices is None else [
-        _check_index(preds, i, "image_indices") for i in image_indices]
+    image_indices = (
+        range(len(preds.names))
+        if image_indices is None
+        else [_check_index(preds, i, "image_indices") for i in image_indices]
+    )
     num_c, num_m = len(preds.classes), preds.num_components
     height, width = preds.gt.shape[1:]
     h, w = preds.embeddings.shape[2:]
@@ -454,9 +605,13 @@ def component_balance(usage: np.ndarray) -> np.ndarray:
     return out
 
 
-def component_usage_figure(usage: np.ndarray, classes: Sequence[str], palette,
-                           title: str = "How each class uses its mixture components (labelled pixels, most "
-                                        "likely component)", labeled: bool = True) -> go.Figure:
+def component_usage_figure(
+    usage: np.ndarray,
+    classes: Sequence[str],
+    palette,
+    title: str = "How each class uses its mixture components (labelled pixels, most likely component)",
+    labeled: bool = True,
+) -> go.Figure:
     """Stacked horizontal bars: each class's share of pixels per component, in the component shades,
     with the normalised entropy (:func:`component_balance`) written after each bar.
 
@@ -478,28 +633,51 @@ def component_usage_figure(usage: np.ndarray, classes: Sequence[str], palette,
     balance = component_balance(usage)
     fig = go.Figure()
     for m in range(num_m):
-        fig.add_bar(y=list(classes), x=share[:, m], orientation="h", name=f"component {m}", showlegend=False,
-                    marker=dict(color=[hex_colour(shades[c, m]) for c in range(num_c)],
-                                line=dict(color="white", width=1)),
-                    text=[str(m) if s >= 0.04 else "" for s in share[:, m]], textposition="inside",
-                    insidetextanchor="middle",
-                    textfont=dict(color=["black" if _luminance(shades[c, m]) > 0.5 else "white" for c in range(num_c)]),
-                    customdata=np.stack([usage[:, m], totals], -1),
-                    hovertemplate=f"%{{y}}, component {m}: %{{customdata[0]:.0f}} of %{{customdata[1]:.0f}} pixels "
-                                  "(%{x:.1%})<extra></extra>")
-    fig.add_scatter(y=list(classes), x=np.full(num_c, 1.02), mode="text", showlegend=False, hoverinfo="skip",
-                    text=["no pixels" if not np.isfinite(b) else f"{b:.2f}  ({n:,} px)"
-                          for b, n in zip(balance, totals)],
-                    textposition="middle right", textfont=dict(size=FONT["size"]))
-    fig.add_annotation(text="<b>balance</b>", x=1.02, y=1.0, xref="x", yref="paper", xanchor="left",
-                       yanchor="bottom", showarrow=False)
+        fig.add_bar(
+            y=list(classes),
+            x=share[:, m],
+            orientation="h",
+            name=f"component {m}",
+            showlegend=False,
+            marker=dict(color=[hex_colour(shades[c, m]) for c in range(num_c)], line=dict(color="white", width=1)),
+            text=[str(m) if s >= 0.04 else "" for s in share[:, m]],
+            textposition="inside",
+            insidetextanchor="middle",
+            textfont=dict(color=["black" if _luminance(shades[c, m]) > 0.5 else "white" for c in range(num_c)]),
+            customdata=np.stack([usage[:, m], totals], -1),
+            hovertemplate=f"%{{y}}, component {m}: %{{customdata[0]:.0f}} of %{{customdata[1]:.0f}} pixels "
+            "(%{x:.1%})<extra></extra>",
+        )
+    fig.add_scatter(
+        y=list(classes),
+        x=np.full(num_c, 1.02),
+        mode="text",
+        showlegend=False,
+        hoverinfo="skip",
+        text=["no pixels" if not np.isfinite(b) else f"{b:.2f}  ({n:,} px)" for b, n in zip(balance, totals)],
+        textposition="middle right",
+        textfont=dict(size=FONT["size"]),
+    )
+    fig.add_annotation(
+        text="<b>balance</b>", x=1.02, y=1.0, xref="x", yref="paper", xanchor="left", yanchor="bottom", showarrow=False
+    )
     fig.update_layout(
-        title=dict(text=title, x=0.01), font=FONT, template="plotly_white", barmode="stack",
-        xaxis=dict(title=f"share of the class's {'labelled' if labeled else 'predicted'} pixels (segments: "
-                         "component 0 dark → light)",
-                   range=[0, 1.3], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1.0]),
-        yaxis=dict(title=dict(text="class", standoff=12), autorange="reversed"), height=max(300, 34 * num_c + 160),
-        margin=dict(l=130, r=30, t=90, b=70), uniformtext=dict(minsize=9, mode="hide"))
+        title=dict(text=title, x=0.01),
+        font=FONT,
+        template="plotly_white",
+        barmode="stack",
+        xaxis=dict(
+            title=f"share of the class's {'labelled' if labeled else 'predicted'} pixels (segments: "
+            "component 0 dark → light)",
+            range=[0, 1.3],
+            tickformat=".0%",
+            tickvals=[0, 0.25, 0.5, 0.75, 1.0],
+        ),
+        yaxis=dict(title=dict(text="class", standoff=12), autorange="reversed"),
+        height=max(300, 34 * num_c + 160),
+        margin=dict(l=130, r=30, t=90, b=70),
+        uniformtext=dict(minsize=9, mode="hide"),
+    )
     return fig
 
 
@@ -516,16 +694,21 @@ def component_widget(preds, panel_px: int = 460):
     _require_gmm(preds, "component_widget")
     height, width = preds.gt.shape[1:]
     controls = {
-        "image": widgets.IntSlider(value=0, min=0, max=len(preds.names) - 1, description="image",
-                                   continuous_update=False),
-        "class": widgets.Dropdown(options=[("all classes", -1)] + [(n, c) for c, n in enumerate(preds.classes)],
-                                  value=-1, description="class"),
-        "opacity": widgets.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="opacity",
-                                       continuous_update=False),
-        "row": widgets.IntSlider(value=height // 2, min=0, max=height - 1, description="pixel row",
-                                 continuous_update=False),
-        "col": widgets.IntSlider(value=width // 2, min=0, max=width - 1, description="pixel col",
-                                 continuous_update=False),
+        "image": widgets.IntSlider(
+            value=0, min=0, max=len(preds.names) - 1, description="image", continuous_update=False
+        ),
+        "class": widgets.Dropdown(
+            options=[("all classes", -1)] + [(n, c) for c, n in enumerate(preds.classes)], value=-1, description="class"
+        ),
+        "opacity": widgets.FloatSlider(
+            value=0.6, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False
+        ),
+        "row": widgets.IntSlider(
+            value=height // 2, min=0, max=height - 1, description="pixel row", continuous_update=False
+        ),
+        "col": widgets.IntSlider(
+            value=width // 2, min=0, max=width - 1, description="pixel col", continuous_update=False
+        ),
     }
 
     def chosen_class() -> int | None:
@@ -533,9 +716,16 @@ def component_widget(preds, panel_px: int = 460):
 
     def overlay() -> go.Figure:
         i = controls["image"].value
-        return component_overlay_figure(preds, i, chosen_class(), controls["opacity"].value, image_indices=[i],
-                                        pixel=(controls["row"].value, controls["col"].value), panel_px=panel_px,
-                                        menus=False)
+        return component_overlay_figure(
+            preds,
+            i,
+            chosen_class(),
+            controls["opacity"].value,
+            image_indices=[i],
+            pixel=(controls["row"].value, controls["col"].value),
+            panel_px=panel_px,
+            menus=False,
+        )
 
     def posterior() -> go.Figure:
         i = controls["image"].value

@@ -52,8 +52,10 @@ def sample_pixels(preds, n_per_class: int = 60, seed: int = 0, image_indices: Se
     labeled = getattr(preds, "labeled", True)
     grid = preds.embeddings if preds.is_gmm else getattr(preds, "features", None)
     if grid is None or (labeled and (not preds.is_gmm or preds.gt_small is None)):
-        raise ValueError(f"sample_pixels needs a GMM head's embeddings and gt_small (or unlabeled predictions with "
-                         f"embeddings or features); preds.head is {preds.head!r}")
+        raise ValueError(
+            f"sample_pixels needs a GMM head's embeddings and gt_small (or unlabeled predictions with "
+            f"embeddings or features); preds.head is {preds.head!r}"
+        )
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
     n_images = len(preds.names)
@@ -92,9 +94,16 @@ def sample_pixels(preds, n_per_class: int = 60, seed: int = 0, image_indices: Se
             component[at] = log_prob[label[at], :, np.arange(len(at))].argmax(-1)
             bayes_class[at] = logsumexp(log_prob, axis=1).argmax(0)
     score = preds.anomaly_score[img, row * height // h, col * width // w]
-    info = dict(label=label.astype(np.int64), component=component.astype(np.int64), bayes_class=bayes_class,
-                anomaly_score=score.astype(np.float64), image=img.astype(np.int64), row=row.astype(np.int64),
-                col=col.astype(np.int64), name=np.asarray([preds.names[i] for i in img], dtype=object))
+    info = dict(
+        label=label.astype(np.int64),
+        component=component.astype(np.int64),
+        bayes_class=bayes_class,
+        anomaly_score=score.astype(np.float64),
+        image=img.astype(np.int64),
+        row=row.astype(np.int64),
+        col=col.astype(np.int64),
+        name=np.asarray([preds.names[i] for i in img], dtype=object),
+    )
     if not labeled:
         info["label_kind"] = "predicted"
     return x, info
@@ -130,30 +139,54 @@ def tsne_embedding(x: np.ndarray, means: np.ndarray | None, seed: int = 0, perpl
     tsne = TSNE(n_components=2, perplexity=float(perplexity), init="pca", random_state=seed, learning_rate="auto")
     coords = tsne.fit_transform(points)
     if means.size == 0:
-        return coords[:len(x)], None
-    return coords[:len(x)], coords[len(x):].reshape(means.shape[:-1] + (2,))
+        return coords[: len(x)], None
+    return coords[: len(x)], coords[len(x) :].reshape(means.shape[:-1] + (2,))
 
 
 def _hover_data(info: Mapping, classes: Sequence[str], mixture: bool = True) -> tuple[np.ndarray, str]:
     names = np.asarray(classes, dtype=object)
-    customdata = np.stack([info["name"], info["row"], info["col"], names[info["label"]], info["component"],
-                           info["anomaly_score"], names[info["bayes_class"]]], axis=-1)
+    customdata = np.stack(
+        [
+            info["name"],
+            info["row"],
+            info["col"],
+            names[info["label"]],
+            info["component"],
+            info["anomaly_score"],
+            names[info["bayes_class"]],
+        ],
+        axis=-1,
+    )
     if info.get("label_kind") == "predicted":
-        mixture_text = ("<br>Bayes class argmax p(x|c): %{customdata[6]}, most likely component %{customdata[4]}"
-                        if mixture else "")
-        return customdata, ("<b>%{customdata[3]}</b> (predicted class; no labels)" + mixture_text +
-                            "<br>%{customdata[0]}, cell (row %{customdata[1]}, col %{customdata[2]})"
-                            "<br>anomaly score %{customdata[5]:.3g}<extra></extra>")
-    template = ("<b>%{customdata[3]}</b> (ground truth; Bayes class argmax p(x|c): %{customdata[6]})"
-                "<br>most likely component %{customdata[4]}"
-                "<br>%{customdata[0]}, cell (row %{customdata[1]}, col %{customdata[2]})"
-                "<br>anomaly score %{customdata[5]:.3g}<extra></extra>")
+        mixture_text = (
+            "<br>Bayes class argmax p(x|c): %{customdata[6]}, most likely component %{customdata[4]}" if mixture else ""
+        )
+        return customdata, (
+            "<b>%{customdata[3]}</b> (predicted class; no labels)"
+            + mixture_text
+            + "<br>%{customdata[0]}, cell (row %{customdata[1]}, col %{customdata[2]})"
+            "<br>anomaly score %{customdata[5]:.3g}<extra></extra>"
+        )
+    template = (
+        "<b>%{customdata[3]}</b> (ground truth; Bayes class argmax p(x|c): %{customdata[6]})"
+        "<br>most likely component %{customdata[4]}"
+        "<br>%{customdata[0]}, cell (row %{customdata[1]}, col %{customdata[2]})"
+        "<br>anomaly score %{customdata[5]:.3g}<extra></extra>"
+    )
     return customdata, template
 
 
-def tsne_figure(coords: np.ndarray, info: Mapping, mean_coords: np.ndarray, classes: Sequence[str], palette,
-                colour_by: str = "class", label_means: bool = True, marker_size: int = 7,
-                title: str = "t-SNE of pixel embeddings and mixture means") -> go.Figure:
+def tsne_figure(
+    coords: np.ndarray,
+    info: Mapping,
+    mean_coords: np.ndarray,
+    classes: Sequence[str],
+    palette,
+    colour_by: str = "class",
+    label_means: bool = True,
+    marker_size: int = 7,
+    title: str = "t-SNE of pixel embeddings and mixture means",
+) -> go.Figure:
     """Scatter of :func:`tsne_embedding`'s coordinates with a menu to recolour the points.
 
     Args:
@@ -199,46 +232,98 @@ def tsne_figure(coords: np.ndarray, info: Mapping, mean_coords: np.ndarray, clas
         if not members.any():
             continue
         groups["class"].append(len(fig.data))
-        fig.add_scatter(x=coords[members, 0], y=coords[members, 1], mode="markers", name=classes[c],
-                          legendgroup="class", legendgrouptitle_text=label_text,
-                          marker=dict(size=marker_size, color=colours[c], line=dict(width=0.4, color="white")),
-                          customdata=customdata[members], hovertemplate=template)
+        fig.add_scatter(
+            x=coords[members, 0],
+            y=coords[members, 1],
+            mode="markers",
+            name=classes[c],
+            legendgroup="class",
+            legendgrouptitle_text=label_text,
+            marker=dict(size=marker_size, color=colours[c], line=dict(width=0.4, color="white")),
+            customdata=customdata[members],
+            hovertemplate=template,
+        )
     for c in range(num_c if mixture else 0):  # by component: shades of each class colour, one legend entry per class
         members = label == c
         if not members.any():
             continue
         groups["component"].append(len(fig.data))
-        fig.add_scatter(x=coords[members, 0], y=coords[members, 1], mode="markers",
-                          name=classes[c], legendgroup="component",
-                          legendgrouptitle_text="class; shade = component (dark 0 → light)",
-                          marker=dict(size=marker_size, color=[hex_colour(shades[c, m]) for m in component[members]],
-                                      line=dict(width=0.4, color="#333")),
-                          customdata=customdata[members], hovertemplate=template)
+        fig.add_scatter(
+            x=coords[members, 0],
+            y=coords[members, 1],
+            mode="markers",
+            name=classes[c],
+            legendgroup="component",
+            legendgrouptitle_text="class; shade = component (dark 0 → light)",
+            marker=dict(
+                size=marker_size,
+                color=[hex_colour(shades[c, m]) for m in component[members]],
+                line=dict(width=0.4, color="#333"),
+            ),
+            customdata=customdata[members],
+            hovertemplate=template,
+        )
     groups["anomaly"].append(len(fig.data))
-    fig.add_scatter(x=coords[:, 0], y=coords[:, 1], mode="markers", name="anomaly score", showlegend=False,
-                      marker=dict(size=marker_size, color=np.asarray(info["anomaly_score"], dtype=np.float64),
-                                  colorscale=SCORE_COLORSCALE, showscale=True, line=dict(width=0),
-                                  colorbar=dict(title=dict(text="anomaly<br>score", side="top"), x=1.02, len=0.75)),
-                      customdata=customdata, hovertemplate=template)
+    fig.add_scatter(
+        x=coords[:, 0],
+        y=coords[:, 1],
+        mode="markers",
+        name="anomaly score",
+        showlegend=False,
+        marker=dict(
+            size=marker_size,
+            color=np.asarray(info["anomaly_score"], dtype=np.float64),
+            colorscale=SCORE_COLORSCALE,
+            showscale=True,
+            line=dict(width=0),
+            colorbar=dict(title=dict(text="anomaly<br>score", side="top"), x=1.02, len=0.75),
+        ),
+        customdata=customdata,
+        hovertemplate=template,
+    )
     mean_c, mean_m = np.meshgrid(np.arange(num_c), np.arange(num_m), indexing="ij")
     if not mixture:
-        return _finish_map(fig, groups, kinds, colour_by, title,
-                           f"{len(coords)} points, one t-SNE run", label_text)
+        return _finish_map(fig, groups, kinds, colour_by, title, f"{len(coords)} points, one t-SNE run", label_text)
     fig.add_scatter(
-        x=mean_coords[..., 0].ravel(), y=mean_coords[..., 1].ravel(), name="component means (class m)",
-        mode="markers+text" if label_means else "markers", legendgroup="means", legendgrouptitle_text="mixture",
-        text=[f"{classes[c]} {m}" for c, m in zip(mean_c.ravel(), mean_m.ravel())], textposition="top center",
+        x=mean_coords[..., 0].ravel(),
+        y=mean_coords[..., 1].ravel(),
+        name="component means (class m)",
+        mode="markers+text" if label_means else "markers",
+        legendgroup="means",
+        legendgrouptitle_text="mixture",
+        text=[f"{classes[c]} {m}" for c, m in zip(mean_c.ravel(), mean_m.ravel())],
+        textposition="top center",
         textfont=dict(size=FONT["size"] - 3, color="#222"),
-        marker=dict(symbol="diamond", size=15, color=[hex_colour(shades[c, m]) for c, m in
-                                                       zip(mean_c.ravel(), mean_m.ravel())],
-                    line=dict(width=2, color="black")),
-        hovertemplate="mean of <b>%{text}</b><extra></extra>")
-    return _finish_map(fig, groups, kinds, colour_by, title,
-                       f"{len(coords)} pixels, {num_c * num_m} means, one t-SNE run", label_text, always_last=True)
+        marker=dict(
+            symbol="diamond",
+            size=15,
+            color=[hex_colour(shades[c, m]) for c, m in zip(mean_c.ravel(), mean_m.ravel())],
+            line=dict(width=2, color="black"),
+        ),
+        hovertemplate="mean of <b>%{text}</b><extra></extra>",
+    )
+    return _finish_map(
+        fig,
+        groups,
+        kinds,
+        colour_by,
+        title,
+        f"{len(coords)} pixels, {num_c * num_m} means, one t-SNE run",
+        label_text,
+        always_last=True,
+    )
 
 
-def _finish_map(fig: go.Figure, groups: Mapping[str, list[int]], kinds: Sequence[str], colour_by: str, title: str,
-                subtitle: str, label_text: str, always_last: bool = False) -> go.Figure:
+def _finish_map(
+    fig: go.Figure,
+    groups: Mapping[str, list[int]],
+    kinds: Sequence[str],
+    colour_by: str,
+    title: str,
+    subtitle: str,
+    label_text: str,
+    always_last: bool = False,
+) -> go.Figure:
     """Layout and the colouring menu of a t-SNE map; ``always_last``: the last trace (the means) is
     shown under every colouring."""
     n_traces = len(fig.data)
@@ -248,23 +333,40 @@ def _finish_map(fig: go.Figure, groups: Mapping[str, list[int]], kinds: Sequence
 
     for t, trace in enumerate(fig.data):
         trace.visible = visible(colour_by)[t]
-    titles = {"class": f"colour: {label_text}", "component": "colour: component (shade of the class colour)",
-              "anomaly": "colour: anomaly score"}
+    titles = {
+        "class": f"colour: {label_text}",
+        "component": "colour: component (shade of the class colour)",
+        "anomaly": "colour: anomaly score",
+    }
     height, top, bottom = 700, 130, 60
     fig.update_layout(
         title=dict(text=f"{title}<br><sup>{subtitle}</sup>", x=0.01, y=0.98, yanchor="top"),
-        font=FONT, template="plotly_white", height=height, margin=dict(l=70, r=30, t=top, b=bottom),
-        xaxis=dict(title="t-SNE 1", zeroline=False), yaxis=dict(title="t-SNE 2", zeroline=False),
-        legend=dict(x=1.12, y=1.0, groupclick="toggleitem"), hovermode="closest")
+        font=FONT,
+        template="plotly_white",
+        height=height,
+        margin=dict(l=70, r=30, t=top, b=bottom),
+        xaxis=dict(title="t-SNE 1", zeroline=False),
+        yaxis=dict(title="t-SNE 2", zeroline=False),
+        legend=dict(x=1.12, y=1.0, groupclick="toggleitem"),
+        hovermode="closest",
+    )
     buttons = [dict(label=titles[k], method="restyle", args=[{"visible": visible(k)}]) for k in kinds]
     add_menus(fig, [(buttons, list(kinds).index(colour_by))], height, top, bottom, px_above_plot=30)
     return fig
 
 
-def tsne_placed_figure(map_coords: np.ndarray, map_info: Mapping, mean_coords: np.ndarray | None,
-                       new_coords: np.ndarray, new_info: Mapping, classes: Sequence[str], palette,
-                       colour_by: str = "anomaly", marker_size: int = 8,
-                       title: str = "New images' pixels placed on a map of labelled pixels") -> go.Figure:
+def tsne_placed_figure(
+    map_coords: np.ndarray,
+    map_info: Mapping,
+    mean_coords: np.ndarray | None,
+    new_coords: np.ndarray,
+    new_info: Mapping,
+    classes: Sequence[str],
+    palette,
+    colour_by: str = "anomaly",
+    marker_size: int = 8,
+    title: str = "New images' pixels placed on a map of labelled pixels",
+) -> go.Figure:
     """The labelled pixels of a fitted map (small, pale, by ground-truth class), the mixture means, and
     new images' pixels placed on it (large, outlined), coloured by their anomaly score or predicted class.
 
@@ -284,8 +386,9 @@ def tsne_placed_figure(map_coords: np.ndarray, map_info: Mapping, mean_coords: n
             raise ValueError(f"{name} must be [n, 2], got shape {coords.shape}")
         for key in ("label", "anomaly_score", "name", "row", "col", "component", "bayes_class"):
             if key not in info or len(info[key]) != len(coords):
-                raise ValueError(f"{name}: its info[{key!r}] must have one entry per point ({len(coords)}); "
-                                 "pass sample_pixels' info")
+                raise ValueError(
+                    f"{name}: its info[{key!r}] must have one entry per point ({len(coords)}); pass sample_pixels' info"
+                )
     num_c = len(classes)
     colours = class_colours(palette)
     fig = go.Figure()
@@ -295,39 +398,74 @@ def tsne_placed_figure(map_coords: np.ndarray, map_info: Mapping, mean_coords: n
     for c in range(num_c):  # the map: always shown, pale, one legend entry per class
         members = map_label == c
         if members.any():
-            fig.add_scatter(x=map_coords[members, 0], y=map_coords[members, 1], mode="markers", name=classes[c],
-                            legendgroup="map", legendgrouptitle_text="map: labelled pixels (ground truth)",
-                            marker=dict(size=5, color=colours[c], opacity=0.35, line=dict(width=0)),
-                            customdata=map_data[members], hovertemplate=map_template)
+            fig.add_scatter(
+                x=map_coords[members, 0],
+                y=map_coords[members, 1],
+                mode="markers",
+                name=classes[c],
+                legendgroup="map",
+                legendgrouptitle_text="map: labelled pixels (ground truth)",
+                marker=dict(size=5, color=colours[c], opacity=0.35, line=dict(width=0)),
+                customdata=map_data[members],
+                hovertemplate=map_template,
+            )
     if mixture:
         mean_coords = np.asarray(mean_coords, np.float64)
         shades = component_palette(palette, mean_coords.shape[1])
         mean_c, mean_m = np.meshgrid(np.arange(num_c), np.arange(mean_coords.shape[1]), indexing="ij")
-        fig.add_scatter(x=mean_coords[..., 0].ravel(), y=mean_coords[..., 1].ravel(), mode="markers",
-                        name="component means", legendgroup="means", legendgrouptitle_text="mixture",
-                        text=[f"{classes[c]} {m}" for c, m in zip(mean_c.ravel(), mean_m.ravel())],
-                        marker=dict(symbol="diamond", size=12, line=dict(width=1.5, color="black"),
-                                    color=[hex_colour(shades[c, m]) for c, m in zip(mean_c.ravel(), mean_m.ravel())]),
-                        hovertemplate="mean of <b>%{text}</b><extra></extra>")
+        fig.add_scatter(
+            x=mean_coords[..., 0].ravel(),
+            y=mean_coords[..., 1].ravel(),
+            mode="markers",
+            name="component means",
+            legendgroup="means",
+            legendgrouptitle_text="mixture",
+            text=[f"{classes[c]} {m}" for c, m in zip(mean_c.ravel(), mean_m.ravel())],
+            marker=dict(
+                symbol="diamond",
+                size=12,
+                line=dict(width=1.5, color="black"),
+                color=[hex_colour(shades[c, m]) for c, m in zip(mean_c.ravel(), mean_m.ravel())],
+            ),
+            hovertemplate="mean of <b>%{text}</b><extra></extra>",
+        )
     fixed = len(fig.data)
     new_data, new_template = _hover_data(new_info, classes, mixture)
     new_label = np.asarray(new_info["label"])
     groups: dict[str, list[int]] = {"anomaly": [len(fig.data)], "class": []}
-    fig.add_scatter(x=new_coords[:, 0], y=new_coords[:, 1], mode="markers", name="new pixels: anomaly score",
-                    legendgroup="new", legendgrouptitle_text="your images' pixels",
-                    marker=dict(size=marker_size, symbol="circle", line=dict(width=1, color="black"),
-                                color=np.asarray(new_info["anomaly_score"], np.float64), colorscale=SCORE_COLORSCALE,
-                                showscale=True, colorbar=dict(title=dict(text="anomaly<br>score", side="top"),
-                                                              x=1.02, len=0.75)),
-                    customdata=new_data, hovertemplate=new_template)
+    fig.add_scatter(
+        x=new_coords[:, 0],
+        y=new_coords[:, 1],
+        mode="markers",
+        name="new pixels: anomaly score",
+        legendgroup="new",
+        legendgrouptitle_text="your images' pixels",
+        marker=dict(
+            size=marker_size,
+            symbol="circle",
+            line=dict(width=1, color="black"),
+            color=np.asarray(new_info["anomaly_score"], np.float64),
+            colorscale=SCORE_COLORSCALE,
+            showscale=True,
+            colorbar=dict(title=dict(text="anomaly<br>score", side="top"), x=1.02, len=0.75),
+        ),
+        customdata=new_data,
+        hovertemplate=new_template,
+    )
     for c in range(num_c):
         members = new_label == c
         if members.any():
             groups["class"].append(len(fig.data))
-            fig.add_scatter(x=new_coords[members, 0], y=new_coords[members, 1], mode="markers",
-                            name=f"new: {classes[c]}", legendgroup="new",
-                            marker=dict(size=marker_size, color=colours[c], line=dict(width=1, color="black")),
-                            customdata=new_data[members], hovertemplate=new_template)
+            fig.add_scatter(
+                x=new_coords[members, 0],
+                y=new_coords[members, 1],
+                mode="markers",
+                name=f"new: {classes[c]}",
+                legendgroup="new",
+                marker=dict(size=marker_size, color=colours[c], line=dict(width=1, color="black")),
+                customdata=new_data[members],
+                hovertemplate=new_template,
+            )
     n_traces = len(fig.data)
 
     def visible(kind: str) -> list[bool]:
@@ -337,13 +475,26 @@ def tsne_placed_figure(map_coords: np.ndarray, map_info: Mapping, mean_coords: n
         trace.visible = visible(colour_by)[t]
     height, top, bottom = 700, 130, 60
     fig.update_layout(
-        title=dict(text=f"{title}<br><sup>{len(map_coords)} labelled pixels fitted, {len(new_coords)} new pixels "
-                        "placed (openTSNE transform)</sup>", x=0.01, y=0.98, yanchor="top"),
-        font=FONT, template="plotly_white", height=height, margin=dict(l=70, r=30, t=top, b=bottom),
-        xaxis=dict(title="t-SNE 1", zeroline=False), yaxis=dict(title="t-SNE 2", zeroline=False),
-        legend=dict(x=1.12, y=1.0, groupclick="toggleitem"), hovermode="closest")
-    buttons = [dict(label=label, method="restyle", args=[{"visible": visible(kind)}])
-               for kind, label in (("anomaly", "new pixels: anomaly score"), ("class", "new pixels: predicted class"))]
+        title=dict(
+            text=f"{title}<br><sup>{len(map_coords)} labelled pixels fitted, {len(new_coords)} new pixels "
+            "placed (openTSNE transform)</sup>",
+            x=0.01,
+            y=0.98,
+            yanchor="top",
+        ),
+        font=FONT,
+        template="plotly_white",
+        height=height,
+        margin=dict(l=70, r=30, t=top, b=bottom),
+        xaxis=dict(title="t-SNE 1", zeroline=False),
+        yaxis=dict(title="t-SNE 2", zeroline=False),
+        legend=dict(x=1.12, y=1.0, groupclick="toggleitem"),
+        hovermode="closest",
+    )
+    buttons = [
+        dict(label=label, method="restyle", args=[{"visible": visible(kind)}])
+        for kind, label in (("anomaly", "new pixels: anomaly score"), ("class", "new pixels: predicted class"))
+    ]
     add_menus(fig, [(buttons, ("anomaly", "class").index(colour_by))], height, top, bottom, px_above_plot=30)
     return fig
 
@@ -359,10 +510,14 @@ def tsne_widget(preds, n_per_class: int = 60, seed: int = 0, perplexity: int = 3
     upper = max(2, min(100, n_points - 1))
     options = [("class", "class"), ("component", "component"), ("anomaly score", "anomaly")]
     controls = {
-        "colour_by": widgets.Dropdown(options=[o for o in options if means is not None or o[1] != "component"],
-                                      value="class", description="colour by"),
-        "perplexity": widgets.IntSlider(value=min(perplexity, upper), min=2, max=upper, step=1,
-                                        description="perplexity", continuous_update=False),
+        "colour_by": widgets.Dropdown(
+            options=[o for o in options if means is not None or o[1] != "component"],
+            value="class",
+            description="colour by",
+        ),
+        "perplexity": widgets.IntSlider(
+            value=min(perplexity, upper), min=2, max=upper, step=1, description="perplexity", continuous_update=False
+        ),
     }
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -371,8 +526,15 @@ def tsne_widget(preds, n_per_class: int = 60, seed: int = 0, perplexity: int = 3
         if p not in cache:
             cache[p] = tsne_embedding(x, means, seed, p)
         coords, mean_coords = cache[p]
-        return tsne_figure(coords, info, mean_coords, preds.classes, preds.palette, controls["colour_by"].value,
-                           title=f"t-SNE of pixel embeddings and mixture means (perplexity {p})")
+        return tsne_figure(
+            coords,
+            info,
+            mean_coords,
+            preds.classes,
+            preds.palette,
+            controls["colour_by"].value,
+            title=f"t-SNE of pixel embeddings and mixture means (perplexity {p})",
+        )
 
     box = figure_box(controls, render)
     box.samples = (x, info)

@@ -28,8 +28,14 @@ from .components import component_overlay_figure
 from .style import FONT, SCORE_COLORSCALE, blend, colourise, image_axes
 from .training import _class_legend, add_menus
 
-__all__ = ["SCORE_NAMES", "anomaly_maps_figure", "decode_upload", "message_figure", "segmentation_figure",
-           "upload_widget"]
+__all__ = [
+    "SCORE_NAMES",
+    "anomaly_maps_figure",
+    "decode_upload",
+    "message_figure",
+    "segmentation_figure",
+    "upload_widget",
+]
 
 #: What each score map of ``Predictions.score_maps`` is (higher = more anomalous), in display order.
 SCORE_NAMES = {
@@ -49,13 +55,19 @@ def _check_models(preds_by_model: Mapping) -> tuple[str, object]:
     ref_label, ref = items[0]
     for label, p in items[1:]:
         if list(p.names) != list(ref.names) or p.images.shape != ref.images.shape:
-            raise ValueError(f"preds_by_model[{label!r}] holds other images than preds_by_model[{ref_label!r}]; "
-                             "predict every model on the same images (and max_side)")
+            raise ValueError(
+                f"preds_by_model[{label!r}] holds other images than preds_by_model[{ref_label!r}]; "
+                "predict every model on the same images (and max_side)"
+            )
     return ref_label, ref
 
 
-def segmentation_figure(preds_by_model: Mapping[str, object], image_indices: Sequence[int] | None = None,
-                        opacity: float = 0.6, panel_px: int = 360) -> go.Figure:
+def segmentation_figure(
+    preds_by_model: Mapping[str, object],
+    image_indices: Sequence[int] | None = None,
+    opacity: float = 0.6,
+    panel_px: int = 360,
+) -> go.Figure:
     """The image and each model's predicted classes blended over it, one image at a time.
 
     Args:
@@ -88,11 +100,20 @@ def segmentation_figure(preds_by_model: Mapping[str, object], image_indices: Seq
 
     fig = make_subplots(rows=1, cols=n_panels, horizontal_spacing=0.015, subplot_titles=titles_for(image_indices[0]))
     for k, i in enumerate(image_indices):
-        maps = [ref.images[i]] + [blend(ref.images[i], colourise(preds_by_model[label].pred[i], ref.palette), opacity)
-                                  for label in labels]
+        maps = [ref.images[i]] + [
+            blend(ref.images[i], colourise(preds_by_model[label].pred[i], ref.palette), opacity) for label in labels
+        ]
         for col, rgb in enumerate(maps, start=1):
-            fig.add_trace(go.Image(source=png_data_uri(rgb), visible=k == 0, name=ref.names[i],
-                                   hovertemplate="row %{y}, column %{x}<extra></extra>"), row=1, col=col)
+            fig.add_trace(
+                go.Image(
+                    source=png_data_uri(rgb),
+                    visible=k == 0,
+                    name=ref.names[i],
+                    hovertemplate="row %{y}, column %{x}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
     _class_legend(fig, ref.classes, ref.palette)
     image_axes(fig, n_panels)
 
@@ -100,9 +121,15 @@ def segmentation_figure(preds_by_model: Mapping[str, object], image_indices: Seq
         return f"Predicted classes on {ref.names[i]} (#{i}); no labels, so no accuracy"
 
     height, top, bottom = panel_px + 190, 130, 50
-    fig.update_layout(title=dict(text=heading(image_indices[0]), x=0.01, y=0.98, yanchor="top"), font=FONT,
-                      template="plotly_white", height=height, margin=dict(l=70, r=20, t=top, b=bottom),
-                      legend=dict(title=dict(text="predicted class"), x=1.01, y=1.0), plot_bgcolor="white")
+    fig.update_layout(
+        title=dict(text=heading(image_indices[0]), x=0.01, y=0.98, yanchor="top"),
+        font=FONT,
+        template="plotly_white",
+        height=height,
+        margin=dict(l=70, r=20, t=top, b=bottom),
+        legend=dict(title=dict(text="predicted class"), x=1.01, y=1.0),
+        plot_bgcolor="white",
+    )
     if len(image_indices) > 1:
         buttons = []
         for k, i in enumerate(image_indices):
@@ -110,14 +137,16 @@ def segmentation_figure(preds_by_model: Mapping[str, object], image_indices: Seq
             visible += [True] * len(ref.classes)
             relayout = {"title.text": heading(i)}
             relayout.update({f"annotations[{a}].text": t for a, t in enumerate(titles_for(i))})
-            buttons.append(dict(label=f"image: {ref.names[i]} (#{i})", method="update",
-                                args=[{"visible": visible}, relayout]))
+            buttons.append(
+                dict(label=f"image: {ref.names[i]} (#{i})", method="update", args=[{"visible": visible}, relayout])
+            )
         add_menus(fig, [(buttons, 0)], height, top, bottom)
     return fig
 
 
-def anomaly_maps_figure(preds, index: int = 0, scores: Sequence[str] | None = None, max_side: int = 256,
-                        title: str | None = None) -> go.Figure:
+def anomaly_maps_figure(
+    preds, index: int = 0, scores: Sequence[str] | None = None, max_side: int = 256, title: str | None = None
+) -> go.Figure:
     """Every anomaly score map of one image side by side (each on its own colour scale, 1st to 99th
     percentile of the image), so the scores of one model can be compared where they light up.
 
@@ -140,22 +169,44 @@ def anomaly_maps_figure(preds, index: int = 0, scores: Sequence[str] | None = No
     if not scores or unknown:
         raise ValueError(f"scores must name maps of preds.score_maps ({', '.join(available)}), got {scores}")
     step = max(1, -(-max(preds.images.shape[1:3]) // max_side))
-    fig = make_subplots(rows=1, cols=len(scores), horizontal_spacing=0.04,
-                        subplot_titles=[SCORE_NAMES.get(s, s) for s in scores])
+    fig = make_subplots(
+        rows=1, cols=len(scores), horizontal_spacing=0.04, subplot_titles=[SCORE_NAMES.get(s, s) for s in scores]
+    )
     for k, name in enumerate(scores, start=1):
         score = preds.score_maps[name][index].astype(np.float64)[::step, ::step]
         low, high = np.percentile(score, [1, 99])
-        fig.add_trace(go.Heatmap(z=score, x0=(step - 1) / 2, dx=step, y0=(step - 1) / 2, dy=step, zmin=low,
-                                 zmax=max(high, low + 1e-6), colorscale=SCORE_COLORSCALE, showscale=False,
-                                 name=name, meta={"role": "score", "score": name},
-                                 hovertemplate="(%{x}, %{y})<br>" + SCORE_NAMES.get(name, name)
-                                 + " %{z:.4g}<extra></extra>"), row=1, col=k)
+        fig.add_trace(
+            go.Heatmap(
+                z=score,
+                x0=(step - 1) / 2,
+                dx=step,
+                y0=(step - 1) / 2,
+                dy=step,
+                zmin=low,
+                zmax=max(high, low + 1e-6),
+                colorscale=SCORE_COLORSCALE,
+                showscale=False,
+                name=name,
+                meta={"role": "score", "score": name},
+                hovertemplate="(%{x}, %{y})<br>" + SCORE_NAMES.get(name, name) + " %{z:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=k,
+        )
     image_axes(fig, len(scores), shape=preds.images.shape[1:3])
     fig.update_layout(
-        title=dict(text=title or f"Every anomaly score of {preds.head} on {preds.names[index]} (bright = anomalous; "
-                                 "each map on its own scale)", x=0.01),
-        font=FONT, template="plotly_white", width=max(600, 300 * len(scores) + 100), height=420,
-        margin=dict(l=60, r=30, t=100, b=60))
+        title=dict(
+            text=title
+            or f"Every anomaly score of {preds.head} on {preds.names[index]} (bright = anomalous; "
+            "each map on its own scale)",
+            x=0.01,
+        ),
+        font=FONT,
+        template="plotly_white",
+        width=max(600, 300 * len(scores) + 100),
+        height=420,
+        margin=dict(l=60, r=30, t=100, b=60),
+    )
     fig.update_annotations(font_size=12)
     return fig
 
@@ -163,10 +214,24 @@ def anomaly_maps_figure(preds, index: int = 0, scores: Sequence[str] | None = No
 def message_figure(text: str, title: str = "") -> go.Figure:
     """An empty figure carrying ``text`` in its middle (what a view shows before there is anything to draw)."""
     fig = go.Figure()
-    fig.add_annotation(text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=FONT["size"] + 2, color="#555"))
-    fig.update_layout(title=dict(text=title or text, x=0.01), font=FONT, template="plotly_white", height=260,
-                      xaxis=dict(visible=False), yaxis=dict(visible=False), margin=dict(l=30, r=30, t=70, b=30))
+    fig.add_annotation(
+        text=text,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        showarrow=False,
+        font=dict(size=FONT["size"] + 2, color="#555"),
+    )
+    fig.update_layout(
+        title=dict(text=title or text, x=0.01),
+        font=FONT,
+        template="plotly_white",
+        height=260,
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        margin=dict(l=30, r=30, t=70, b=30),
+    )
     return fig
 
 
@@ -222,7 +287,6 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
     """
     import ipywidgets as widgets
 
-
     if not isinstance(scorers, Mapping):
         scorers = {getattr(scorers, "head", "model"): scorers}
     if not scorers or any(not callable(getattr(s, "predict", None)) for s in scorers.values()):
@@ -232,9 +296,15 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
     box = None
 
     def score_options(label: str, preds=None) -> list[tuple[str, str]]:
-        names = list(preds.score_maps) if preds is not None and preds.score_maps else (
-            ["neg_max_log_likelihood", "max_softmax", "max_logit", "energy"]
-            if getattr(scorers[label], "head", "gmm") == "gmm" else ["max_softmax", "max_logit", "energy"])
+        names = (
+            list(preds.score_maps)
+            if preds is not None and preds.score_maps
+            else (
+                ["neg_max_log_likelihood", "max_softmax", "max_logit", "energy"]
+                if getattr(scorers[label], "head", "gmm") == "gmm"
+                else ["max_softmax", "max_logit", "energy"]
+            )
+        )
         ordered = [k for k in SCORE_NAMES if k in names] + [k for k in names if k not in SCORE_NAMES]
         return [(SCORE_NAMES.get(k, k), k) for k in ordered]
 
@@ -242,8 +312,9 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
         "upload": widgets.FileUpload(accept="image/*", multiple=False, description="picture"),
         "model": widgets.Dropdown(options=labels, value=labels[0], description="model"),
         "score": widgets.Dropdown(options=score_options(labels[0]), description="anomaly score"),
-        "opacity": widgets.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="opacity",
-                                       continuous_update=False),
+        "opacity": widgets.FloatSlider(
+            value=0.6, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False
+        ),
     }
 
     def current() -> dict | None:
@@ -259,8 +330,9 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
         name, rgb, digest = decoded
         if digest not in cache:
             cache.clear()  # one picture at a time: a kernel should not keep every upload's arrays
-            cache[digest] = {label: s.predict({name: rgb}, max_images=1, max_side=max_side)
-                             for label, s in scorers.items()}
+            cache[digest] = {
+                label: s.predict({name: rgb}, max_images=1, max_side=max_side) for label, s in scorers.items()
+            }
         return cache[digest]
 
     box_state: dict = {"error": None}
@@ -284,8 +356,9 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
         gmm = [label for label, p in preds.items() if p.is_gmm and p.embeddings is not None]
         if not gmm:
             return message_figure("no GMM model here: components need a GMMSeg head")
-        return component_overlay_figure(preds[gmm[0]], 0, opacity=controls["opacity"].value, menus=False,
-                                        panel_px=panel_px)
+        return component_overlay_figure(
+            preds[gmm[0]], 0, opacity=controls["opacity"].value, menus=False, panel_px=panel_px
+        )
 
     def anomaly() -> go.Figure:
         preds = current()
@@ -295,8 +368,13 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
         p = preds[label]
         if score not in (p.score_maps or {}):
             return message_figure(f"{label} has no score {score!r}")
-        return score_overlay_figure(p.images[0], p.score_maps[score][0], None, max_side=max_side,
-                                    title=f"{label}: {SCORE_NAMES.get(score, score)} on {p.names[0]} (no labels)")
+        return score_overlay_figure(
+            p.images[0],
+            p.score_maps[score][0],
+            None,
+            max_side=max_side,
+            title=f"{label}: {SCORE_NAMES.get(score, score)} on {p.names[0]} (no labels)",
+        )
 
     def on_model(change) -> None:
         # The score menu follows the model (a softmax model has no density score); one redraw.
@@ -308,9 +386,12 @@ def upload_widget(scorers, max_side: int = 384, panel_px: int = 380):
             controls["score"].value = keep if keep in [v for _, v in options] else options[0][1]
 
     controls["model"].observe(on_model, names="value")
-    box = figure_box(controls, segmentation, extra_outputs=[("components_figure", components),
-                                                           ("anomaly_figure", anomaly)],
-                     redraw_on=("upload", "score", "opacity"))
+    box = figure_box(
+        controls,
+        segmentation,
+        extra_outputs=[("components_figure", components), ("anomaly_figure", anomaly)],
+        redraw_on=("upload", "score", "opacity"),
+    )
     box.predictions = cache[next(iter(cache))] if cache else None
     box.error = box_state["error"]
     return box

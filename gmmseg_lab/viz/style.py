@@ -86,7 +86,7 @@ def rgba(colour: str, alpha: float) -> str:
     digits = colour.lstrip("#")
     if len(digits) != 6:
         raise ValueError(f"colour must be '#rrggbb', got {colour!r}")
-    r, g, b = (int(digits[i:i + 2], 16) for i in (0, 2, 4))
+    r, g, b = (int(digits[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
@@ -107,12 +107,20 @@ def class_colours(palette) -> list[str]:
 
 # OKLab (Ottosson 2020): linear sRGB -> LMS -> cube root -> Lab. Perceptually even lightness, and a
 # hue that stays put when the lightness changes (CIELab turns dark blues purple).
-_RGB_TO_LMS = np.array([[0.4122214708, 0.5363325363, 0.0514459929],
-                        [0.2119034982, 0.6806995451, 0.1073969566],
-                        [0.0883024619, 0.2817188376, 0.6299787005]])
-_LMS_TO_LAB = np.array([[0.2104542553, 0.7936177850, -0.0040720468],
-                        [1.9779984951, -2.4285922050, 0.4505937099],
-                        [0.0259040371, 0.7827717662, -0.8086757660]])
+_RGB_TO_LMS = np.array(
+    [
+        [0.4122214708, 0.5363325363, 0.0514459929],
+        [0.2119034982, 0.6806995451, 0.1073969566],
+        [0.0883024619, 0.2817188376, 0.6299787005],
+    ]
+)
+_LMS_TO_LAB = np.array(
+    [
+        [0.2104542553, 0.7936177850, -0.0040720468],
+        [1.9779984951, -2.4285922050, 0.4505937099],
+        [0.0259040371, 0.7827717662, -0.8086757660],
+    ]
+)
 _LAB_TO_LMS = np.linalg.inv(_LMS_TO_LAB)
 _LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
 
@@ -218,10 +226,21 @@ def image_axes(fig, n_panels: int, shape: tuple[int, int] | None = None, label_f
     for k in range(1, n_panels + 1):
         suffix = "" if k == 1 else str(k)
         first = label_first and k == 1
-        x = dict(showgrid=False, zeroline=False, showticklabels=first, title_text="column (px)" if first else None,
-                 constrain="domain")
-        y = dict(showgrid=False, zeroline=False, showticklabels=first, title_text="row (px)" if first else None,
-                 scaleanchor=f"x{suffix}", constrain="domain")
+        x = dict(
+            showgrid=False,
+            zeroline=False,
+            showticklabels=first,
+            title_text="column (px)" if first else None,
+            constrain="domain",
+        )
+        y = dict(
+            showgrid=False,
+            zeroline=False,
+            showticklabels=first,
+            title_text="row (px)" if first else None,
+            scaleanchor=f"x{suffix}",
+            constrain="domain",
+        )
         if shape is None:
             y["autorange"] = "reversed"
         else:
@@ -242,5 +261,14 @@ def panel_note(fig, row: int, col: int, text: str) -> None:
     x, y = np.mean(subplot.xaxis.domain), np.mean(subplot.yaxis.domain)
     subplot.yaxis.update(visible=False)
     subplot.xaxis.update(showgrid=False, showticklabels=False, zeroline=False)
-    fig.add_annotation(text=text, x=x, y=y, xref="paper", yref="paper", xanchor="center", yanchor="middle",
-                       showarrow=False, font=dict(color="#777777", size=FONT["size"]))
+    fig.add_annotation(
+        text=text,
+        x=x,
+        y=y,
+        xref="paper",
+        yref="paper",
+        xanchor="center",
+        yanchor="middle",
+        showarrow=False,
+        font=dict(color="#777777", size=FONT["size"]),
+    )

