@@ -33,7 +33,19 @@ pytestmark = [
 
 NOTEBOOK = "02_component_assignments.ipynb"
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-PARAMETERS = ("arch", "seed", "max_images", "work_dir", "data_dir", "preset", "data_seed", "results_path", "live")
+PARAMETERS = (
+    "arch",
+    "seed",
+    "max_images",
+    "checkpoint",
+    "images",
+    "work_dir",
+    "data_dir",
+    "preset",
+    "data_seed",
+    "results_path",
+    "live",
+)
 
 SERVER_START_S = 180  # jupyter lab answering /api/status
 KERNEL_IDLE_S = 240  # page loaded, notebook open, kernel started and idle
@@ -69,6 +81,8 @@ def _write_notebook(folder: Path, work_dir: Path, data_dir: Path) -> Path:
         arch="segformer",
         seed=0,
         max_images=4,
+        checkpoint=None,  # the run notebook 01 trained, on the labelled validation images
+        images=None,
         work_dir=str(work_dir),
         data_dir=str(data_dir),
         preset="quick",
